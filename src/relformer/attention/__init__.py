@@ -1,0 +1,5 @@
+"""The attention primitive: :func:`attend`, its backends and the :class:`Relation` protocol."""
+from .attend import BACKENDS, Choice, attend, explain
+from .relation import Compose, Relation, index_grid
+
+__all__ = ["attend", "explain", "Choice", "BACKENDS", "Relation", "Compose", "index_grid"]

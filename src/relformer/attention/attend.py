@@ -1,0 +1,174 @@
+"""``attend(q, k, v, relation, backend)``: one attention primitive, four backends, one policy.
+
+Backends (all tested against ``eager`` forward and backward):
+
+==========  ==============================================================================
+eager       plain PyTorch reference; materialises scores and the relation's dense bias
+sdpa        ``F.scaled_dot_product_attention`` with a 4-D bool mask or float bias
+flex        ``flex_attention``: BlockMask from the relation's mask, score_mod from its bias
+chunked     blockwise online-softmax autograd Function; bias recomputed per tile
+==========  ==============================================================================
+
+``auto`` follows measurements made on a 2-core CPU with torch 2.13 (see
+``bench/results/attention.md`` for the current numbers):
+
+* SDPA keeps its fused kernel only for 4-D masks/biases that do not require grad; a
+  bias that requires grad drops it to the O(L^2) math kernel.
+* Flex has no CPU backward; with a block-sparse mask it is several times faster than
+  SDPA in inference, while for dense biases SDPA is as fast or faster.
+* ``chunked`` trades a little time for O(tile) memory when the bias is learnable and the
+  score matrix is large, and is the only fused path for post-softmax multipliers.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import backends as _b
+from .chunked import chunked_attention
+from .relation import Relation
+
+__all__ = ["attend", "explain", "Choice", "BACKENDS"]
+
+log = logging.getLogger("relformer.attention")
+
+BACKENDS = ("auto", "eager", "sdpa", "flex", "chunked")
+
+# Policy thresholds (from bench/attention.py on 2 CPU cores; see bench/results/attention.md).
+FLEX_MIN_PAIRS = 512 * 512       # below this Flex's per-call overhead is not worth it
+FLEX_MAX_DENSITY = 0.5           # Flex wins over SDPA when at most this fraction of tiles is live
+CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk above which a learnable bias trains with `chunked`
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.backend}: {self.reason}"
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, relation, backend: str, scale, dropout_p: float) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D (B, H, L, D), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    B, H, Lq, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B:
+        raise ValueError(f"batch size differs: q {B}, k {k.shape[0]}, v {v.shape[0]}")
+    if k.shape[1] != v.shape[1]:
+        raise ValueError(f"k and v must have the same number of heads, got {k.shape[1]} and {v.shape[1]}")
+    if H % k.shape[1] != 0:
+        raise ValueError(f"heads: q has {H} heads, not a multiple of k/v's {k.shape[1]} heads (grouped-query)")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must have the same length, got {k.shape[2]} and {v.shape[2]}")
+    if k.shape[3] != D:
+        raise ValueError(f"q and k must have the same head dim, got {D} and {k.shape[3]}")
+    if Lq == 0 or k.shape[2] == 0:
+        raise ValueError(f"zero-length sequence: q has length {Lq}, k has length {k.shape[2]}")
+    if relation is not None and not isinstance(relation, Relation):
+        raise ValueError(f"relation must be a relformer Relation or None, got {type(relation).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if relation is not None:
+        relation.check(B, H, Lq, k.shape[2])
+
+
+def _needs_grad(q, k, v, relation) -> tuple[bool, bool]:
+    """(any input needs grad, the relation itself has trainable tensors)."""
+    if not torch.is_grad_enabled():
+        return False, False
+    rel_grad = relation is not None and bool(relation.grad_tensors())
+    return rel_grad or q.requires_grad or k.requires_grad or v.requires_grad, rel_grad
+
+
+def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, dropout_p: float = 0.0) -> Choice:
+    """Which backend ``backend="auto"`` picks for these inputs, and why."""
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    dev = q.device
+    training, rel_grad = _needs_grad(q, k, v, relation)
+    if relation is not None and relation.has_prob:
+        if training and B * H * Lq * Lk >= CHUNKED_MIN_SCORES and dropout_p == 0.0:
+            return Choice("chunked", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex; "
+                                     "large scores in training: blockwise with recomputation")
+        return Choice("eager", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex")
+    if relation is None or not (relation.has_mask or relation.has_bias):
+        return Choice("sdpa", "no relation: fused SDPA")
+    if training:
+        if rel_grad and dropout_p == 0.0 and B * H * Lq * Lk >= CHUNKED_MIN_SCORES:
+            return Choice("chunked", "bias requires grad: SDPA would drop to its O(L^2) math kernel; "
+                                     "chunked recomputes the bias per tile (Flex has no CPU backward)")
+        if rel_grad:
+            return Choice("sdpa", "bias requires grad but the score matrix is small: SDPA math kernel")
+        if _b.flex_supports_backward(dev.type) and _flex_pays(relation, B, H, Lq, Lk, dev, dropout_p):
+            return Choice("flex", "block-sparse mask, Flex backward available on this device")
+        return Choice("sdpa", "fixed mask/bias: fused SDPA forward+backward"
+                              + ("" if _b.flex_supports_backward(dev.type) else " (Flex has no CPU backward)"))
+    if _flex_pays(relation, B, H, Lq, Lk, dev, dropout_p):
+        d = _b.block_density(relation, B, H, Lq, Lk, dev)
+        return Choice("flex", f"inference with a block-sparse mask ({d:.0%} of tiles live): Flex skips the rest")
+    if relation.is_causal(Lq, Lk):
+        return Choice("sdpa", "causal mask: SDPA is_causal kernel")
+    return Choice("sdpa", "inference with a dense mask/bias: fused SDPA with a 4-D mask")
+
+
+def _flex_pays(relation, B, H, Lq, Lk, dev, dropout_p) -> bool:
+    if dropout_p > 0.0 or not relation.has_mask or Lq * Lk < FLEX_MIN_PAIRS:
+        return False
+    if not _b.flex_available(dev.type):
+        return False
+    return _b.block_density(relation, B, H, Lq, Lk, dev) <= FLEX_MAX_DENSITY
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, backend: str = "auto",
+           scale: float | None = None, dropout_p: float = 0.0) -> Tensor:
+    """Attention whose pairwise structure is a :class:`Relation`.
+
+    Args:
+        q: ``(B, H, Lq, D)``; k: ``(B, Hkv, Lk, D)``; v: ``(B, Hkv, Lk, Dv)`` with ``H % Hkv == 0``.
+        relation: mask / bias / multiplier over pairs, or None for full attention.
+        backend: ``"auto"``, ``"eager"``, ``"sdpa"``, ``"flex"`` or ``"chunked"``.
+        scale: score scale, default ``1/sqrt(D)``.
+        dropout_p: dropout on attention probabilities (not supported by flex/chunked).
+
+    Returns:
+        ``(B, H, Lq, Dv)``. Query rows with no key to attend are zero (with zero gradients).
+    """
+    _check(q, k, v, relation, backend, scale, dropout_p)
+    scale = float(scale) if scale is not None else _b.default_scale(q.shape[-1])
+    if backend == "auto":
+        choice = explain(q, k, v, relation, dropout_p)
+        backend = choice.backend
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("attend %s x %s -> %s", tuple(q.shape), tuple(k.shape), choice)
+    if backend == "eager":
+        return _b.eager(q, k, v, relation, scale, dropout_p)
+    if backend == "sdpa":
+        if relation is not None and relation.has_prob:
+            raise ValueError(f"backend='sdpa' cannot fuse the post-softmax multiplier of {type(relation).__name__}; "
+                             "use backend='chunked' or 'eager'")
+        return _b.sdpa(q, k, v, relation, scale, dropout_p)
+    if backend == "flex":
+        if not _b.flex_available(q.device.type):
+            raise ValueError(f"backend='flex' is unavailable on {q.device.type} (needs torch.compile and a C compiler)")
+        return _b.flex(q, k, v, relation, scale, dropout_p)
+    if dropout_p > 0.0:
+        raise ValueError("backend='chunked' does not support dropout_p > 0; use 'sdpa' or 'eager'")
+    groups = q.shape[1] // k.shape[1]
+    return chunked_attention(q, _b.repeat_kv(k, groups), _b.repeat_kv(v, groups), relation, scale)

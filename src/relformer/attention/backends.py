@@ -1,0 +1,212 @@
+"""The eager, SDPA and Flex backends of :func:`relformer.attend`.
+
+Every backend takes ``q (B, H, Lq, D)``, ``k (B, Hkv, Lk, D)``, ``v (B, Hkv, Lk, Dv)``
+(``H % Hkv == 0``), an optional :class:`Relation`, ``scale`` and ``dropout_p``, and
+returns ``(B, H, Lq, Dv)``. Shared semantics, tested on every backend: softmax runs in
+fp32, a query row with no key to attend gives a zero output and zero gradients.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .relation import Relation
+
+__all__ = ["eager", "sdpa", "flex", "flex_available", "flex_block_mask", "FLEX_BLOCK", "repeat_kv"]
+
+
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """``(B, Hkv, L, D) -> (B, Hkv*groups, L, D)`` for grouped-query attention."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def _safe_softmax(scores: Tensor) -> Tensor:
+    """fp32 softmax over the last dim; rows that are all ``-inf`` give zeros (and zero grads), not NaN."""
+    scores = scores.float()
+    dead = torch.isneginf(scores).all(-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1)
+    return probs.masked_fill(dead, 0.0)
+
+
+def eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
+    """The plain-PyTorch reference: materialises ``(B, H, Lq, Lk)`` scores, bias and probabilities."""
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    groups = H // k.shape[1]
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
+    if relation is not None and (relation.has_bias or relation.has_mask):
+        scores = scores + relation.dense_bias(B, H, Lq, Lk, q.device)
+    probs = _safe_softmax(scores)
+    if relation is not None and relation.has_prob:
+        probs = probs * relation.dense_prob(B, H, Lq, Lk, q.device)
+    if dropout_p > 0.0:
+        probs = F.dropout(probs, dropout_p)
+    return torch.matmul(probs, v.float()).to(q.dtype)
+
+
+def _finite_in(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Cast a bias to ``dtype`` without turning large finite values into +-inf (``-inf`` masks stay)."""
+    if dtype == x.dtype:
+        return x
+    fmax = torch.finfo(dtype).max
+    return torch.where(torch.isneginf(x), x, x.clamp(-fmax, fmax)).to(dtype)
+
+
+def sdpa_mask(relation: Relation, B: int, H: int, Lq: int, Lk: int, device, dtype) -> Tensor:
+    """The 4-D ``attn_mask`` SDPA keeps its fused CPU kernel with: bool for pure masks, else float bias."""
+    if relation.has_bias:
+        return _finite_in(relation.dense_bias(B, H, Lq, Lk, device), dtype)
+    # Pure masks hold no trainable data: build once per layout, share across layers.
+    key = ("sdpa_mask", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled())
+    return relation.cached(key, lambda: relation.dense_mask(B, H, Lq, Lk, device))
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
+    """``F.scaled_dot_product_attention`` with a 4-D boolean mask or additive bias (never 3-D)."""
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    gqa = H != k.shape[1]
+    kwargs = dict(dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
+    if relation is None or not (relation.has_mask or relation.has_bias):
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    if relation.is_causal(Lq, Lk):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
+    mask = sdpa_mask(relation, B, H, Lq, Lk, q.device, q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flex
+# ---------------------------------------------------------------------------------------------
+FLEX_BLOCK = 128
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    # dynamic=False: with dynamic shapes Inductor's CPU template fails to build score_mods that
+    # index a table (torch 2.13). New closures over new tensors of the same shape do not recompile.
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@functools.lru_cache(maxsize=None)
+def flex_available(device_type: str) -> bool:
+    """Flex needs ``torch.nn.attention.flex_attention`` and a working compiler (gcc on CPU)."""
+    try:
+        from torch.nn.attention.flex_attention import BlockMask  # noqa: F401
+    except ImportError:
+        return False
+    if device_type == "cpu":
+        import shutil
+
+        return shutil.which("gcc") is not None or shutil.which("cc") is not None
+    return device_type == "cuda"
+
+
+def flex_supports_backward(device_type: str) -> bool:
+    """Flex's CPU kernel has no backward in torch <= 2.13 (it raises ``NotImplementedError``, and the
+    failed compiled call degrades every later Flex call in the process), so relformer never calls it."""
+    return device_type == "cuda"
+
+
+def _blocks(x: Tensor, full: bool) -> tuple[Tensor, Tensor]:
+    """``(B, H, nq, nk)`` block flags -> (count per q-block, kv-block indices with the set ones first)."""
+    num = x.sum(-1, dtype=torch.int32)
+    idx = torch.argsort((~x).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return num, idx
+
+
+def block_summary(relation: Relation, B: int, H: int, Lq: int, Lk: int, device, block: int = FLEX_BLOCK):
+    """Per ``block x block`` tile: (any pair attends, every pair attends), each ``(B|1, H|1, nq, nk)``.
+
+    Built from the dense boolean mask with two reductions (milliseconds at L=2048, against
+    0.15-0.46 s for ``create_block_mask``), once per relation object and layout.
+    """
+    def build():
+        mask = relation.dense_mask(B, H, Lq, Lk, device)
+        b, h = mask.shape[:2]
+        nq, nk = -(-Lq // block), -(-Lk // block)
+        # padding is False, so a tile that hangs over the end is never "full": Flex masks it
+        tiles = F.pad(mask, (0, nk * block - Lk, 0, nq * block - Lq)).view(b, h, nq, block, nk, block)
+        return tiles.any(5).any(3), tiles.all(5).all(3)
+
+    key = ("blocks", B, H, Lq, Lk, str(device), block)
+    return relation.cached(key, build)
+
+
+def block_density(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> float:
+    """Fraction of tiles with at least one attending pair (1.0 for relations without a mask)."""
+    if not relation.has_mask:
+        return 1.0
+    any_, _ = block_summary(relation, B, H, Lq, Lk, device)
+    return any_.float().mean().item()
+
+
+def flex_block_mask(relation: Relation | None, B: int, H: int, Lq: int, Lk: int, device):
+    """A Flex ``BlockMask`` for the relation's mask part (all tiles when it has none), cached per layout."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    def build():
+        if relation is not None and relation.has_mask:
+            any_, all_ = block_summary(relation, B, H, Lq, Lk, device)
+            partial = any_ & ~all_
+            kn, ki = _blocks(partial, False)
+            fn, fi = _blocks(all_, True)
+            view = relation.detached()
+            return BlockMask.from_kv_blocks(kn, ki, fn, fi, BLOCK_SIZE=FLEX_BLOCK, mask_mod=view.mask_mod,
+                                            seq_lengths=(Lq, Lk))
+        nq, nk = -(-Lq // FLEX_BLOCK), -(-Lk // FLEX_BLOCK)
+        full = torch.ones(1, 1, nq, nk, dtype=torch.bool, device=device)
+        kn, ki = _blocks(torch.zeros_like(full), False)
+        fn, fi = _blocks(full, True)
+        # the tail tile still needs its padding masked: Flex does that from seq_lengths
+        return BlockMask.from_kv_blocks(kn, ki, fn, fi, BLOCK_SIZE=FLEX_BLOCK, seq_lengths=(Lq, Lk))
+
+    if relation is None:
+        return build()
+    return relation.cached(("flex_block_mask", B, H, Lq, Lk, str(device)), build)
+
+
+def flex(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
+    """``flex_attention`` compiled once; the mask becomes a block-sparse ``BlockMask`` and the bias a
+    ``score_mod``, so the ``Lq x Lk`` bias is never materialised."""
+    if dropout_p > 0.0:
+        raise ValueError("backend='flex' does not support dropout_p > 0")
+    if relation is not None and relation.has_prob:
+        raise ValueError(f"backend='flex' cannot fuse the post-softmax multiplier of {type(relation).__name__}; "
+                         "use backend='chunked' or 'eager'")
+    if torch.is_grad_enabled() and not flex_supports_backward(q.device.type):
+        needs = [t for t in (q, k, v) if t.requires_grad]
+        if relation is not None:
+            needs += relation.grad_tensors()
+        if needs:
+            raise ValueError("backend='flex' has no backward on CPU in this torch; run under torch.no_grad() "
+                             "or use backend='chunked' / 'sdpa' for training")
+    if not torch.is_grad_enabled():
+        # flex_attention raises on any input with requires_grad=True, even under no_grad
+        q, k, v = q.detach(), k.detach(), v.detach()
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    block_mask = flex_block_mask(relation, B, H, Lq, Lk, q.device)
+    score_mod = None
+    if relation is not None and relation.has_bias:
+        view = relation.detached() if not torch.is_grad_enabled() or q.device.type == "cpu" else relation
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + view.bias_mod(b, h, q_idx, kv_idx)
+
+    # Every new shape compiles once; keep dynamo from silently falling back to the O(L^2) eager
+    # Flex path after its default 8 recompiles (scoped to this call only).
+    with torch._dynamo.config.patch(recompile_limit=4096, accumulated_recompile_limit=1 << 20):
+        return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                                enable_gqa=H != k.shape[1])
+
+
+def default_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

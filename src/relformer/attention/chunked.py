@@ -1,0 +1,148 @@
+"""The ``chunked`` backend: memory-efficient blockwise attention for CPU training.
+
+SDPA drops to its math kernel (O(L^2) memory, 3-4x slower) as soon as the bias requires
+grad, and Flex has no CPU backward. This backend is FlashAttention's algorithm
+(Dao et al. 2022; online softmax in forward, recomputation in backward) written in plain
+PyTorch inside one ``torch.autograd.Function``. The Relation's bias, mask and multiplier
+are computed tile by tile from its index functions and recomputed in backward, so the
+extra memory is O(tile) instead of O(Lq * Lk), and gradients reach the relation's
+tables through ``torch.autograd.grad`` on each tile. Tiles whose mask is all False are
+skipped (block sparsity for windows and packed documents).
+
+Shapes: ``q (B, H, Lq, D)``, ``k (B, H, Lk, D)``, ``v (B, H, Lk, Dv)`` (GQA is expanded
+by the caller); out ``(B, H, Lq, Dv)``. Post-softmax multipliers (URPE) are supported:
+with ``P' = P * C`` the backward only changes ``dP -> C * dP`` and ``dC = P * dP``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .relation import Relation
+
+__all__ = ["chunked_attention", "tile_sizes"]
+
+# Elements of one (B, H, tile_q, tile_k) fp32 score tile; ~8 temporaries of this size live at once.
+TILE_ELEMENTS = 1 << 21
+
+
+def tile_sizes(B: int, H: int, Lq: int, Lk: int, budget: int = TILE_ELEMENTS) -> tuple[int, int]:
+    """Tile sizes (multiples of 64) whose ``B*H*tq*tk`` fits ``budget``; wide key tiles first."""
+    per_row = max(1, budget // (B * H))
+    tk = min(Lk, max(64, min(1024, per_row // 64) // 64 * 64))
+    tq = min(Lq, max(64, per_row // tk // 64 * 64))
+    return tq, tk
+
+
+def _tiles(L: int, t: int):
+    return [(s, min(s + t, L)) for s in range(0, L, t)]
+
+
+class _Chunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, relation, scale, tq, tk, *rel_tensors):
+        B, H, Lq, _ = q.shape
+        Lk, Dv = k.shape[2], v.shape[-1]
+        rel = relation
+        out = torch.empty(B, H, Lq, Dv, dtype=q.dtype, device=q.device)
+        lse = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
+        kf, vf = k.float(), v.float()
+        for qs, qe in _tiles(Lq, tq):
+            qb = q[:, :, qs:qe].float()
+            m = torch.full((B, H, qe - qs), float("-inf"), device=q.device)
+            l = torch.zeros(B, H, qe - qs, device=q.device)
+            acc = torch.zeros(B, H, qe - qs, Dv, device=q.device)
+            for ks, ke in _tiles(Lk, tk):
+                grid = rel._grid(B, H, qe - qs, ke - ks, q.device, qs, ks) if rel is not None else None
+                mask = rel.mask_mod(*grid) if rel is not None and rel.has_mask else None
+                if mask is not None and not mask.any():
+                    continue
+                s = torch.matmul(qb, kf[:, :, ks:ke].transpose(-1, -2)) * scale
+                if rel is not None and rel.has_bias:
+                    s = s + rel.bias_mod(*grid)
+                if mask is not None:
+                    s = s.masked_fill(~mask, float("-inf"))
+                m_new = torch.maximum(m, s.amax(-1))
+                m_safe = torch.where(torch.isneginf(m_new), 0.0, m_new)
+                p = torch.exp(s - m_safe.unsqueeze(-1))
+                corr = torch.exp(m - m_safe)
+                l = l * corr + p.sum(-1)
+                if rel is not None and rel.has_prob:
+                    p = p * rel.prob_mod(*grid)
+                acc = acc * corr.unsqueeze(-1) + torch.matmul(p, vf[:, :, ks:ke])
+                m = m_new
+            alive = l > 0
+            out[:, :, qs:qe] = torch.where(alive.unsqueeze(-1), acc / l.clamp_min(1e-30).unsqueeze(-1), 0.0).to(q.dtype)
+            # a dead row gets lse=+inf so that exp(s - lse) = 0 in backward
+            lse[:, :, qs:qe] = torch.where(alive, m + torch.log(l.clamp_min(1e-30)), float("inf"))
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.relation, ctx.scale, ctx.tq, ctx.tk = relation, scale, tq, tk
+        ctx.rel_tensors = rel_tensors
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        rel, scale = ctx.relation, ctx.scale
+        rel_tensors = ctx.rel_tensors
+        B, H, Lq, _ = q.shape
+        Lk = k.shape[2]
+        kf, vf, dof = k.float(), v.float(), d_out.float()
+        delta = (dof * out.float()).sum(-1)  # (B, H, Lq) = rowsum(dO * O), unchanged by a multiplier
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
+        dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
+        rel_grads = [None] * len(rel_tensors)
+        learn = bool(rel_tensors)
+        for qs, qe in _tiles(Lq, ctx.tq):
+            qb, dob = q[:, :, qs:qe].float(), dof[:, :, qs:qe]
+            lse_b, delta_b = lse[:, :, qs:qe].unsqueeze(-1), delta[:, :, qs:qe].unsqueeze(-1)
+            for ks, ke in _tiles(Lk, ctx.tk):
+                grid = rel._grid(B, H, qe - qs, ke - ks, q.device, qs, ks) if rel is not None else None
+                mask = rel.mask_mod(*grid) if rel is not None and rel.has_mask else None
+                if mask is not None and not mask.any():
+                    continue
+                kb, vb = kf[:, :, ks:ke], vf[:, :, ks:ke]
+                s = torch.matmul(qb, kb.transpose(-1, -2)) * scale
+                outs, grads = [], []
+                with torch.enable_grad():
+                    bias = rel.bias_mod(*grid) if rel is not None and rel.has_bias else None
+                    mult = rel.prob_mod(*grid) if rel is not None and rel.has_prob else None
+                if bias is not None:
+                    s = s + bias.detach()
+                if mask is not None:
+                    s = s.masked_fill(~mask, float("-inf"))
+                p = torch.exp(s - lse_b)  # (B, H, tq, tk) softmax probabilities
+                dp = torch.matmul(dob, vb.transpose(-1, -2))
+                if mult is not None:
+                    if learn and mult.requires_grad:
+                        outs.append(mult)
+                        grads.append((p * dp).sum_to_size(mult.shape))
+                    pm = p * mult.detach()
+                    dv[:, :, ks:ke] += torch.matmul(pm.transpose(-1, -2), dob)
+                    dp = dp * mult.detach()
+                else:
+                    dv[:, :, ks:ke] += torch.matmul(p.transpose(-1, -2), dob)
+                ds = p * (dp - delta_b)
+                if bias is not None and learn and bias.requires_grad:
+                    outs.append(bias)
+                    grads.append(ds.sum_to_size(bias.shape))
+                dq[:, :, qs:qe] += torch.matmul(ds, kb) * scale
+                dk[:, :, ks:ke] += torch.matmul(ds.transpose(-1, -2), qb) * scale
+                if outs:
+                    tile_grads = torch.autograd.grad(outs, rel_tensors, grads, allow_unused=True)
+                    for i, g in enumerate(tile_grads):
+                        if g is not None:
+                            rel_grads[i] = g if rel_grads[i] is None else rel_grads[i] + g
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, *rel_grads)
+
+
+def chunked_attention(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float,
+                      tile_q: int | None = None, tile_k: int | None = None) -> Tensor:
+    """Blockwise attention with O(tile) bias memory; gradients flow to q, k, v and the relation's tensors."""
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    tq, tk = tile_sizes(B, H, Lq, Lk)
+    tq, tk = tile_q or tq, tile_k or tk
+    rel_tensors = relation.grad_tensors() if relation is not None and torch.is_grad_enabled() else []
+    return _Chunked.apply(q, k, v, relation, scale, tq, tk, *rel_tensors)

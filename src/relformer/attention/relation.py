@@ -1,0 +1,221 @@
+"""The Relation protocol: which pairs may attend, and how a pair's relation biases the score.
+
+A Relation is written ONCE, as up to three *broadcastable index functions* in the
+style of FlexAttention's ``mask_mod`` / ``score_mod``::
+
+    mask_mod(b, h, q_idx, kv_idx) -> bool   True where query q_idx may attend kv_idx
+    bias_mod(b, h, q_idx, kv_idx) -> float  added to the scaled score q.k * scale
+    prob_mod(b, h, q_idx, kv_idx) -> float  multiplies the softmax probability (URPE)
+
+The functions use only tensor ops that broadcast, so the same code serves every
+backend:
+
+* ``eager`` / ``sdpa`` call them with index tensors of shapes ``(B,1,1,1)``,
+  ``(1,H,1,1)``, ``(1,1,Lq,1)``, ``(1,1,1,Lk)`` and get the dense ``(B|1, H|1, Lq, Lk)``
+  form (:meth:`Relation.dense_mask`, :meth:`Relation.dense_bias`);
+* ``chunked`` calls them with index *slices* and gets one block at a time;
+* ``flex`` passes them to ``flex_attention`` (which vmaps them over scalars), so the
+  ``Lq x Lk`` bias is never materialised.
+
+Relations compose: ``a & b`` and ``a + b`` both give a :class:`Compose` that applies
+every part (masks are AND-ed, biases summed, probability multipliers multiplied).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Relation", "Compose", "index_grid"]
+
+
+def index_grid(B: int, H: int, q_idx: Tensor, kv_idx: Tensor, device=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Broadcastable index tensors ``b (B,1,1,1), h (1,H,1,1), q (1,1,Lq,1), kv (1,1,1,Lk)``."""
+    device = device if device is not None else q_idx.device
+    b = torch.arange(B, device=device).view(B, 1, 1, 1)
+    h = torch.arange(H, device=device).view(1, H, 1, 1)
+    return b, h, q_idx.view(1, 1, -1, 1), kv_idx.view(1, 1, 1, -1)
+
+
+def _as_4d(x: Tensor) -> Tensor:
+    while x.dim() < 4:
+        x = x.unsqueeze(0)
+    return x
+
+
+class Relation(nn.Module):
+    """Base class. Subclasses set ``has_mask`` / ``has_bias`` / ``has_prob`` and override the mods.
+
+    ``has_prob`` relations (post-softmax multipliers, e.g. URPE) cannot be fused into
+    SDPA or Flex; only the ``eager`` and ``chunked`` backends run them.
+    """
+
+    has_mask: bool = False
+    has_bias: bool = False
+    has_prob: bool = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict = {}
+
+    # ---- the three index functions (override) ---------------------------------
+    def mask_mod(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def bias_mod(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def prob_mod(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # ---- checks and hints (override where useful) ----------------------------
+    def check(self, B: int, H: int, Lq: int, Lk: int) -> None:
+        """Raise ``ValueError`` naming the argument if this relation's data does not fit the shapes."""
+
+    def is_causal(self, Lq: int, Lk: int) -> bool:
+        """True when the mask is exactly SDPA's ``is_causal=True`` (top-left aligned, no other parts)."""
+        return False
+
+    # ---- derived forms --------------------------------------------------------
+    def _grid(self, B, H, Lq, Lk, device, q_start=0, kv_start=0):
+        q_idx = torch.arange(q_start, q_start + Lq, device=device)
+        kv_idx = torch.arange(kv_start, kv_start + Lk, device=device)
+        return index_grid(B, H, q_idx, kv_idx, device)
+
+    def dense_mask(self, B: int, H: int, Lq: int, Lk: int, device=None) -> Tensor | None:
+        """Boolean ``(B|1, H|1, Lq, Lk)`` mask (True = attend), or None when the relation has no mask."""
+        if not self.has_mask:
+            return None
+        return _as_4d(self.mask_mod(*self._grid(B, H, Lq, Lk, device)))
+
+    def dense_bias(self, B: int, H: int, Lq: int, Lk: int, device=None, dtype=torch.float32) -> Tensor | None:
+        """Additive float ``(B|1, H|1, Lq, Lk)`` bias, ``-inf`` where masked; None when neither part exists."""
+        grid = self._grid(B, H, Lq, Lk, device)
+        bias = _as_4d(self.bias_mod(*grid)).to(dtype) if self.has_bias else None
+        if self.has_mask:
+            mask = _as_4d(self.mask_mod(*grid))
+            zero = torch.zeros((), dtype=dtype, device=mask.device)
+            bias = (bias if bias is not None else zero).masked_fill(~mask, float("-inf"))
+        return bias
+
+    def dense_prob(self, B: int, H: int, Lq: int, Lk: int, device=None) -> Tensor | None:
+        if not self.has_prob:
+            return None
+        return _as_4d(self.prob_mod(*self._grid(B, H, Lq, Lk, device)))
+
+    # ---- composition -----------------------------------------------------------
+    def __and__(self, other: "Relation") -> "Compose":
+        return Compose(self, other)
+
+    def __add__(self, other: "Relation") -> "Compose":
+        return Compose(self, other)
+
+    # ---- helpers used by backends ------------------------------------------------
+    def tensors(self) -> Iterator[Tensor]:
+        """Every tensor the mods may read: parameters, buffers and data attributes, recursively."""
+        for m in self.modules():
+            yield from m._parameters.values()
+            yield from m._buffers.values()
+            for v in vars(m).values():
+                if isinstance(v, Tensor):
+                    yield v
+
+    def grad_tensors(self) -> list[Tensor]:
+        """Tensors the relation reads that require grad (learnable tables, or data computed by a module)."""
+        seen, out = set(), []
+        for t in self.tensors():
+            if t is not None and t.requires_grad and id(t) not in seen:
+                seen.add(id(t))
+                out.append(t)
+        return out
+
+    def detached(self) -> "Relation":
+        """A shallow copy whose tensors are detached (Flex's score_mod cannot capture trainable tensors)."""
+        new = copy.copy(self)
+        new._parameters = {k: (None if v is None else v.detach()) for k, v in self._parameters.items()}
+        new._buffers = dict(self._buffers)
+        new._modules = {k: (None if v is None else v.detached() if isinstance(v, Relation) else _detach_module(v))
+                        for k, v in self._modules.items()}
+        new._cache = self._cache
+        for k, v in vars(self).items():
+            if isinstance(v, Tensor):
+                object.__setattr__(new, k, v.detach())
+        return new
+
+    def bind(self, **data) -> "Relation":
+        """A copy that shares this relation's tables but reads new per-batch data (e.g. ``spd=...``)."""
+        new = copy.copy(self)
+        object.__setattr__(new, "_cache", {})
+        for k, v in data.items():
+            if not hasattr(self, k):
+                raise TypeError(f"{type(self).__name__}.bind() got an unexpected argument {k!r}")
+            object.__setattr__(new, k, v)
+        return new
+
+    def cached(self, key, build):
+        """Memoise ``build()`` on this relation object (shared by every layer that uses it)."""
+        if key not in self._cache:
+            if len(self._cache) >= 32:  # a long-lived relation (e.g. Causal) sees many layouts
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = build()
+        return self._cache[key]
+
+
+def _detach_module(m: nn.Module) -> nn.Module:
+    new = copy.copy(m)
+    new._parameters = {k: (None if v is None else v.detach()) for k, v in m._parameters.items()}
+    new._modules = {k: (None if v is None else _detach_module(v)) for k, v in m._modules.items()}
+    return new
+
+
+class Compose(Relation):
+    """Applies several relations together: masks AND-ed, biases summed, multipliers multiplied."""
+
+    def __init__(self, *relations: Relation) -> None:
+        super().__init__()
+        flat: list[Relation] = []
+        for r in relations:
+            if not isinstance(r, Relation):
+                raise TypeError(f"can only compose Relation objects, got {type(r).__name__}")
+            flat.extend(r.parts if isinstance(r, Compose) else [r])
+        self.parts = nn.ModuleList(flat)
+        self.has_mask = any(r.has_mask for r in flat)
+        self.has_bias = any(r.has_bias for r in flat)
+        self.has_prob = any(r.has_prob for r in flat)
+
+    def _reduce(self, attr: str, flag: str, op, b, h, q_idx, kv_idx):
+        out = None
+        for r in self.parts:
+            if getattr(r, flag):
+                x = getattr(r, attr)(b, h, q_idx, kv_idx)
+                out = x if out is None else op(out, x)
+        return out
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        return self._reduce("mask_mod", "has_mask", torch.logical_and, b, h, q_idx, kv_idx)
+
+    def bias_mod(self, b, h, q_idx, kv_idx):
+        return self._reduce("bias_mod", "has_bias", torch.add, b, h, q_idx, kv_idx)
+
+    def prob_mod(self, b, h, q_idx, kv_idx):
+        return self._reduce("prob_mod", "has_prob", torch.mul, b, h, q_idx, kv_idx)
+
+    def check(self, B, H, Lq, Lk):
+        for r in self.parts:
+            r.check(B, H, Lq, Lk)
+
+    def is_causal(self, Lq, Lk):
+        return len(self.parts) == 1 and self.parts[0].is_causal(Lq, Lk)
+
+    def detached(self):
+        new = copy.copy(self)
+        new._modules = {"parts": nn.ModuleList([r.detached() for r in self.parts])}
+        return new
+
+    def bind(self, **data):
+        raise TypeError("bind() the individual relations, then compose them")
+
+    def __repr__(self) -> str:
+        return " & ".join(repr(r) for r in self.parts)
