@@ -134,6 +134,8 @@ class _Chunked(torch.autograd.Function):
                     for i, g in enumerate(tile_grads):
                         if g is not None:
                             rel_grads[i] = g if rel_grads[i] is None else rel_grads[i] + g
+        # a tensor no live tile reached still gets a (zero) gradient, as on the other backends
+        rel_grads = [torch.zeros_like(t) if g is None else g for g, t in zip(rel_grads, rel_tensors)]
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, *rel_grads)
 
 
