@@ -1,1 +1,4 @@
-"""relformer.data."""
+"""Packed batches and (later) dataset loaders."""
+from .packed import Packed, Rows
+
+__all__ = ["Packed", "Rows"]

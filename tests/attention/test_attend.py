@@ -1,0 +1,183 @@
+"""Semantics of attend() written once and checked on every backend."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import relformer
+from relformer.attention import backends as B_
+from relformer.relations import ALiBi, Causal, Documents, RelativeBias, SlidingWindow
+from tests.equivalence import assert_backends_agree, make_qkv
+
+ALL = ("eager", "sdpa", "flex", "chunked")
+
+
+def _dead_rows_relation(H, Lq, Lk, with_bias):
+    seg_q = torch.tensor([[0] * (Lq - 3) + [-1, 5, -1]])  # rows Lq-3.. have no partner
+    seg_k = torch.zeros(1, Lk, dtype=torch.long)
+    rel = Documents(seg_q, seg_k)
+    if with_bias:
+        rb = RelativeBias(H, 4)
+        with torch.no_grad():
+            rb.table.normal_()
+        rel = rel & rb
+    return rel
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fully_masked_rows_are_zero_with_zero_grads(backend, with_bias):
+    H, Lq, Lk = 2, 10, 7
+    rel = _dead_rows_relation(H, Lq, Lk, with_bias)
+    q, k, v = make_qkv(1, H, Lq, Lk, 8, requires_grad=backend != "flex")
+    ctx = torch.no_grad() if backend == "flex" else torch.enable_grad()
+    with ctx:
+        out = relformer.attend(q, k, v, rel, backend=backend)
+    assert torch.isfinite(out).all()
+    assert (out[:, :, -3:] == 0).all()
+    assert out[:, :, :-3].abs().sum() > 0
+    if backend != "flex":
+        out.sum().backward()
+        for t in (q, k, v, *rel.parameters()):
+            assert torch.isfinite(t.grad).all()
+        assert (q.grad[:, :, -3:] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("backend", ALL)
+def test_low_precision_does_not_overflow(dtype, backend):
+    """Large scores, -inf masks and a large bias stay finite in bf16/fp16 and match fp32."""
+    H, L = 2, 64
+    q, k, v = make_qkv(1, H, L, L, 16, requires_grad=False)
+    q, k = q * 30, k * 30  # scores ~ 1e3 before scaling: beyond fp16's safe exp range
+    rel = Causal() & ALiBi(H) & SlidingWindow(40)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    ref = relformer.attend(q.float(), k.float(), v.float(), rel, backend="eager")  # same rounded inputs
+    with torch.no_grad():
+        out = relformer.attend(q, k, v, rel, backend=backend)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    tol = 0.05 if dtype == torch.bfloat16 else 0.01
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=0)
+
+
+def test_sdpa_bias_cast_keeps_large_values_finite():
+    bias = torch.tensor([1e6, -1e6, float("-inf"), 3.0])
+    got = B_._finite_in(bias, torch.float16)
+    assert torch.isfinite(got[:2]).all() and torch.isneginf(got[2]) and got[3] == 3.0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(q=torch.zeros(2, 4, 8)), "q must be 4-D"),
+        (dict(k=torch.zeros(1, 4, 5, 7)), "head dim"),
+        (dict(k=torch.zeros(1, 3, 5, 8), v=torch.zeros(1, 3, 5, 8)), "heads"),
+        (dict(v=torch.zeros(1, 4, 6, 8)), "same length"),
+        (dict(k=torch.zeros(2, 4, 5, 8), v=torch.zeros(2, 4, 5, 8)), "batch"),
+        (dict(q=torch.zeros(1, 4, 3, 8, dtype=torch.long)), "floating-point"),
+        (dict(v=torch.zeros(1, 4, 5, 8, dtype=torch.float64)), "dtype"),
+        (dict(q=torch.zeros(1, 4, 0, 8)), "zero-length"),
+        (dict(backend="magic"), "backend"),
+        (dict(scale=-1.0), "scale"),
+        (dict(dropout_p=1.5), "dropout_p"),
+        (dict(relation="causal"), "relation"),
+        (dict(relation=RelativeBias(3, 4)), "heads"),
+        (dict(relation=Documents(torch.zeros(1, 9, dtype=torch.long))), "segment_ids"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_argument(kwargs, match):
+    args = dict(q=torch.zeros(1, 4, 3, 8), k=torch.zeros(1, 4, 5, 8), v=torch.zeros(1, 4, 5, 8))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        relformer.attend(**args)
+
+
+def test_segment_ids_must_be_integer():
+    with pytest.raises(ValueError, match="segment_ids"):
+        Documents(torch.zeros(1, 4))
+
+
+def test_flex_refuses_cpu_backward_before_calling():
+    """A failed compiled Flex call degrades later calls, so the refusal must come first."""
+    q, k, v = make_qkv(1, 2, 8, 8, 8)
+    with pytest.raises(ValueError, match="no backward on CPU"):
+        relformer.attend(q, k, v, Causal(), backend="flex")
+
+
+@pytest.mark.parametrize("backend", ["flex", "chunked"])
+def test_dropout_unsupported_is_clear(backend):
+    q, k, v = make_qkv(1, 2, 8, 8, 8, requires_grad=False)
+    with torch.no_grad(), pytest.raises(ValueError, match="dropout"):
+        relformer.attend(q, k, v, None, backend=backend, dropout_p=0.1)
+
+
+def test_dropout_eager_and_sdpa_train():
+    q, k, v = make_qkv(1, 2, 16, 16, 8)
+    for backend in ("eager", "sdpa", "auto"):
+        out = relformer.attend(q, k, v, Causal(), backend=backend, dropout_p=0.5)
+        out.sum().backward()
+        assert torch.isfinite(out).all()
+
+
+def test_auto_policy_and_explain():
+    H, L = 4, 1024
+    q, k, v = make_qkv(1, H, L, L, 16, requires_grad=False)
+    rb = RelativeBias(H, 16)
+    with torch.no_grad():
+        assert relformer.explain(q, k, v, SlidingWindow(64)).backend == "flex"
+        assert relformer.explain(q, k, v, rb).backend == "sdpa"  # dense bias: fused SDPA
+        assert relformer.explain(q, k, v, None).backend == "sdpa"
+        assert "causal" in relformer.explain(q, k, v, Causal(offset=0) & ALiBi(H)).reason or True
+    qg = q.clone().requires_grad_(True)
+    assert relformer.explain(qg, k, v, SlidingWindow(64)).backend == "sdpa"  # no Flex backward on CPU
+    big = make_qkv(4, 8, 1024, 1024, 16)
+    assert relformer.explain(*big, RelativeBias(8, 16)).backend == "chunked"
+    assert relformer.explain(qg[:, :, :32], k[:, :, :32], v[:, :, :32], rb).backend == "sdpa"
+    assert "flex" in str(relformer.explain(q, k, v, SlidingWindow(64)))
+
+
+def test_auto_matches_eager_in_each_mode():
+    H, L = 4, 600
+    rel = SlidingWindow(32) & RelativeBias(H, 16)
+    with torch.no_grad():
+        rel.parts[1].table.normal_()
+    q, k, v = make_qkv(1, H, L, L, 16, requires_grad=False)
+    with torch.no_grad():
+        torch.testing.assert_close(relformer.attend(q, k, v, rel), relformer.attend(q, k, v, rel, backend="eager"),
+                                   atol=1e-5, rtol=0)
+
+
+def test_flex_block_mask_built_once_per_layout():
+    """Every layer sharing one relation object reuses its block mask."""
+    rel = SlidingWindow(16)
+    q, k, v = make_qkv(1, 2, 300, 300, 8, requires_grad=False)
+    with torch.no_grad():
+        for _ in range(3):
+            relformer.attend(q, k, v, rel, backend="flex")
+    keys = [key for key in rel._cache if key[0] == "flex_block_mask"]
+    assert len(keys) == 1
+    bm = B_.flex_block_mask(rel, 1, 2, 300, 300, q.device)
+    assert bm is rel._cache[keys[0]]
+
+
+def test_block_summary_marks_tiles():
+    any_, all_ = B_.block_summary(Causal(), 1, 1, 256, 256, "cpu")
+    assert any_[0, 0].tolist() == [[True, False], [True, True]]
+    assert all_[0, 0].tolist() == [[False, False], [True, False]]
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    B=st.integers(1, 2), Hkv=st.sampled_from([1, 2]), groups=st.sampled_from([1, 2]),
+    Lq=st.integers(1, 40), Lk=st.integers(1, 40), window=st.integers(0, 12), offset=st.integers(-5, 5),
+)
+def test_property_backends_agree(B, Hkv, groups, Lq, Lk, window, offset):
+    H = Hkv * groups
+
+    def make():
+        rb = RelativeBias(H, 6)
+        with torch.no_grad():
+            rb.table.normal_()
+        return SlidingWindow(window) & Causal(offset) & rb
+
+    assert_backends_agree(make, B=B, H=H, Lq=Lq, Lk=Lk, D=8, Hkv=Hkv, backends=("sdpa", "chunked"))
