@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One entry point that sets everything up on a fresh machine (Python, pip and gcc only).
+#   bash run.sh main   - the main job: attention benchmark (quick), report in bench/results/
+#   bash run.sh test   - the test suite
+#   bash run.sh setup  - only create .venv and install
+# TORCH_SPEC overrides the PyTorch requirement (default: the CPU build torch==2.13.0), e.g.
+#   TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126" bash run.sh test
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${VENV:-.venv}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    python3 -m venv "$VENV"
+  fi
+  local py="$VENV/bin/python"
+  if ! "$py" -c "import torch" 2>/dev/null; then
+    # torch first and pinned: an unpinned torch pulled in by a dependency is a multi-GB CUDA build
+    "$py" -m pip install -q $TORCH_SPEC
+  fi
+  "$py" -m pip install -q -e ".[dev]"
+}
+
+cmd=${1:-main}
+shift || true
+setup
+case "$cmd" in
+  setup) ;;
+  main) "$VENV/bin/relformer" bench attention --quick "$@" ;;
+  test) "$VENV/bin/python" -m pytest tests "$@" ;;
+  *) echo "usage: bash run.sh [main|test|setup]" >&2; exit 2 ;;
+esac
