@@ -2,8 +2,9 @@
 
 Tolerances (fp32): forward outputs within ``FWD_ATOL``; gradients of q, k, v and of every
 trainable tensor the relation reads within ``GRAD_RTOL`` relative to the reference
-gradient's largest entry (table gradients sum over B*H*Lq*Lk terms, so an absolute
-bound alone would be meaningless for them).
+gradient's largest entry, and never tighter than ``GRAD_ATOL_FLOOR``: a table gradient sums
+up to B*H*Lq*Lk terms of size ~|dO.V|, so even a true zero (e.g. a window of 0, where every
+row's softmax is one-hot and the terms cancel) carries fp32 rounding of ~1e-6.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import relformer
 
 FWD_ATOL = 1e-5
 GRAD_RTOL = 1e-5
-GRAD_ATOL_FLOOR = 1e-6
+GRAD_ATOL_FLOOR = 1e-5
 
 
 def make_qkv(B, H, Lq, Lk, D, Hkv=None, seed=0, requires_grad=True, dtype=torch.float32):

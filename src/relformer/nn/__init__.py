@@ -1,1 +1,16 @@
-"""relformer.nn."""
+"""relformer.nn: norms, MLPs, positional encodings, attention blocks and layer stacks."""
+from .blocks import LAYER_TYPES, Attention, Block, CrossBlock, Decoder, DropPath, Encoder, LayerScale
+from .convert import NORMS, PreNormTransformer, to_pre_crmsnorm, to_pre_rmsnorm
+from .mlp import MLP, SwiGLU
+from .norms import CRMSNorm, LayerNorm, RMSNorm, TokenBatchNorm, UnifiedNorm
+from .posenc import (LearnedPositions, RotaryEmbedding, RotaryEmbedding2D, grid_positions, laplacian_eigenvectors,
+                     random_sign_flip, random_walk_encoding, sinusoidal_encoding)
+
+__all__ = [
+    "LayerNorm", "RMSNorm", "CRMSNorm", "TokenBatchNorm", "UnifiedNorm",
+    "MLP", "SwiGLU",
+    "sinusoidal_encoding", "LearnedPositions", "RotaryEmbedding", "RotaryEmbedding2D", "grid_positions",
+    "laplacian_eigenvectors", "random_sign_flip", "random_walk_encoding",
+    "Attention", "Block", "CrossBlock", "Encoder", "Decoder", "LayerScale", "DropPath", "LAYER_TYPES",
+    "PreNormTransformer", "NORMS", "to_pre_rmsnorm", "to_pre_crmsnorm",
+]
