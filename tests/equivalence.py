@@ -49,12 +49,17 @@ def run_backend(relation, backend, q, k, v, leaves=(), seed=0):
 def assert_backends_agree(make_relation, B=2, H=4, Lq=37, Lk=53, D=16, Hkv=None,
                           backends=("sdpa", "flex", "chunked"), seed=0, leaves_fn=None):
     """``make_relation()`` builds the relation (fresh each call so data-dependent parts are rebuilt)."""
-    relation = make_relation()
-    leaves = leaves_fn(relation) if leaves_fn else ()
+    def fresh():  # the same seed for every backend, so random initialisation is identical
+        torch.manual_seed(seed)
+        relation = make_relation()
+        return relation, (leaves_fn(relation) if leaves_fn else ())
+
     q, k, v = make_qkv(B, H, Lq, Lk, D, Hkv, seed)
+    relation, leaves = fresh()
     ref_out, ref_grads = run_backend(relation, "eager", q, k, v, leaves, seed)
     assert torch.isfinite(ref_out).all()
     for backend in backends:
+        relation, leaves = fresh()
         out, grads = run_backend(relation, backend, q, k, v, leaves, seed)
         torch.testing.assert_close(out, ref_out, atol=FWD_ATOL, rtol=0, msg=lambda m: f"{backend} forward: {m}")
         if grads is None:

@@ -158,7 +158,7 @@ def flex_block_mask(relation: Relation | None, B: int, H: int, Lq: int, Lk: int,
             partial = any_ & ~all_
             kn, ki = _blocks(partial, False)
             fn, fi = _blocks(all_, True)
-            view = relation.detached()
+            view = relation.flex_view()
             return BlockMask.from_kv_blocks(kn, ki, fn, fi, BLOCK_SIZE=FLEX_BLOCK, mask_mod=view.mask_mod,
                                             seq_lengths=(Lq, Lk))
         nq, nk = -(-Lq // FLEX_BLOCK), -(-Lk // FLEX_BLOCK)
@@ -181,11 +181,11 @@ def flex(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: floa
     if relation is not None and relation.has_prob:
         raise ValueError(f"backend='flex' cannot fuse the post-softmax multiplier of {type(relation).__name__}; "
                          "use backend='chunked' or 'eager'")
-    if torch.is_grad_enabled() and not flex_supports_backward(q.device.type):
-        needs = [t for t in (q, k, v) if t.requires_grad]
-        if relation is not None:
-            needs += relation.grad_tensors()
-        if needs:
+    if torch.is_grad_enabled():
+        if relation is not None and relation.grad_tensors():
+            raise ValueError("backend='flex' compiles the relation's tensors detached, so it cannot train them; "
+                             "use backend='chunked' or 'sdpa' (auto does)")
+        if not flex_supports_backward(q.device.type) and any(t.requires_grad for t in (q, k, v)):
             raise ValueError("backend='flex' has no backward on CPU in this torch; run under torch.no_grad() "
                              "or use backend='chunked' / 'sdpa' for training")
     if not torch.is_grad_enabled():
@@ -196,7 +196,7 @@ def flex(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: floa
     block_mask = flex_block_mask(relation, B, H, Lq, Lk, q.device)
     score_mod = None
     if relation is not None and relation.has_bias:
-        view = relation.detached() if not torch.is_grad_enabled() or q.device.type == "cpu" else relation
+        view = relation.flex_view()
 
         def score_mod(score, b, h, q_idx, kv_idx):
             return score + view.bias_mod(b, h, q_idx, kv_idx)

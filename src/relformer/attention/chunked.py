@@ -94,6 +94,12 @@ class _Chunked(torch.autograd.Function):
         dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
         rel_grads = [None] * len(rel_tensors)
         learn = bool(rel_tensors)
+        if learn:
+            # Recompute tiles on fresh leaves: their gradients are handed to the outer graph, which
+            # carries them further back (e.g. edge_bias -> proj) exactly once.
+            leaves = [t.detach().requires_grad_() for t in rel_tensors]
+            by_id = {id(t): leaf for t, leaf in zip(rel_tensors, leaves)}
+            rel = rel.map_tensors(lambda t: by_id.get(id(t), t))
         for qs, qe in _tiles(Lq, ctx.tq):
             qb, dob = q[:, :, qs:qe].float(), dof[:, :, qs:qe]
             lse_b, delta_b = lse[:, :, qs:qe].unsqueeze(-1), delta[:, :, qs:qe].unsqueeze(-1)
@@ -130,7 +136,7 @@ class _Chunked(torch.autograd.Function):
                 dq[:, :, qs:qe] += torch.matmul(ds, kb) * scale
                 dk[:, :, ks:ke] += torch.matmul(ds.transpose(-1, -2), qb) * scale
                 if outs:
-                    tile_grads = torch.autograd.grad(outs, rel_tensors, grads, allow_unused=True)
+                    tile_grads = torch.autograd.grad(outs, leaves, grads, allow_unused=True)
                     for i, g in enumerate(tile_grads):
                         if g is not None:
                             rel_grads[i] = g if rel_grads[i] is None else rel_grads[i] + g
@@ -144,7 +150,8 @@ def chunked_attention(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None
     """Blockwise attention with O(tile) bias memory; gradients flow to q, k, v and the relation's tensors."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
-    tq, tk = tile_sizes(B, H, Lq, Lk)
+    cost = relation.tile_cost if relation is not None else 1.0
+    tq, tk = tile_sizes(B, H, Lq, Lk, budget=max(1 << 14, int(TILE_ELEMENTS / cost)))
     tq, tk = tile_q or tq, tile_k or tk
     rel_tensors = relation.grad_tensors() if relation is not None and torch.is_grad_enabled() else []
     return _Chunked.apply(q, k, v, relation, scale, tq, tk, *rel_tensors)

@@ -55,6 +55,8 @@ class Relation(nn.Module):
     has_mask: bool = False
     has_bias: bool = False
     has_prob: bool = False
+    #: temporaries per (q, kv) pair relative to one fp32 score; sizes the chunked backend's tiles
+    tile_cost: float = 1.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -131,18 +133,28 @@ class Relation(nn.Module):
                 out.append(t)
         return out
 
-    def detached(self) -> "Relation":
-        """A shallow copy whose tensors are detached (Flex's score_mod cannot capture trainable tensors)."""
+    def map_tensors(self, fn) -> "Relation":
+        """A shallow copy reading ``fn(t)`` for every parameter and tensor attribute (recursively)."""
         new = copy.copy(self)
-        new._parameters = {k: (None if v is None else v.detach()) for k, v in self._parameters.items()}
+        new._parameters = {k: (None if v is None else fn(v)) for k, v in self._parameters.items()}
         new._buffers = dict(self._buffers)
-        new._modules = {k: (None if v is None else v.detached() if isinstance(v, Relation) else _detach_module(v))
+        new._modules = {k: (None if v is None else v.map_tensors(fn) if isinstance(v, Relation) else _map_module(v, fn))
                         for k, v in self._modules.items()}
-        new._cache = self._cache
         for k, v in vars(self).items():
             if isinstance(v, Tensor):
-                object.__setattr__(new, k, v.detach())
+                object.__setattr__(new, k, fn(v))
         return new
+
+    def detached(self) -> "Relation":
+        """A copy whose tensors are detached (shares the layout cache)."""
+        return self.map_tensors(lambda t: t.detach())
+
+    def flex_view(self) -> "Relation":
+        """What Flex compiles: detached tensors (a score_mod cannot capture trainable tensors).
+
+        Override to precompute what Flex cannot compile (e.g. a small MLP per pair).
+        """
+        return self.detached()
 
     def bind(self, **data) -> "Relation":
         """A copy that shares this relation's tables but reads new per-batch data (e.g. ``spd=...``)."""
@@ -163,10 +175,10 @@ class Relation(nn.Module):
         return self._cache[key]
 
 
-def _detach_module(m: nn.Module) -> nn.Module:
+def _map_module(m: nn.Module, fn) -> nn.Module:
     new = copy.copy(m)
-    new._parameters = {k: (None if v is None else v.detach()) for k, v in m._parameters.items()}
-    new._modules = {k: (None if v is None else _detach_module(v)) for k, v in m._modules.items()}
+    new._parameters = {k: (None if v is None else fn(v)) for k, v in m._parameters.items()}
+    new._modules = {k: (None if v is None else _map_module(v, fn)) for k, v in m._modules.items()}
     return new
 
 
@@ -209,10 +221,19 @@ class Compose(Relation):
     def is_causal(self, Lq, Lk):
         return len(self.parts) == 1 and self.parts[0].is_causal(Lq, Lk)
 
-    def detached(self):
+    def map_tensors(self, fn):
         new = copy.copy(self)
-        new._modules = {"parts": nn.ModuleList([r.detached() for r in self.parts])}
+        new._modules = {"parts": nn.ModuleList([r.map_tensors(fn) for r in self.parts])}
         return new
+
+    def flex_view(self):
+        new = copy.copy(self)
+        new._modules = {"parts": nn.ModuleList([r.flex_view() for r in self.parts])}
+        return new
+
+    @property
+    def tile_cost(self) -> float:
+        return max(r.tile_cost for r in self.parts)
 
     def bind(self, **data):
         raise TypeError("bind() the individual relations, then compose them")

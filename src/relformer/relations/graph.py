@@ -1,0 +1,254 @@
+"""Relations over graphs packed into rows of node slots: adjacency masks and Graphormer's
+shortest-path and edge-feature biases.
+
+A packed graph batch has ``N`` nodes in total, placed at ``(node_row[n], node_pos[n])`` in
+``B`` rows of ``L`` slots (one or more graphs per row; combine with
+:class:`~relformer.relations.Documents` to keep graphs of one row apart). Edges are PyG's
+``edge_index (2, E)`` of global node ids, ``edge_index[0]`` the source ``j`` and
+``edge_index[1]`` the target ``i``; messages flow source -> target, so the dense per-row
+tensors are indexed ``[b, i, j]`` = ``[b, q, kv]``: the target queries its sources.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..attention.relation import Relation
+from .sequence import _check_heads
+
+__all__ = ["node_layout", "scatter_pairs", "dense_adjacency", "edge_id_matrix", "shortest_path_distances",
+           "dense_shortest_paths", "GraphAdjacency", "ShortestPathBias", "EdgeFeatureBias"]
+
+
+def _check_int(name: str, x: Tensor, dim: int) -> None:
+    if not isinstance(x, Tensor) or x.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"{name} must be an integer tensor (int32/int64), got "
+                         f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
+    if x.dim() != dim:
+        raise ValueError(f"{name} must be {dim}-D, got shape {tuple(x.shape)}")
+
+
+def _check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
+    _check_int("edge_index", edge_index, 2)
+    if edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
+    if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
+        raise ValueError(f"edge_index has node ids in [{edge_index.min().item()}, {edge_index.max().item()}], "
+                         f"outside [0, {num_nodes}) for {num_nodes} nodes")
+
+
+def _check_layout(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int) -> None:
+    _check_int("node_row", node_row, 1)
+    _check_int("node_pos", node_pos, 1)
+    if node_row.shape != node_pos.shape:
+        raise ValueError(f"node_row and node_pos must have the same shape (N,), got {tuple(node_row.shape)} "
+                         f"and {tuple(node_pos.shape)}")
+    N = node_row.shape[0]
+    if N and not (0 <= node_row.min() and node_row.max() < B):
+        raise ValueError(f"node_row must lie in [0, B) = [0, {B})")
+    if N and not (0 <= node_pos.min() and node_pos.max() < L):
+        raise ValueError(f"node_pos must lie in [0, L) = [0, {L})")
+    if N and torch.unique(node_row.long() * L + node_pos.long()).numel() != N:
+        raise ValueError("two nodes share a (node_row, node_pos) slot")
+    _check_edge_index(edge_index, N)
+    if edge_index.numel() and (node_row[edge_index[0]] != node_row[edge_index[1]]).any():
+        raise ValueError("edge_index joins nodes placed in different rows (node_row)")
+
+
+def scatter_pairs(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int,
+                  values: Tensor | None = None, fill=0) -> Tensor:
+    """Per-edge values into per-row dense ``(B, L, L)``: ``out[row, pos[i], pos[j]] = values[e]`` for
+    edge ``e = (j -> i)``, ``fill`` elsewhere. ``values (E,)`` default ``True`` (adjacency).
+
+    Raises ``ValueError`` naming ``edge_index`` for non-integer dtype, negative or out-of-range
+    ids, or an edge between rows; when ``values`` are given, an ordered pair may occur only once.
+    """
+    _check_layout(edge_index, node_row, node_pos, B, L)
+    if values is None:
+        values = torch.ones(edge_index.shape[1], dtype=torch.bool, device=edge_index.device)
+    elif values.shape[:1] != edge_index.shape[1:]:
+        raise ValueError(f"values must have E = {edge_index.shape[1]} rows, got shape {tuple(values.shape)}")
+    j, i = edge_index[0], edge_index[1]
+    row, pi, pj = node_row[i].long(), node_pos[i].long(), node_pos[j].long()
+    if values.dtype != torch.bool and torch.unique(row * L * L + pi * L + pj).numel() != row.numel():
+        raise ValueError("edge_index has a repeated (source, target) pair; scattered values would be ambiguous")
+    out = torch.full((B, L, L, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    out[row, pi, pj] = values
+    return out
+
+
+def dense_adjacency(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int) -> Tensor:
+    """Boolean ``(B, L, L)``: ``adj[b, i, j]`` iff there is an edge ``j -> i`` (both ways if undirected)."""
+    return scatter_pairs(edge_index, node_row, node_pos, B, L)
+
+
+def edge_id_matrix(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int) -> Tensor:
+    """Long ``(B, L, L)``: the id ``e`` of edge ``j -> i`` at ``[b, i, j]``, ``-1`` where there is none."""
+    ids = torch.arange(edge_index.shape[1], device=edge_index.device)
+    return scatter_pairs(edge_index, node_row, node_pos, B, L, values=ids, fill=-1)
+
+
+def shortest_path_distances(edge_index: Tensor, num_nodes: int) -> Tensor:
+    """Unweighted, undirected hop distances ``(num_nodes, num_nodes)`` long, ``-1`` if unreachable
+    (``scipy.sparse.csgraph.shortest_path``, breadth-first per source)."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    _check_edge_index(edge_index, num_nodes)
+    ei = edge_index.cpu().numpy()
+    graph = coo_matrix((np.ones(ei.shape[1]), (ei[0], ei[1])), shape=(num_nodes, num_nodes)).tocsr()
+    dist = shortest_path(graph, method="D", directed=False, unweighted=True)
+    dist = torch.from_numpy(np.where(np.isinf(dist), -1, dist)).long()
+    return dist.to(edge_index.device)
+
+
+def dense_shortest_paths(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int) -> Tensor:
+    """Per-row ``spd (B, L, L)`` long for :class:`ShortestPathBias`: hop distance between the nodes in
+    slots ``i`` and ``j`` of a row, ``-1`` when unreachable (other graph of the row, empty slot)."""
+    _check_layout(edge_index, node_row, node_pos, B, L)
+    spd = torch.full((B, L, L), -1, dtype=torch.long, device=edge_index.device)
+    for b in range(B):
+        nodes = (node_row == b).nonzero().flatten()  # global ids of the row's nodes
+        if nodes.numel() == 0:
+            continue
+        local = torch.full((node_row.shape[0],), -1, dtype=torch.long, device=edge_index.device)
+        local[nodes] = torch.arange(nodes.numel(), device=edge_index.device)
+        ei = local[edge_index[:, node_row[edge_index[0]] == b]]
+        pos = node_pos[nodes].long()
+        spd[b, pos[:, None], pos[None, :]] = shortest_path_distances(ei, nodes.numel())
+    return spd
+
+
+def node_layout(index: Tensor) -> tuple[Tensor, Tensor]:
+    """``(node_row, node_pos)`` for nodes placed by a slot table ``index (B, L)`` (node id per slot,
+    ``-1`` for an empty slot; :attr:`relformer.data.Rows.index`)."""
+    _check_int("index", index, 2)
+    row, pos = (index >= 0).nonzero(as_tuple=True)
+    node = index[row, pos]
+    if not torch.equal(node.long().sort().values, torch.arange(node.numel(), device=node.device)):
+        raise ValueError("index must hold every node id 0..N-1 exactly once (and -1 in empty slots)")
+    node_row, node_pos = torch.empty_like(node), torch.empty_like(node)
+    node_row[node], node_pos[node] = row, pos
+    return node_row, node_pos
+
+
+def _check_pairs(name: str, x: Tensor, B: int, Lq: int, Lk: int) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name} is not set: bind it first")
+    if x.shape != (B, Lq, Lk):
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, expected (B, Lq, Lk) = {(B, Lq, Lk)}")
+
+
+class GraphAdjacency(Relation):
+    """Sparse graph attention (Dwivedi & Bresson 2021, "A Generalization of Transformer Networks to
+    Graphs"): node ``i`` attends node ``j`` iff ``adjacency[b, i, j]`` (edge ``j -> i``) or, with
+    ``self_loops``, ``i == j``. ``adjacency (B, L, L)`` bool, e.g. from :meth:`from_edges`.
+    """
+
+    has_mask = True
+
+    def __init__(self, adjacency: Tensor, self_loops: bool = True) -> None:
+        super().__init__()
+        if not isinstance(adjacency, Tensor) or adjacency.dtype != torch.bool or adjacency.dim() != 3:
+            raise ValueError("adjacency must be a bool (B, L, L) tensor")
+        self.adjacency, self.self_loops = adjacency, bool(self_loops)
+
+    @classmethod
+    def from_edges(cls, edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int,
+                   self_loops: bool = True) -> "GraphAdjacency":
+        return cls(dense_adjacency(edge_index, node_row, node_pos, B, L), self_loops)
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        adj = self.adjacency[b, q_idx, kv_idx]
+        return adj | (q_idx == kv_idx) if self.self_loops else adj
+
+    def check(self, B, H, Lq, Lk):
+        _check_pairs("adjacency", self.adjacency, B, Lq, Lk)
+
+    def extra_repr(self) -> str:
+        return f"self_loops={self.self_loops}"
+
+
+class ShortestPathBias(Relation):
+    """Graphormer's spatial encoding (Ying et al. 2021, "Do Transformers Really Perform Bad for Graph
+    Representation?", Eq. 6): ``bias[b, h, i, j] = table[min(spd[b, i, j], max_distance), h]``, and
+    ``table[max_distance + 1, h]`` where ``spd < 0`` (unreachable).
+
+    ``table (max_distance + 2, H)`` learnable; per-batch ``spd (B, L, L)`` long via ``.bind(spd=...)``
+    (see :func:`dense_shortest_paths`).
+    """
+
+    has_bias = True
+
+    def __init__(self, num_heads: int, max_distance: int, spd: Tensor | None = None) -> None:
+        super().__init__()
+        if max_distance < 0:
+            raise ValueError(f"max_distance must be >= 0, got {max_distance}")
+        self.max_distance = int(max_distance)
+        self.table = nn.Parameter(torch.randn(self.max_distance + 2, num_heads) * 0.02)
+        self.spd = spd
+
+    def bias_mod(self, b, h, q_idx, kv_idx):
+        d = self.spd[b, q_idx, kv_idx]
+        return self.table[torch.where(d < 0, self.max_distance + 1, d.clamp(max=self.max_distance)), h]
+
+    def check(self, B, H, Lq, Lk):
+        _check_heads(self.table.shape[1], H)
+        _check_pairs("spd", self.spd, B, Lq, Lk)
+        _check_int("spd", self.spd, 3)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.table.shape[1]}, max_distance={self.max_distance}"
+
+
+class EdgeFeatureBias(Relation):
+    """Graphormer-style edge bias for direct edges (Ying et al. 2021, Eq. 7 with paths of one edge):
+    ``bias[b, h, i, j] = (W x_e + c)[h]`` for the edge ``e = (j -> i)``, 0 where there is none.
+
+    ``proj = nn.Linear(edge_dim, num_heads)``. Per batch, :meth:`bind_edges` takes
+    ``edge_ids (B, L, L)`` long (``-1`` where no edge, see :func:`edge_id_matrix`) and
+    ``edge_attr (E, edge_dim)``, and computes ``edge_bias = proj(edge_attr)`` once, padded with
+    zero rows to a power of two ``> E`` (pairs without an edge read the last row, ``E = 0`` works,
+    and Flex, which compiles per captured shape, sees few distinct shapes).
+    The bound copy reads only ``edge_bias`` (a non-leaf tensor), and ``proj`` is not registered
+    on it, so every backend hands the gradient to ``edge_bias`` and ordinary autograd carries it
+    on to ``proj`` and ``edge_attr``. Keep the unbound module in the model (it owns ``proj``);
+    bind once per forward (``edge_bias``'s graph is freed by the backward pass).
+    """
+
+    has_bias = True
+
+    def __init__(self, edge_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(edge_dim, num_heads)
+        self.edge_ids: Tensor | None = None
+        self.edge_bias: Tensor | None = None
+
+    def bind_edges(self, edge_ids: Tensor, edge_attr: Tensor) -> "EdgeFeatureBias":
+        _check_int("edge_ids", edge_ids, 3)
+        if edge_attr.dim() != 2 or edge_attr.shape[1] != self.proj.in_features:
+            raise ValueError(f"edge_attr must have shape (E, {self.proj.in_features}), got {tuple(edge_attr.shape)}")
+        if edge_ids.numel() and edge_ids.max() >= edge_attr.shape[0]:
+            raise ValueError(f"edge_ids refers to edge {edge_ids.max().item()} but edge_attr has "
+                             f"{edge_attr.shape[0]} edges")
+        bias = self.proj(edge_attr)  # (E, H)
+        rows = 1 << edge_attr.shape[0].bit_length()  # > E, a power of two: few distinct shapes for Flex
+        bias = torch.cat([bias, bias.new_zeros(rows - bias.shape[0], bias.shape[1])])  # (rows, H); last = no edge
+        new = self.bind(edge_ids=edge_ids, edge_bias=bias)
+        new._modules = {}  # proj's parameters reach the loss through edge_bias only
+        object.__setattr__(new, "proj", self.proj)  # kept for check() / repr, not as a submodule
+        return new
+
+    def bias_mod(self, b, h, q_idx, kv_idx):
+        e = self.edge_ids[b, q_idx, kv_idx]
+        return self.edge_bias[torch.where(e >= 0, e, self.edge_bias.shape[0] - 1), h]
+
+    def check(self, B, H, Lq, Lk):
+        _check_heads(self.proj.out_features, H)
+        if self.edge_bias is None:
+            raise ValueError("edge_ids is not set: use EdgeFeatureBias.bind_edges(edge_ids, edge_attr)")
+        _check_pairs("edge_ids", self.edge_ids, B, Lq, Lk)
+
+    def extra_repr(self) -> str:
+        return f"edge_dim={self.proj.in_features}, num_heads={self.proj.out_features}"
