@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import relformer
 from relformer.attention import backends as B_
-from relformer.relations import ALiBi, Causal, Documents, RelativeBias, SlidingWindow
+from relformer.relations import URPE, ALiBi, Causal, Documents, RelativeBias, SlidingWindow, T5Bias
 from tests.equivalence import assert_backends_agree, make_qkv
 
 ALL = ("eager", "sdpa", "flex", "chunked")
@@ -125,15 +125,21 @@ def test_auto_policy_and_explain():
     rb = RelativeBias(H, 16)
     with torch.no_grad():
         assert relformer.explain(q, k, v, SlidingWindow(64)).backend == "flex"
-        assert relformer.explain(q, k, v, rb).backend == "sdpa"  # dense bias: fused SDPA
+        assert relformer.explain(q, k, v, rb).backend == "flex"  # a cheap gather: not materialised
+        assert relformer.explain(q, k, v, T5Bias(H)).backend == "sdpa"  # arithmetic-heavy bias
         assert relformer.explain(q, k, v, None).backend == "sdpa"
-        assert "causal" in relformer.explain(q, k, v, Causal(offset=0) & ALiBi(H)).reason or True
+        assert relformer.explain(q, k, v, Causal()).reason.startswith("causal mask: SDPA is_causal")
+        assert relformer.explain(q, k, v, Causal() & ALiBi(H)).backend == "flex"  # 53% of tiles live
+        assert relformer.explain(q[:, :, :64], k[:, :, :64], v[:, :, :64], SlidingWindow(8)).backend == "sdpa"
     qg = q.clone().requires_grad_(True)
     assert relformer.explain(qg, k, v, SlidingWindow(64)).backend == "sdpa"  # no Flex backward on CPU
     big = make_qkv(4, 8, 1024, 1024, 16)
     assert relformer.explain(*big, RelativeBias(8, 16)).backend == "chunked"
     assert relformer.explain(qg[:, :, :32], k[:, :, :32], v[:, :, :32], rb).backend == "sdpa"
     assert "flex" in str(relformer.explain(q, k, v, SlidingWindow(64)))
+    with torch.no_grad():  # URPE: chunked beats eager for large score matrices in inference too
+        assert relformer.explain(*big, URPE(8, 16).requires_grad_(False)).backend == "chunked"
+        assert relformer.explain(q[:, :, :32], k[:, :, :32], v[:, :, :32], URPE(H, 4)).backend == "eager"
 
 
 def test_auto_matches_eager_in_each_mode():

