@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 import relformer
 from relformer.attention import backends as B_
 from relformer.relations import URPE, ALiBi, Causal, Documents, RelativeBias, SlidingWindow, T5Bias
+from relformer import relations as R
 from tests.equivalence import assert_backends_agree, make_qkv
 
 ALL = ("eager", "sdpa", "flex", "chunked")
@@ -126,7 +127,8 @@ def test_auto_policy_and_explain():
     with torch.no_grad():
         assert relformer.explain(q, k, v, SlidingWindow(64)).backend == "flex"
         assert relformer.explain(q, k, v, rb).backend == "flex"  # a cheap gather: not materialised
-        assert relformer.explain(q, k, v, T5Bias(H)).backend == "sdpa"  # arithmetic-heavy bias
+        assert relformer.explain(q, k, v, T5Bias(H)).backend == "flex"
+        assert relformer.explain(q, k, v, R.ManhattanDecay(H, (32, 32))).backend == "sdpa"  # arithmetic-heavy
         assert relformer.explain(q, k, v, None).backend == "sdpa"
         assert relformer.explain(q, k, v, Causal()).reason.startswith("causal mask: SDPA is_causal")
         assert relformer.explain(q, k, v, Causal() & ALiBi(H)).backend == "flex"  # 53% of tiles live

@@ -140,6 +140,7 @@ class T5Bias(Relation):
     """
 
     has_bias = True
+    flex_bias_fast = True  # L=2048: Flex 320-335 ms in two runs vs SDPA 316-414 ms (materialising the bias)
 
     def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True) -> None:
         super().__init__()
