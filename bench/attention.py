@@ -324,10 +324,16 @@ def write_report(rows, packed, checks, out_path, lengths, reps, memory_lengths):
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}. B={B}, H={H}, D={D}, fp32. Median of {reps} runs after a warm-up; "
-        f"peak memory (MiB above the pre-run RSS, fresh process per case) at L in {sorted(memory_lengths)}. "
-        "`×sdpa` = time / time of the `sdpa` backend on the same case. `auto→` is the backend auto chose.",
+        f"peak memory (MiB above the pre-run RSS, fresh process per case) at L in "
+        f"{sorted({r['L'] for r in rows if r['mib'] is not None})}. "
+        "`×sdpa` = time / time of the `sdpa` backend on the same case. `auto→` is the backend auto chose. "
+        "Flex has no CPU backward (—). `box_geometry` is measured up to Q = "
+        f"{MAX_BOX_QUERIES} queries (DETR-family decoders use ≤ 900; the eager reference alone would hold "
+        "~4 GiB of pair features per copy at 2048).",
         "",
-        f"Command: `python bench/attention.py --lengths {' '.join(map(str, lengths))} --reps {reps}`",
+        f"Command: `python bench/attention.py --lengths {' '.join(map(str, lengths))} --reps {reps}` "
+        "(rows are saved per case in the `.jsonl` beside this file; `--relations ...` re-measures a subset "
+        "and `--report-only` rewrites this page from the saved rows).",
         "",
     ]
     targets = []
@@ -399,7 +405,7 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="L=512, 3 repeats, memory at 512 (a few minutes)")
     ap.add_argument("--lengths", type=int, nargs="+", default=[256, 1024, 2048])
     ap.add_argument("--reps", type=int, default=7)
-    ap.add_argument("--memory-lengths", type=int, nargs="*", default=[2048])
+    ap.add_argument("--memory-lengths", type=int, nargs="*", default=None, help="default: every length")
     ap.add_argument("--relations", nargs="+", default=list(RELATIONS), choices=RELATIONS)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--packed-seqs", type=int, default=64, help="sequences in the packed-vs-padded batch")
@@ -412,6 +418,8 @@ def main(argv=None):
         return
     if args.quick:
         args.lengths, args.reps, args.memory_lengths = [512], 3, [512]
+    if args.memory_lengths is None:
+        args.memory_lengths = args.lengths
     out = args.out or ROOT / "results" / ("attention-quick.md" if args.quick else "attention.md")
     if args.report_only:
         rows = sorted(load_rows(out.with_suffix(".jsonl")).values(), key=lambda r: (r["L"], RELATIONS.index(r["relation"])))

@@ -144,6 +144,18 @@ def test_auto_policy_and_explain():
         assert relformer.explain(q[:, :, :32], k[:, :, :32], v[:, :, :32], URPE(H, 4)).backend == "eager"
 
 
+def test_auto_sends_expensive_biases_to_chunked():
+    """A per-pair MLP bias (Relation-DETR) is cheaper tile by tile than materialised (bench: 2.6x at Q=1024)."""
+    rel = R.BoxRelationBias(8).bind(boxes=torch.rand(4, 256, 4) * 0.5 + 0.05)
+    q, k, v = make_qkv(4, 8, 256, 256, 16, requires_grad=False)
+    with torch.no_grad():
+        assert relformer.explain(q, k, v, rel).backend == "chunked"
+    small = make_qkv(1, 8, 100, 100, 16, requires_grad=False)  # one image, 100 queries: materialise
+    rel_small = R.BoxRelationBias(8).bind(boxes=torch.rand(1, 100, 4) * 0.5 + 0.05)
+    with torch.no_grad():
+        assert relformer.explain(*small, rel_small).backend == "sdpa"
+
+
 def test_auto_matches_eager_in_each_mode():
     H, L = 4, 600
     rel = SlidingWindow(32) & RelativeBias(H, 16)

@@ -40,7 +40,8 @@ BACKENDS = ("auto", "eager", "sdpa", "flex", "chunked")
 # Policy thresholds (from bench/attention.py on 2 CPU cores; see bench/results/attention.md).
 FLEX_MIN_PAIRS = 512 * 512       # below this Flex's per-call overhead is not worth it
 FLEX_MAX_DENSITY = 0.75          # a live Flex tile costs ~1.03x SDPA's (L=2048, no mask): skip >= 25%
-CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk above which `chunked` beats materialising the scores
+CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk*tile_cost above which `chunked` beats materialising the scores
+EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (box MLP: 2.6x, Q=1024)
 
 
 @dataclass(frozen=True)
@@ -103,15 +104,21 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
     Lk = k.shape[2]
     dev = q.device
     training, rel_grad = _needs_grad(q, k, v, relation)
+    # score-sized temporaries the bias needs per pair (1 for a table lookup, ~25 for Relation-DETR's MLP)
+    cost = relation.tile_cost if relation is not None else 1.0
+    big = B * H * Lq * Lk * cost >= CHUNKED_MIN_SCORES
     if relation is not None and relation.has_prob:
-        if B * H * Lq * Lk >= CHUNKED_MIN_SCORES and dropout_p == 0.0:
+        if big and dropout_p == 0.0:
             return Choice("chunked", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex; "
                                      "large score matrix: blockwise, O(tile) memory")
         return Choice("eager", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex")
     if relation is None or not (relation.has_mask or relation.has_bias):
         return Choice("sdpa", "no relation: fused SDPA")
+    if cost >= EXPENSIVE_BIAS and big and dropout_p == 0.0:
+        return Choice("chunked", f"the bias costs ~{cost:.0f} score-sized temporaries per pair to materialise; "
+                                 "chunked computes it tile by tile")
     if training:
-        if rel_grad and dropout_p == 0.0 and B * H * Lq * Lk >= CHUNKED_MIN_SCORES:
+        if rel_grad and dropout_p == 0.0 and big:
             return Choice("chunked", "bias requires grad: SDPA would drop to its O(L^2) math kernel; "
                                      "chunked recomputes the bias per tile (Flex has no CPU backward)")
         if rel_grad:
