@@ -115,7 +115,7 @@ def flex_supports_backward(device_type: str) -> bool:
     return device_type == "cuda"
 
 
-def _blocks(x: Tensor, full: bool) -> tuple[Tensor, Tensor]:
+def _blocks(x: Tensor) -> tuple[Tensor, Tensor]:
     """``(B, H, nq, nk)`` block flags -> (count per q-block, kv-block indices with the set ones first)."""
     num = x.sum(-1, dtype=torch.int32)
     idx = torch.argsort((~x).to(torch.int8), dim=-1, stable=True).to(torch.int32)
@@ -156,15 +156,15 @@ def flex_block_mask(relation: Relation | None, B: int, H: int, Lq: int, Lk: int,
         if relation is not None and relation.has_mask:
             any_, all_ = block_summary(relation, B, H, Lq, Lk, device)
             partial = any_ & ~all_
-            kn, ki = _blocks(partial, False)
-            fn, fi = _blocks(all_, True)
+            kn, ki = _blocks(partial)
+            fn, fi = _blocks(all_)
             view = relation.flex_view()
             return BlockMask.from_kv_blocks(kn, ki, fn, fi, BLOCK_SIZE=FLEX_BLOCK, mask_mod=view.mask_mod,
                                             seq_lengths=(Lq, Lk))
         nq, nk = -(-Lq // FLEX_BLOCK), -(-Lk // FLEX_BLOCK)
         full = torch.ones(1, 1, nq, nk, dtype=torch.bool, device=device)
-        kn, ki = _blocks(torch.zeros_like(full), False)
-        fn, fi = _blocks(full, True)
+        kn, ki = _blocks(torch.zeros_like(full))
+        fn, fi = _blocks(full)
         # the tail tile still needs its padding masked: Flex does that from seq_lengths
         return BlockMask.from_kv_blocks(kn, ki, fn, fi, BLOCK_SIZE=FLEX_BLOCK, seq_lengths=(Lq, Lk))
 
