@@ -146,7 +146,6 @@ RELATIONS = ("none", "causal", "window", "documents", "relative", "t5", "alibi",
 # The eager reference materialises (B, Q, Q, 4*embed_dim) pair features: ~4 GiB per copy at Q=2048,
 # and DETR-family decoders use <= 900 queries, so the box relation is measured up to Q=1024.
 MAX_BOX_QUERIES = 1024
-LEARNABLE = {"relative", "t5", "urpe", "documents+relative", "grid_bias", "spd", "edge_feature", "box_geometry"}
 
 
 def supported(backend: str, rel, train: bool) -> bool:
@@ -311,16 +310,20 @@ def run(lengths, reps, memory_lengths, relations, out_path: Path, packed_seqs: i
     if "none" in relations or "packed" not in extras:
         extras["packed"] = packed_vs_padded(reps, n_seq=packed_seqs)
     extras_path.write_text(json.dumps(extras, indent=1))
-    all_rows = sorted(saved.values(), key=lambda r: (r["L"], RELATIONS.index(r["relation"])))
-    write_report(all_rows, extras["packed"], extras, out_path, sorted({r["L"] for r in all_rows}), reps,
-                 memory_lengths)
+    report_from(saved, extras, out_path, reps)
+
+
+def report_from(saved: dict, extras: dict, out_path: Path, reps: int) -> None:
+    """Write the report from every saved row (all lengths, in RELATIONS order)."""
+    rows = sorted(saved.values(), key=lambda r: (r["L"], RELATIONS.index(r["relation"])))
+    write_report(rows, extras["packed"], extras, out_path, sorted({r["L"] for r in rows}), reps)
 
 
 def _fmt(x, spec):
     return "—" if x is None else format(x, spec)
 
 
-def write_report(rows, packed, checks, out_path, lengths, reps, memory_lengths):
+def write_report(rows, packed, checks, out_path, lengths, reps):
     by = {(r["L"], r["relation"], r["mode"], r["backend"]): r for r in rows}
     lines = [
         "# Attention backends — eager vs sdpa vs flex vs chunked vs auto",
@@ -439,10 +442,8 @@ def main(argv=None):
         args.memory_lengths = args.lengths
     out = args.out or ROOT / "results" / ("attention-quick.md" if args.quick else "attention.md")
     if args.report_only:
-        rows = sorted(load_rows(out.with_suffix(".jsonl")).values(), key=lambda r: (r["L"], RELATIONS.index(r["relation"])))
         extras = json.loads(out.with_suffix(".extras.json").read_text())
-        write_report(rows, extras["packed"], extras, out, sorted({r["L"] for r in rows}), args.reps,
-                     set(args.memory_lengths))
+        report_from(load_rows(out.with_suffix(".jsonl")), extras, out, args.reps)
         return
     run(args.lengths, args.reps, set(args.memory_lengths), args.relations, out, args.packed_seqs)
 

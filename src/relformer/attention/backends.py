@@ -188,7 +188,7 @@ def flex(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: floa
         if not flex_supports_backward(q.device.type) and any(t.requires_grad for t in (q, k, v)):
             raise ValueError("backend='flex' has no backward on CPU in this torch; run under torch.no_grad() "
                              "or use backend='chunked' / 'sdpa' for training")
-    if not torch.is_grad_enabled():
+    else:
         # flex_attention raises on any input with requires_grad=True, even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
     B, H, Lq, _ = q.shape

@@ -224,15 +224,16 @@ class Compose(Relation):
     def is_causal(self, Lq, Lk):
         return len(self.parts) == 1 and self.parts[0].is_causal(Lq, Lk)
 
-    def map_tensors(self, fn):
+    def _with_parts(self, view) -> "Compose":
         new = copy.copy(self)
-        new._modules = {"parts": nn.ModuleList([r.map_tensors(fn) for r in self.parts])}
+        new._modules = {"parts": nn.ModuleList([view(r) for r in self.parts])}
         return new
 
+    def map_tensors(self, fn):
+        return self._with_parts(lambda r: r.map_tensors(fn))
+
     def flex_view(self):
-        new = copy.copy(self)
-        new._modules = {"parts": nn.ModuleList([r.flex_view() for r in self.parts])}
-        return new
+        return self._with_parts(lambda r: r.flex_view())
 
     @property
     def tile_cost(self) -> float:
