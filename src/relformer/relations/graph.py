@@ -211,10 +211,9 @@ class EdgeFeatureBias(Relation):
     ``edge_attr (E, edge_dim)``, and computes ``edge_bias = proj(edge_attr)`` once, padded with
     zero rows to a power of two ``> E`` (pairs without an edge read the last row, ``E = 0`` works,
     and Flex, which compiles per captured shape, sees few distinct shapes).
-    The bound copy reads only ``edge_bias`` (a non-leaf tensor), and ``proj`` is not registered
-    on it, so every backend hands the gradient to ``edge_bias`` and ordinary autograd carries it
-    on to ``proj`` and ``edge_attr``. Keep the unbound module in the model (it owns ``proj``);
-    bind once per forward (``edge_bias``'s graph is freed by the backward pass).
+    The bound copy reads only ``edge_bias`` (a non-leaf tensor): every backend hands the gradient
+    to ``edge_bias`` and ordinary autograd carries it on to ``proj`` and ``edge_attr``. Bind once
+    per forward (``edge_bias``'s graph is freed by the backward pass).
     """
 
     has_bias = True
@@ -235,10 +234,7 @@ class EdgeFeatureBias(Relation):
         bias = self.proj(edge_attr)  # (E, H)
         rows = 1 << edge_attr.shape[0].bit_length()  # > E, a power of two: few distinct shapes for Flex
         bias = torch.cat([bias, bias.new_zeros(rows - bias.shape[0], bias.shape[1])])  # (rows, H); last = no edge
-        new = self.bind(edge_ids=edge_ids, edge_bias=bias)
-        new._modules = {}  # proj's parameters reach the loss through edge_bias only
-        object.__setattr__(new, "proj", self.proj)  # kept for check() / repr, not as a submodule
-        return new
+        return self.bind(edge_ids=edge_ids, edge_bias=bias)
 
     def bias_mod(self, b, h, q_idx, kv_idx):
         e = self.edge_ids[b, q_idx, kv_idx]
