@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .relation import Relation
 
-__all__ = ["eager", "sdpa", "flex", "flex_available", "flex_block_mask", "FLEX_BLOCK", "repeat_kv"]
+__all__ = ["attention_probs", "eager", "sdpa", "flex", "flex_available", "flex_block_mask", "FLEX_BLOCK", "repeat_kv"]
 
 
 def repeat_kv(x: Tensor, groups: int) -> Tensor:
@@ -32,20 +32,26 @@ def _safe_softmax(scores: Tensor) -> Tensor:
     return probs.masked_fill(dead, 0.0)
 
 
-def eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
-    """The plain-PyTorch reference: materialises ``(B, H, Lq, Lk)`` scores, bias and probabilities."""
+def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: float) -> Tensor:
+    """fp32 attention probabilities ``(B, H, Lq, Lk)`` (after any ``prob_mod``), materialised."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
-    groups = H // k.shape[1]
-    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    k = repeat_kv(k, H // k.shape[1])
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
     if relation is not None and (relation.has_bias or relation.has_mask):
         scores = scores + relation.dense_bias(B, H, Lq, Lk, q.device)
     probs = _safe_softmax(scores)
     if relation is not None and relation.has_prob:
         probs = probs * relation.dense_prob(B, H, Lq, Lk, q.device)
+    return probs
+
+
+def eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
+    """The plain-PyTorch reference: materialises ``(B, H, Lq, Lk)`` scores, bias and probabilities."""
+    probs = attention_probs(q, k, relation, scale)
     if dropout_p > 0.0:
         probs = F.dropout(probs, dropout_p)
+    v = repeat_kv(v, q.shape[1] // v.shape[1])
     return torch.matmul(probs, v.float()).to(q.dtype)
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import Relation, attend
+from ..attention.backends import attention_probs
 from .mlp import MLP
 
 __all__ = ["Attention", "Block", "CrossBlock", "Encoder", "Decoder", "DropPath", "LayerScale", "LAYER_TYPES"]
@@ -99,15 +100,8 @@ class Attention(nn.Module):
         q, k = F.linear(x + pos, w_qk, b_qk).split((q_dim, kv_dim), dim=-1)
         return q, k, F.linear(x, w_v, b_v)
 
-    def forward(self, x: Tensor, relation: Relation | None = None, context: Tensor | None = None,
-                positions: Tensor | None = None, context_positions: Tensor | None = None,
-                pos: Tensor | None = None, context_pos: Tensor | None = None) -> Tensor:
-        """``x (B, Lq, C)``, ``context (B, Lk, C_ctx)`` (cross only) -> ``(B, Lq, C)``.
-
-        ``positions`` / ``context_positions``: RoPE positions of queries / keys (default
-        ``arange``; for self-attention keys use ``positions``). ``pos`` / ``context_pos``:
-        additive embeddings added to the query / key inputs but not the values (DETR).
-        """
+    def _qkv(self, x, context, positions, context_positions, pos, context_pos) -> tuple[Tensor, Tensor, Tensor]:
+        """Projected heads: q ``(B, H, Lq, D)``, k and v ``(B, Hkv, Lk, D)``, RoPE applied."""
         q, k, v = self._project(x, context, pos, context_pos)
         q = self._heads(q, self.num_heads)      # (B, H, Lq, D)
         k = self._heads(k, self.num_kv_heads)   # (B, Hkv, Lk, D)
@@ -117,6 +111,27 @@ class Attention(nn.Module):
             k = self.rope(k, context_positions if self.cross else positions)
         elif positions is not None or context_positions is not None:
             raise ValueError("positions given but this Attention has no rope")
+        return q, k, v
+
+    @torch.no_grad()
+    def probabilities(self, x: Tensor, relation: Relation | None = None, context: Tensor | None = None,
+                      positions: Tensor | None = None, context_positions: Tensor | None = None,
+                      pos: Tensor | None = None, context_pos: Tensor | None = None) -> Tensor:
+        """The attention probabilities ``(B, H, Lq, Lk)`` (fp32, eager) for the same call as :meth:`forward`
+        -- for plots and inspection; the forward pass never materialises them."""
+        q, k, _ = self._qkv(x, context, positions, context_positions, pos, context_pos)
+        return attention_probs(q, k, relation, q.shape[-1] ** -0.5)
+
+    def forward(self, x: Tensor, relation: Relation | None = None, context: Tensor | None = None,
+                positions: Tensor | None = None, context_positions: Tensor | None = None,
+                pos: Tensor | None = None, context_pos: Tensor | None = None) -> Tensor:
+        """``x (B, Lq, C)``, ``context (B, Lk, C_ctx)`` (cross only) -> ``(B, Lq, C)``.
+
+        ``positions`` / ``context_positions``: RoPE positions of queries / keys (default
+        ``arange``; for self-attention keys use ``positions``). ``pos`` / ``context_pos``:
+        additive embeddings added to the query / key inputs but not the values (DETR).
+        """
+        q, k, v = self._qkv(x, context, positions, context_positions, pos, context_pos)
         out = attend(q, k, v, relation, backend=self.backend,
                      dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, Lq, D)
         out = out.transpose(1, 2).flatten(2)  # (B, Lq, H*D)

@@ -33,10 +33,11 @@ def _pair(x, name: str, low: int = 1) -> tuple[int, int]:
     return t
 
 
-def _check_length(name: str, grid: tuple[int, int], Lq: int, Lk: int) -> None:
-    L = grid[0] * grid[1]
+def _check_length(name: str, grid: tuple[int, int], Lq: int, Lk: int, prefix: int = 0) -> None:
+    L = prefix + grid[0] * grid[1]
     if Lq != L or Lk != L:
-        raise ValueError(f"{name} {grid} has {L} tokens, but q has {Lq} and k has {Lk}")
+        extra = f" (with {prefix} prefix tokens)" if prefix else ""
+        raise ValueError(f"{name} {grid} has {L} tokens{extra}, but q has {Lq} and k has {Lk}")
 
 
 def relative_position_index(window_size: tuple[int, int]) -> Tensor:
@@ -82,12 +83,18 @@ class GridRelativeBias(Relation):
     on a larger grid the offsets are clamped to the table, and pairs from different windows
     are expected to be masked by :class:`WindowMask`. A checkpoint made for another window
     size is resized on load (bicubic, like timm); :meth:`resize` does it explicitly.
+
+    ``num_prefix_tokens`` tokens (e.g. ViT's class token) may precede the grid: pairs involving
+    them get no bias, and ``L = P + Gh * Gw``.
     """
 
     has_bias = True
 
-    def __init__(self, num_heads: int, window_size, grid_size=None) -> None:
+    def __init__(self, num_heads: int, window_size, grid_size=None, num_prefix_tokens: int = 0) -> None:
         super().__init__()
+        if not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
+            raise ValueError(f"num_prefix_tokens must be an int >= 0, got {num_prefix_tokens!r}")
+        self.num_prefix_tokens = num_prefix_tokens
         self.window_size = _pair(window_size, "window_size")
         self.grid_size = self.window_size if grid_size is None else _pair(grid_size, "grid_size")
         Wh, Ww = self.window_size
@@ -97,10 +104,14 @@ class GridRelativeBias(Relation):
 
     def bias_mod(self, b, h, q_idx, kv_idx):
         Wh, Ww = self.window_size
-        Gw = self.grid_size[1]
-        dy = (q_idx // Gw - kv_idx // Gw).clamp(-(Wh - 1), Wh - 1)
-        dx = (q_idx % Gw - kv_idx % Gw).clamp(-(Ww - 1), Ww - 1)
-        return self.relative_position_bias_table[(dy + Wh - 1) * (2 * Ww - 1) + dx + Ww - 1, h]
+        Gw, P = self.grid_size[1], self.num_prefix_tokens
+        q, kv = (q_idx - P).clamp(min=0), (kv_idx - P).clamp(min=0)
+        dy = (q // Gw - kv // Gw).clamp(-(Wh - 1), Wh - 1)
+        dx = (q % Gw - kv % Gw).clamp(-(Ww - 1), Ww - 1)
+        bias = self.relative_position_bias_table[(dy + Wh - 1) * (2 * Ww - 1) + dx + Ww - 1, h]
+        if P == 0:
+            return bias
+        return torch.where((q_idx >= P) & (kv_idx >= P), bias, torch.zeros((), dtype=bias.dtype, device=bias.device))
 
     def resize(self, new_window_size) -> "GridRelativeBias":
         """Resample the table to ``new_window_size`` in place and rebuild the index (returns self).
@@ -128,11 +139,11 @@ class GridRelativeBias(Relation):
 
     def check(self, B, H, Lq, Lk):
         _check_heads(self.relative_position_bias_table.shape[1], H)
-        _check_length("grid_size", self.grid_size, Lq, Lk)
+        _check_length("grid_size", self.grid_size, Lq, Lk, self.num_prefix_tokens)
 
     def extra_repr(self) -> str:
         return (f"num_heads={self.relative_position_bias_table.shape[1]}, window_size={self.window_size}, "
-                f"grid_size={self.grid_size}")
+                f"grid_size={self.grid_size}, num_prefix_tokens={self.num_prefix_tokens}")
 
 
 def _shift_labels(grid_size: tuple[int, int], window_size: tuple[int, int], shift: tuple[int, int]) -> tuple[Tensor, Tensor]:

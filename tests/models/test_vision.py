@@ -1,0 +1,156 @@
+"""ViT and Swin: registry-wide checks (timm's habit), backend equivalence of the relations the
+models build, padding, resizing and input validation. HF equivalence is in tests/interop."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from relformer.models import Swin, ViT, build_model, create_model, list_models, model_config
+from relformer.models.vision import window_partition, window_reverse
+
+SMALL = {  # registered variants shrunk in depth so every one runs in CI
+    "vit_tiny": dict(depth=2), "vit_small": dict(depth=1), "vit_micro": dict(depth=2),
+    "swin_tiny": dict(depths=(1, 1, 2, 1)), "swin_micro": dict(depths=(2, 2)),
+}
+
+
+def _pixels(config, batch=2, seed=0):
+    size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+    return torch.randn(batch, config.in_chans, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_lists_the_variants():
+    assert {"vit_tiny", "vit_small", "swin_tiny", "vit_micro", "swin_micro"} <= set(list_models())
+    assert list_models("swin_*") == [n for n in list_models() if n.startswith("swin_")]
+    assert set(SMALL) == set(list_models()), "every registered variant must be covered by the registry-wide test"
+
+
+def test_unknown_names_and_options_are_rejected():
+    with pytest.raises(ValueError, match="vit_tiny"):
+        create_model("vit_tyni")
+    with pytest.raises(ValueError, match="'dimm'.*'dim'"):
+        create_model("vit_micro", dimm=64)
+    with pytest.raises(ValueError, match="num_heads"):
+        create_model("vit_micro", dim=100, num_heads=3)
+    with pytest.raises(ValueError, match="num_heads"):
+        create_model("swin_micro", depths=(2, 2, 2))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_every_variant_runs_trains_and_round_trips(name, tmp_path):
+    config = model_config(name, **SMALL[name])
+    model = build_model(config)
+    x = _pixels(config)
+    out = model(x)
+    assert out.logits.shape == (2, config.num_classes) and torch.isfinite(out.logits).all()
+    out.logits.square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"parameters without a finite gradient: {no_grad}"
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    clone = build_model(config)
+    clone.load_state_dict(torch.load(tmp_path / "m.pt"))
+    model.eval(), clone.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(clone(x).logits, model(x).logits, rtol=0, atol=0)
+
+
+def _backends_agree(make, x, backends=("sdpa", "chunked")):
+    """Same weights on each backend: logits within 1e-5 and input gradients within 1e-5 of eager."""
+    ref = make("eager")
+    results = {}
+    for backend in ("eager", *backends):
+        model = make(backend)
+        model.load_state_dict(ref.state_dict())
+        xi = x.clone().requires_grad_(True)
+        logits = model(xi).logits
+        logits.square().sum().backward()
+        results[backend] = (logits.detach(), xi.grad)
+    for backend in backends:
+        torch.testing.assert_close(results[backend][0], results["eager"][0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(results[backend][1], results["eager"][1], rtol=1e-5, atol=1e-5)
+
+
+def test_swin_shifted_windows_agree_across_backends():
+    # 16x16 grid, windows of 4: four shifted/unshifted windows per row, padding-free
+    make = lambda b: create_model("swin_micro", image_size=32, in_chans=1, embed_dim=16, depths=(2, 2),
+                                  num_heads=(2, 2), window_size=4, drop_path=0.0, backend=b)
+    _backends_agree(make, _pixels(make("eager").config))
+
+
+@pytest.mark.parametrize("options", [dict(rel_pos_bias=True), dict(rel_pos_bias=True, pool="mean"),
+                                     dict(pos_embed="rope")])
+def test_vit_relation_variants_agree_across_backends(options):
+    make = lambda b: create_model("vit_micro", dim=32, depth=2, num_heads=2, backend=b, **options)
+    _backends_agree(make, _pixels(make("eager").config))
+
+
+def test_vit_relative_bias_leaves_the_class_token_unbiased():
+    model = create_model("vit_micro", dim=32, depth=1, num_heads=2, rel_pos_bias=True)
+    rel = model.rel_bias[0]
+    bias = rel.dense_bias(1, 2, 50, 50)
+    assert torch.all(bias[..., 0, :] == 0) and torch.all(bias[..., :, 0] == 0)
+    assert bias[..., 1:, 1:].abs().sum() > 0
+
+
+def test_window_partition_round_trip():
+    x = torch.randn(2, 8, 12, 3)
+    w = window_partition(x, 4)
+    assert w.shape == (2 * 2 * 3, 16, 3)
+    torch.testing.assert_close(w[1].view(4, 4, 3), x[0, :4, 4:8])  # second window of the first row
+    torch.testing.assert_close(window_reverse(w, 4, 8, 12), x)
+
+
+def test_swin_pads_maps_that_are_not_a_multiple_of_the_window():
+    model = create_model("swin_micro", image_size=36, in_chans=1, embed_dim=16, depths=(2, 2), num_heads=(2, 2),
+                         window_size=4, drop_path=0.0).eval()
+    x = torch.randn(2, 1, 36, 36)  # 18x18 grid: pads to 20x20, then 9x9 -> 12x12
+    with torch.no_grad():
+        out = model(x, output_hidden_states=True)
+    assert [h.shape[1] for h in out.hidden_states] == [18 * 18, 9 * 9, 9 * 9]
+    assert torch.isfinite(out.logits).all()  # equality with HF's padding: tests/interop
+
+
+def test_swin_loads_a_checkpoint_made_for_another_window():
+    small = create_model("swin_micro", embed_dim=16, num_heads=(2, 2), window_size=4)
+    large = create_model("swin_micro", embed_dim=16, num_heads=(2, 2), window_size=7)
+    large.load_state_dict(small.state_dict())  # 7x7 tables -> 13x13 rows, resized on load
+    table = large.stages[0].blocks[0].rel_bias.relative_position_bias_table
+    assert table.shape == (13 * 13, 2)
+    with torch.no_grad():
+        assert torch.isfinite(large(torch.randn(1, 1, 28, 28)).logits).all()
+
+
+def test_vit_interpolates_positions_for_other_image_sizes():
+    model = create_model("vit_micro", dim=32, depth=1, num_heads=2).eval()
+    with torch.no_grad():
+        same = model._position_embeddings((7, 7))
+        assert same is model.pos_embed
+        out = model(torch.randn(2, 1, 36, 36))  # 9x9 patches
+    assert out.last_hidden_state.shape == (2, 1 + 81, 32)
+
+
+def test_attention_maps():
+    vit = create_model("vit_micro", dim=32, depth=2, num_heads=2).eval()
+    x = torch.randn(3, 1, 28, 28)
+    maps = vit.attention_maps(x)
+    assert maps.shape == (3, 7, 7) and torch.all(maps >= 0) and torch.all(maps.sum((1, 2)) <= 1 + 1e-5)
+    swin = create_model("swin_micro", embed_dim=16, num_heads=(2, 2)).eval()
+    maps = swin.attention_maps(x)
+    assert maps.shape == (3, 7, 7) and torch.allclose(maps.sum((1, 2)), torch.ones(3), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (torch.randn(1, 28, 28), r"\(B, C, H, W\)"),
+    (torch.randn(1, 3, 28, 28), "channels"),
+    (torch.zeros(1, 1, 28, 28, dtype=torch.uint8), "floating point"),
+    (torch.randn(0, 1, 28, 28), "empty"),
+])
+def test_bad_pixel_values_are_rejected(bad, match):
+    for model in (create_model("vit_micro", depth=1), create_model("swin_micro", depths=(2, 2))):
+        with pytest.raises(ValueError, match=match):
+            model(bad)
+
+
+def test_model_classes_are_the_builders():
+    assert isinstance(create_model("vit_micro", depth=1), ViT)
+    assert isinstance(create_model("swin_micro", depths=(2, 2)), Swin)
