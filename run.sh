@@ -22,9 +22,25 @@ setup() {
   "$py" -m pip install -q -e ".[dev]"
 }
 
+install_data() {
+  # Fashion-MNIST for the vision job and tests: Debian's dataset-fashion-mnist (never downloaded at run time)
+  if [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || [ -n "${RELFORMER_FASHION_MNIST:-}" ]; then
+    return
+  fi
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  if command -v apt-get >/dev/null 2>&1; then
+    $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+      { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || true
+  fi
+  [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || \
+    echo "warning: Fashion-MNIST is missing; install it with: sudo apt-get install -y dataset-fashion-mnist" >&2
+}
+
 cmd=${1:-main}
 shift || true
 setup
+install_data
 case "$cmd" in
   setup) ;;
   main) "$VENV/bin/relformer" bench attention --quick "$@" ;;

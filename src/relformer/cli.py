@@ -3,6 +3,11 @@
     relformer bench attention [--quick] [...]    attention backends side by side (bench/attention.py)
     relformer explain --length 2048 --relation window [--train]
                                                  which backend auto picks, and why
+    relformer train RECIPE [--set key=value ...] [--resume] [--deterministic] [--out DIR]
+                                                 train a registered recipe or a YAML file
+    relformer train --list                       the registered recipes
+    torchrun --nproc_per_node=2 -m relformer.cli train RECIPE ...
+                                                 the same run with DDP over 2 processes
 """
 from __future__ import annotations
 
@@ -54,6 +59,37 @@ def _explain(argv: list[str]) -> None:
         print(relformer.explain(q, q, q, rel))
 
 
+def _train(argv: list[str]) -> None:
+    from .train import RecipeError, list_recipes, resolve_recipe, train
+    from .train.recipe import recipe_summary
+
+    ap = argparse.ArgumentParser(prog="relformer train", description="Train a recipe (a registered name or a "
+                                 "YAML file); the run folder gets recipe.yaml, metrics.csv, tb/, checkpoints/, report.md.")
+    ap.add_argument("recipe", nargs="?", help="a registered recipe name (see --list) or a YAML file")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a recipe value, e.g. --set optim.lr=3e-4 --set model.options.depth=4")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    ap.add_argument("--deterministic", action="store_true", help="deterministic kernels (same as --set deterministic=true)")
+    ap.add_argument("--out", metavar="DIR", help="the run folder (default: the recipe's out_dir, else runs/NAME)")
+    ap.add_argument("--list", action="store_true", help="list the registered recipes and exit")
+    a = ap.parse_args(argv)
+    if a.list:
+        for name in list_recipes():
+            print(f"{name:24s} {recipe_summary(name)}")
+        return
+    if a.recipe is None:
+        ap.error("RECIPE is required (or --list)")
+    overrides = list(a.overrides)
+    if a.deterministic:
+        overrides.append("deterministic=true")
+    if a.out is not None:
+        overrides.append(f"out_dir={a.out}")
+    try:
+        train(resolve_recipe(a.recipe, overrides), resume=a.resume)
+    except RecipeError as e:
+        raise SystemExit(f"relformer train: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -64,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
         _bench(rest)
     elif cmd == "explain":
         _explain(rest)
+    elif cmd == "train":
+        _train(rest)
     else:
         raise SystemExit(f"relformer: unknown command {cmd!r}\n{__doc__}")
 

@@ -1,0 +1,362 @@
+"""Recipes: typed, validated training configs as dataclasses, read from YAML or registered by name.
+
+A recipe is a :class:`Recipe` subclass that its task declares (``task.recipe_type``): the shared
+top-level fields and sections below, plus the task's own sections (e.g. ``data``, ``loss``).
+Every value is checked against its field's type annotation (``int``, ``float``, ``bool``, ``str``,
+``tuple[...]``, ``X | None``, ``Literal[...]``, nested dataclasses, ``dict[str, Any]``), and an
+unknown key is an error naming it, with close matches::
+
+    recipe = resolve_recipe("vit-fashion-mnist", ["optim.lr=3e-4", "model.options.depth=4"])
+    recipe = resolve_recipe("my-run.yaml")            # a YAML file with the same structure
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import yaml
+
+__all__ = ["Recipe", "ModelSection", "OptimSection", "RecipeError", "register_task", "register_recipe",
+           "list_recipes", "recipe_summary", "resolve_recipe", "load_recipe", "recipe_from_dict",
+           "recipe_to_dict", "recipe_to_yaml", "apply_overrides", "recipe_diff", "get_task"]
+
+
+class RecipeError(ValueError):
+    """A recipe key or value that is unknown, mistyped or out of range; the message names the key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared sections
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ModelSection:
+    """``name``: a variant of :func:`relformer.models.create_model`; ``options``: its keyword overrides."""
+
+    name: str = "vit_micro"
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def build(self):
+        """The module ``create_model(name, **options)``; a bad name or option is a :class:`RecipeError`."""
+        from relformer.models import create_model
+
+        try:
+            return create_model(self.name, **self.options)
+        except (ValueError, TypeError) as e:
+            raise RecipeError(f"model (name={self.name!r}, options={self.options}): {e}") from e
+
+
+@dataclass
+class OptimSection:
+    """AdamW with decoupled weight decay; linear warmup over ``warmup_epochs`` then cosine to
+    ``min_lr``, per step; gradient-norm clipping at ``clip_grad`` (0 = off)."""
+
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_epochs: float = 1.0
+    clip_grad: float = 1.0
+
+
+@dataclass
+class Recipe:
+    """The fields every task shares. ``batch_size`` is global (split over DDP ranks);
+    ``eval_batch_size`` is per process; ``checkpoint_every`` in steps (0 = only at epoch ends);
+    ``out_dir`` defaults to ``runs/<name>``; ``device``: ``"auto"`` = cuda if available else cpu."""
+
+    name: str = "custom"
+    task: str = ""
+    model: ModelSection = field(default_factory=ModelSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    seed: int = 0
+    amp: Literal["none", "bf16"] = "none"
+    compile: bool = False
+    deterministic: bool = False
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 50
+    out_dir: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def run_dir(self) -> Path:
+        return Path(self.out_dir if self.out_dir is not None else Path("runs") / self.name)
+
+    def validate(self) -> None:
+        """Range checks the types cannot express; raises :class:`RecipeError` naming the key."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                    "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints, "optim.lr": self.optim.lr}
+        non_negative = {"checkpoint_every": self.checkpoint_every, "optim.min_lr": self.optim.min_lr,
+                        "optim.weight_decay": self.optim.weight_decay, "optim.warmup_epochs": self.optim.warmup_epochs,
+                        "optim.clip_grad": self.optim.clip_grad, "optim.eps": self.optim.eps}
+        for key, value in positive.items():
+            if not value > 0:
+                raise RecipeError(f"{key} must be > 0, got {value!r}")
+        for key, value in non_negative.items():
+            if not (value >= 0 and math.isfinite(value)):
+                raise RecipeError(f"{key} must be >= 0 and finite, got {value!r}")
+        if not all(0 <= b < 1 for b in self.optim.betas):
+            raise RecipeError(f"optim.betas must lie in [0, 1), got {self.optim.betas}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Registries: task name -> task class (with its recipe_type); recipe name -> factory
+# ---------------------------------------------------------------------------------------------
+_TASKS: dict[str, type] = {}
+_RECIPES: dict[str, Callable[[], Recipe]] = {}
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    """Class decorator: register a task class (which has a ``recipe_type``) under ``name``."""
+    def deco(task_cls: type) -> type:
+        if name in _TASKS:
+            raise ValueError(f"task {name!r} is already registered")
+        if not (isinstance(getattr(task_cls, "recipe_type", None), type) and issubclass(task_cls.recipe_type, Recipe)):
+            raise TypeError(f"task {task_cls.__name__} needs a recipe_type attribute, a Recipe subclass")
+        _TASKS[name] = task_cls
+        return task_cls
+    return deco
+
+
+def register_recipe(name: str) -> Callable[[Callable[[], Recipe]], Callable[[], Recipe]]:
+    """Decorator: register a function returning a :class:`Recipe` under ``name`` (its docstring
+    is the one-line summary ``relformer train --list`` prints)."""
+    def deco(fn: Callable[[], Recipe]) -> Callable[[], Recipe]:
+        if name in _RECIPES:
+            raise ValueError(f"recipe {name!r} is already registered")
+        _RECIPES[name] = fn
+        return fn
+    return deco
+
+
+def _load_builtins() -> None:
+    import relformer.tasks  # noqa: F401  (registers the built-in tasks and recipes)
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+
+
+def get_task(name: str) -> type:
+    """The task class registered as ``name``."""
+    _load_builtins()
+    if name not in _TASKS:
+        raise RecipeError(f"task: unknown task {name!r}{_suggest(name, _TASKS)}; known: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
+
+
+def list_recipes() -> list[str]:
+    _load_builtins()
+    return sorted(_RECIPES)
+
+
+def recipe_summary(name: str) -> str:
+    """``name``'s docstring's first line."""
+    _load_builtins()
+    doc = (_RECIPES[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed parsing
+# ---------------------------------------------------------------------------------------------
+class _Text(str):
+    """A ``--set`` value as typed on the command line, parsed only once its field's type is known."""
+
+
+def _scalar(text: str) -> Any:
+    """A command-line value: YAML syntax (``true``, ``null``, ``[1, 2]``), numbers such as ``3e-4``."""
+    try:
+        value = yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        for number in (int, float):
+            try:
+                return number(value)
+            except ValueError:
+                pass
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "") if typing.get_origin(tp) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against (and converted to) the annotation ``tp``; errors name ``key``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if isinstance(value, _Text) and tp is not str:
+        if origin in (typing.Union, types.UnionType) and str in args and value.strip().lower() not in ("null", "none", "~"):
+            return str(value)
+        value = _scalar(value)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("null", "none")):
+            if type(None) in args:
+                return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except RecipeError:
+                pass
+        raise RecipeError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise RecipeError(f"{key}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"{key}: expected a list ({_type_name(tp)}), got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise RecipeError(f"{key}: expected {len(args)} values ({_type_name(tp)}), got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return str(value)
+    else:
+        raise TypeError(f"recipe field {key} has an unsupported annotation {tp!r}")
+    raise RecipeError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """An instance of dataclass ``cls`` from a mapping; missing keys take their defaults."""
+    where = prefix or "recipe"
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    values = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            known = [f"{prefix}.{n}" if prefix else n for n in names]
+            raise RecipeError(f"unknown key {dotted!r}{_suggest(dotted, known)}; {where} has: {', '.join(names)}")
+        values[key] = _coerce(value, hints[key], dotted)
+    try:
+        return cls(**values)
+    except TypeError as e:  # a field without default left out
+        raise RecipeError(f"{where}: {e}") from e
+
+
+def recipe_from_dict(data: dict, recipe_type: type | None = None) -> Recipe:
+    """A validated recipe from a plain mapping; its type comes from ``data["task"]`` unless given."""
+    if recipe_type is None:
+        if not isinstance(data, dict) or "task" not in data:
+            raise RecipeError("missing key 'task' (the recipe's task, e.g. 'classification')")
+        recipe_type = get_task(str(data["task"])).recipe_type
+    recipe = _from_dict(recipe_type, data)
+    recipe.validate()
+    return recipe
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """Plain nested dicts and lists (tuples become lists), ready for YAML."""
+    return _plain(recipe)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """A recipe from a YAML file; its ``name`` defaults to the file's stem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of recipe keys, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    return recipe_from_dict(data)
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    """A new recipe with each ``"dotted.key=value"`` applied; the value is parsed for its field's type."""
+    data = recipe_to_dict(recipe)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise RecipeError(f"--set expects key=value, got {item!r}")
+        *parents, leaf = key.split(".")
+        node = data
+        for depth, part in enumerate(parents):
+            child = node.get(part, {}) if part not in node or isinstance(node[part], dict) else None
+            if child is None:
+                raise RecipeError(f"--set {key}: {'.'.join(parents[:depth + 1])!r} is a value, not a section")
+            node[part] = child
+            node = child
+        node[leaf] = _Text(text)
+    return recipe_from_dict(data, type(recipe))
+
+
+def resolve_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+    """A registered recipe by name, or a YAML file by path, with ``overrides`` applied."""
+    _load_builtins()
+    if name_or_path in _RECIPES:
+        recipe = _RECIPES[name_or_path]()
+    elif Path(name_or_path).is_file():
+        recipe = load_recipe(name_or_path)
+    else:
+        raise RecipeError(f"unknown recipe {name_or_path!r}{_suggest(name_or_path, _RECIPES)} (not a registered "
+                          f"name nor a YAML file); registered: {', '.join(sorted(_RECIPES))}")
+    return apply_overrides(recipe, list(overrides)) if overrides else recipe
+
+
+def recipe_diff(a: Recipe, b: Recipe, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two recipes."""
+    def walk(x: Any, y: Any, key: str) -> list[str]:
+        if isinstance(x, dict) and isinstance(y, dict):
+            return [k for name in sorted(set(x) | set(y))
+                    for k in walk(x.get(name), y.get(name), f"{key}.{name}" if key else name)]
+        return [] if x == y else [key]
+    return walk(recipe_to_dict(a), recipe_to_dict(b), prefix)
