@@ -41,6 +41,7 @@ BACKENDS = ("auto", "eager", "sdpa", "flex", "chunked")
 FLEX_MIN_PAIRS = 512 * 512       # below this Flex's per-call overhead is not worth it
 FLEX_MAX_DENSITY = 0.75          # a live Flex tile costs ~1.03x SDPA's (L=2048, no mask): skip >= 25%
 CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk*tile_cost above which `chunked` beats materialising the scores
+CHUNKED_MIN_PAIRS = 128 * 128    # Lq*Lk below which chunked runs one 64x64-or-smaller tile: no memory saved
 EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (box MLP: 2.6x, Q=1024)
 
 
@@ -106,7 +107,8 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
     training, rel_grad = _needs_grad(q, k, v, relation)
     # score-sized temporaries the bias needs per pair (1 for a table lookup, ~25 for Relation-DETR's MLP)
     cost = relation.tile_cost if relation is not None else 1.0
-    big = B * H * Lq * Lk * cost >= CHUNKED_MIN_SCORES
+    # many small score matrices (Swin's 49x49 windows) are one tile each: nothing to gain from tiling
+    big = B * H * Lq * Lk * cost >= CHUNKED_MIN_SCORES and Lq * Lk >= CHUNKED_MIN_PAIRS
     if relation is not None and relation.has_prob:
         if big and dropout_p == 0.0:
             return Choice("chunked", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex; "

@@ -267,38 +267,45 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLP(dim, int(dim * mlp_ratio), dropout=dropout)
         self.drop_path = DropPath(drop_path)
-        self._relations: dict = {}  # (Hp, Wp, shift, device) -> relation with the shifted-window mask
+        self._layouts: dict = {}  # (Hp, Wp, shift, device) -> (relation, order, inverse)
 
-    def relation(self, padded: tuple[int, int], shift: int, device) -> Relation:
-        """The attention's relation for a padded ``(Hp, Wp)`` map: the window bias, plus the
-        shifted-window region mask when ``shift > 0`` (built once per map size)."""
-        if shift == 0:
-            return self.rel_bias
+    def layout(self, padded: tuple[int, int], shift: int, device) -> tuple[Relation, Tensor, Tensor]:
+        """For a padded ``(Hp, Wp)`` map: the attention's relation (the window bias, plus the
+        shifted-window region mask when ``shift > 0``) and the token permutation ``order`` that
+        does Swin's cyclic shift and ``window_partition`` in one gather (``inverse`` undoes both).
+        Built once per map size."""
         key = (*padded, shift, str(device))
-        if key not in self._relations:
-            regions = ShiftedWindowRegions(self.window_size, padded, shift).to(device)
-            self._relations[key] = self.rel_bias + regions
-        return self._relations[key]
+        if key not in self._layouts:
+            grid = torch.arange(padded[0] * padded[1], device=device).view(1, *padded, 1)
+            rolled = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2)) if shift else grid
+            order = window_partition(rolled, self.window_size).flatten()  # window order -> grid index
+            relation = self.rel_bias
+            if shift:
+                relation = relation + ShiftedWindowRegions(self.window_size, padded, shift).to(device)
+            self._layouts[key] = (relation, order, torch.argsort(order))
+        return self._layouts[key]
 
     def _attention(self, x: Tensor, grid: tuple[int, int], probabilities: bool = False) -> Tensor:
+        """``x (B, H*W, C)`` -> the attention branch ``(B, H*W, C)``, or with ``probabilities`` the
+        attention each token receives, averaged over heads and queries of its window ``(B, Hp*Wp)``."""
         B, L, C = x.shape
         H, W = grid
         ws = self.window_size
         shift = self.shift if min(H, W) > ws else 0
-        x = self.norm1(x).view(B, H, W, C)
+        x = self.norm1(x)
         pad_b, pad_r = (-H) % ws, (-W) % ws
-        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b)) if pad_b or pad_r else x
+        if pad_b or pad_r:
+            x = F.pad(x.view(B, H, W, C), (0, 0, 0, pad_r, 0, pad_b)).view(B, -1, C)
         Hp, Wp = H + pad_b, W + pad_r
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        windows = window_partition(x, ws)  # (B * nW, ws*ws, C)
-        relation = self.relation((Hp, Wp), shift, x.device)
+        relation, order, inverse = self.layout((Hp, Wp), shift, x.device)
+        windows = x.index_select(1, order).view(-1, ws * ws, C)  # (B * nW, ws*ws, C)
         if probabilities:
-            return self.attn.probabilities(windows, relation)  # (B * nW, heads, ws*ws, ws*ws)
-        x = window_reverse(self.attn(windows, relation), ws, Hp, Wp)  # (B, Hp, Wp, C)
-        if shift:
-            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
-        return x[:, :H, :W].reshape(B, L, C)
+            probs = self.attn.probabilities(windows, relation).mean((1, 2))  # (B * nW, ws*ws)
+            return probs.reshape(B, Hp * Wp).index_select(1, inverse)
+        x = self.attn(windows, relation).view(B, Hp * Wp, C).index_select(1, inverse)
+        if pad_b or pad_r:
+            x = x.view(B, Hp, Wp, C)[:, :H, :W].reshape(B, L, C)
+        return x
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         x = x + self.drop_path(self._attention(x, grid))
@@ -461,13 +468,9 @@ class Swin(_Classifier):
         for block in last.blocks[:-1]:
             x = block(x, grid)
         block = last.blocks[-1]
-        probs = block._attention(x, grid, probabilities=True).mean((1, 2))  # (B * nW, ws*ws)
-        ws = block.window_size
-        Hp, Wp = -(-grid[0] // ws) * ws, -(-grid[1] // ws) * ws
-        maps = window_reverse(probs.unsqueeze(-1), ws, Hp, Wp)[..., 0]  # (B, Hp, Wp), rolled if shifted
-        shift = block.shift if min(grid) > ws else 0
-        if shift:
-            maps = torch.roll(maps, shifts=(shift, shift), dims=(1, 2))
+        maps = block._attention(x, grid, probabilities=True)  # (B, Hp*Wp), grid order
+        Wp = -(-grid[1] // block.window_size) * block.window_size
+        maps = maps.view(maps.shape[0], -1, Wp)
         return maps[:, :grid[0], :grid[1]]
 
 
@@ -489,7 +492,7 @@ def vit_small() -> ViTConfig:
 @register_model
 def vit_micro() -> ViTConfig:
     """A ViT for 28x28 grey images (Fashion-MNIST): 4x4 patches (7x7 grid + class token)."""
-    return ViTConfig(image_size=28, patch_size=4, in_chans=1, num_classes=10, dim=128, depth=6, num_heads=4,
+    return ViTConfig(image_size=28, patch_size=4, in_chans=1, num_classes=10, dim=64, depth=6, num_heads=4,
                      mlp_ratio=2.0)
 
 
@@ -503,5 +506,5 @@ def swin_tiny() -> SwinConfig:
 def swin_micro() -> SwinConfig:
     """A Swin for 28x28 grey images: 2x2 patches, windows of 7; stage 1 is 14x14 (4 windows,
     shifted every other block), stage 2 is 7x7 (one window)."""
-    return SwinConfig(image_size=28, patch_size=2, in_chans=1, num_classes=10, embed_dim=64, depths=(2, 4),
-                      num_heads=(2, 4), window_size=7, mlp_ratio=2.0, drop_path=0.05)
+    return SwinConfig(image_size=28, patch_size=2, in_chans=1, num_classes=10, embed_dim=48, depths=(2, 4),
+                      num_heads=(2, 4), window_size=7, mlp_ratio=2.0, drop_path=0.0)

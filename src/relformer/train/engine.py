@@ -227,7 +227,8 @@ class Trainer:
 
     def _build_optimizer(self) -> None:
         o = self.recipe.optim
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
+                                           foreach=True)
         warmup = round(o.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, WarmupCosine(warmup, self.total_steps, min(1.0, o.min_lr / o.lr)))
