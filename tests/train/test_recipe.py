@@ -1,5 +1,8 @@
 """Recipes: typed parsing, clear errors naming the key, YAML round trip, --set overrides."""
 import pytest
+import torch
+
+from relformer.models import create_model
 
 from relformer.cli import main
 from relformer.tasks.classification import ClassificationRecipe
@@ -11,7 +14,9 @@ def test_registered_recipes_resolve_with_their_models():
     for name, model in (("vit-fashion-mnist", "vit_micro"), ("swin-fashion-mnist", "swin_micro")):
         recipe = resolve_recipe(name)
         assert isinstance(recipe, ClassificationRecipe) and recipe.model.name == model and recipe.name == name
-        assert recipe.batch_size == 128 and recipe.loss.label_smoothing == 0.1 and recipe.amp == "none"
+        recipe.validate()
+        net = create_model(recipe.model.name, **recipe.model.options)  # sized for 28x28 grey images, 10 classes
+        assert net(torch.zeros(2, 1, 28, 28)).logits.shape == (2, 10)
 
 
 def test_set_nested_and_dict_options_parse_to_the_field_types():
