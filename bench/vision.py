@@ -371,7 +371,7 @@ def write_report(saved: dict, out_path: Path, elapsed: float | None) -> None:
         f"{', '.join(map(str, threads))} torch threads; torch {meta['torch']}, transformers "
         f"{meta['transformers']}; fp32, batch {', '.join(map(str, batches))}; measured "
         f"{dates[0][:16].replace('T', ' ')}" + (f" – {dates[-1][:16].replace('T', ' ')}" if dates[-1][:16] != dates[0][:16] else "")
-        + (f" ({elapsed / 60:.1f} min for this run)." if elapsed else "."),
+        + (f"; the run that wrote this page took {elapsed / 60:.1f} min." if elapsed else "."),
         "",
         "Peers hold the same weights: the HF `*ForImageClassification` model (10 labels) is built from a config "
         "mirroring the relformer variant, its `eager` twin loads the same state dict, and "
@@ -453,9 +453,13 @@ def profile(args) -> None:
             for _ in range(steps):
                 step()
         wall = (time.perf_counter() - t0) / steps
+        ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in ops)
         print(f"\n### {case} {mode} — {peer}: {wall * 1e3:.0f} ms per step (profiled, {steps} steps, "
-              f"batch {args.batch})\n")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+              f"batch {args.batch})\n\n| op | self ms / step | share | calls / step |\n|---|---|---|---|")
+        for e in ops[:args.profile_rows]:
+            print(f"| {e.key} | {e.self_cpu_time_total / 1e3 / steps:.1f} | {e.self_cpu_time_total / total:.0%} "
+                  f"| {e.count // steps} |")
 
 
 def main(argv=None):

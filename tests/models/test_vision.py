@@ -154,3 +154,19 @@ def test_bad_pixel_values_are_rejected(bad, match):
 def test_model_classes_are_the_builders():
     assert isinstance(create_model("vit_micro", depth=1), ViT)
     assert isinstance(create_model("swin_micro", depths=(2, 2)), Swin)
+
+
+@pytest.mark.parametrize("name", ["swin_micro", "vit_micro"])
+def test_inference_mode_first_then_training(name):
+    """Layouts cached during a first call under inference_mode must still work with autograd."""
+    model = create_model(name).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(x).logits
+    model.train()
+    out = model(x).logits
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, expected, rtol=0, atol=1e-5)

@@ -276,14 +276,18 @@ class SwinBlock(nn.Module):
         Built once per map size."""
         key = (*padded, shift, str(device))
         if key not in self._layouts:
-            grid = torch.arange(padded[0] * padded[1], device=device).view(1, *padded, 1)
-            rolled = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2)) if shift else grid
-            order = window_partition(rolled, self.window_size).flatten()  # window order -> grid index
-            relation = self.rel_bias
-            if shift:
-                relation = relation + ShiftedWindowRegions(self.window_size, padded, shift).to(device)
-            self._layouts[key] = (relation, order, torch.argsort(order))
+            with torch.inference_mode(False):  # cached: must stay usable when later calls need grad
+                self._layouts[key] = self._build_layout(padded, shift, device)
         return self._layouts[key]
+
+    def _build_layout(self, padded: tuple[int, int], shift: int, device) -> tuple[Relation, Tensor, Tensor]:
+        grid = torch.arange(padded[0] * padded[1], device=device).view(1, *padded, 1)
+        rolled = torch.roll(grid, shifts=(-shift, -shift), dims=(1, 2)) if shift else grid
+        order = window_partition(rolled, self.window_size).flatten()  # window order -> grid index
+        relation = self.rel_bias
+        if shift:
+            relation = relation + ShiftedWindowRegions(self.window_size, padded, shift).to(device)
+        return relation, order, torch.argsort(order)
 
     def _attention(self, x: Tensor, grid: tuple[int, int], probabilities: bool = False) -> Tensor:
         """``x (B, H*W, C)`` -> the attention branch ``(B, H*W, C)``, or with ``probabilities`` the
