@@ -14,7 +14,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from ..models import Swin, SwinConfig, ViT, ViTConfig
+from ..models import SwinConfig, ViTConfig, build_model
 
 __all__ = ["from_hf", "SUPPORTED"]
 
@@ -134,7 +134,7 @@ def from_hf(model: nn.Module) -> nn.Module:
     num_classes = head.out_features if isinstance(head, nn.Linear) else 0
     _require(head is None or num_classes > 0, "a classifier that is not a Linear layer")
     config = make_config(model, num_classes)
-    target = ViT(config) if isinstance(config, ViTConfig) else Swin(config)
+    target = build_model(config)
     state = _convert_state(model.state_dict(), prefix, keys)
     missing, unexpected = target.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k.startswith("pooler.") and getattr(target, "pooler", None) is None)]

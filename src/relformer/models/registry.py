@@ -64,10 +64,10 @@ def model_config(name: str, **overrides) -> Any:
 
 def build_model(config: Any) -> nn.Module:
     """The module for a config dataclass instance."""
-    try:
-        return _BUILDERS[type(config)](config)
-    except KeyError:
-        raise TypeError(f"no model class is registered for {type(config).__name__}") from None
+    builder = _BUILDERS.get(type(config))
+    if builder is None:
+        raise TypeError(f"no model class is registered for {type(config).__name__}")
+    return builder(config)
 
 
 def create_model(name: str, **overrides) -> nn.Module:

@@ -16,7 +16,7 @@ field names of HF ``transformers``. Variants are registered data (:func:`list_mo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
@@ -378,7 +378,6 @@ class SwinConfig:
     attn_dropout: float = 0.0
     drop_path: float = 0.1
     backend: str = "auto"
-    stage_windows: tuple[int, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         _check_positive(self, "image_size", "patch_size", "in_chans", "embed_dim", "window_size")
@@ -391,11 +390,15 @@ class SwinConfig:
                                  f"num_heads[{i}] = {h}")
         object.__setattr__(self, "depths", depths)
         object.__setattr__(self, "num_heads", heads)
+
+    @property
+    def stage_windows(self) -> tuple[int, ...]:
+        """The window of each stage at ``image_size``: ``window_size``, or the whole map when it is smaller."""
         grid, windows = self.grid_size, []
-        for _ in depths:
-            windows.append(min(grid) if min(grid) <= self.window_size else self.window_size)
+        for _ in self.depths:
+            windows.append(min(*grid, self.window_size))
             grid = ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
-        object.__setattr__(self, "stage_windows", tuple(windows))
+        return tuple(windows)
 
     @property
     def grid_size(self) -> tuple[int, int]:
