@@ -72,3 +72,23 @@ def assert_backends_agree(make_relation, B=2, H=4, Lq=37, Lk=53, D=16, Hkv=None,
             tol = max(GRAD_ATOL_FLOOR, GRAD_RTOL * rg.abs().max().item())
             torch.testing.assert_close(g, rg, atol=tol, rtol=1e-4, msg=lambda m: f"{backend} grad #{i}: {m}")
     return relation
+
+
+def assert_trains_and_round_trips(config, run, tmp_path):
+    """Registry-wide check (timm's habit) for a model config: ``run(model) -> (loss, output)`` gives a
+    finite loss, every parameter a finite gradient, and a saved and reloaded model the same output
+    (eval mode, exactly)."""
+    from relformer.models import build_model
+
+    model = build_model(config)
+    loss, _ = run(model)
+    assert torch.isfinite(loss)
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"parameters without a finite gradient: {no_grad}"
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    clone = build_model(config)
+    clone.load_state_dict(torch.load(tmp_path / "m.pt"))
+    model.eval(), clone.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(run(clone)[1], run(model)[1], rtol=0, atol=0)

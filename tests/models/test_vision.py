@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from relformer.models import Swin, ViT, build_model, create_model, list_models, model_config
+from relformer.models import Swin, SwinConfig, ViT, ViTConfig, create_model, list_models, model_config
 from relformer.models.vision import window_partition, window_reverse
+from tests.equivalence import assert_trains_and_round_trips
 
 SMALL = {  # registered variants shrunk in depth so every one runs in CI
     "vit_tiny": dict(depth=2), "vit_small": dict(depth=1), "vit_micro": dict(depth=2),
@@ -22,7 +23,8 @@ def _pixels(config, batch=2, seed=0):
 def test_registry_lists_the_variants():
     assert {"vit_tiny", "vit_small", "swin_tiny", "vit_micro", "swin_micro"} <= set(list_models())
     assert list_models("swin_*") == [n for n in list_models() if n.startswith("swin_")]
-    assert set(SMALL) == set(list_models()), "every registered variant must be covered by the registry-wide test"
+    vision = {n for n in list_models() if isinstance(model_config(n), (ViTConfig, SwinConfig))}
+    assert set(SMALL) == vision, "every registered vision variant must be covered by the registry-wide test"
 
 
 def test_unknown_names_and_options_are_rejected():
@@ -39,19 +41,14 @@ def test_unknown_names_and_options_are_rejected():
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_every_variant_runs_trains_and_round_trips(name, tmp_path):
     config = model_config(name, **SMALL[name])
-    model = build_model(config)
     x = _pixels(config)
-    out = model(x)
-    assert out.logits.shape == (2, config.num_classes) and torch.isfinite(out.logits).all()
-    out.logits.square().mean().backward()
-    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
-    assert not no_grad, f"parameters without a finite gradient: {no_grad}"
-    torch.save(model.state_dict(), tmp_path / "m.pt")
-    clone = build_model(config)
-    clone.load_state_dict(torch.load(tmp_path / "m.pt"))
-    model.eval(), clone.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(clone(x).logits, model(x).logits, rtol=0, atol=0)
+
+    def run(model):
+        logits = model(x).logits
+        assert logits.shape == (2, config.num_classes)
+        return logits.square().mean(), logits
+
+    assert_trains_and_round_trips(config, run, tmp_path)
 
 
 def _backends_agree(make, x, backends=("sdpa", "chunked")):
@@ -82,6 +79,29 @@ def test_swin_shifted_windows_agree_across_backends():
 def test_vit_relation_variants_agree_across_backends(options):
     make = lambda b: create_model("vit_micro", dim=32, depth=2, num_heads=2, backend=b, **options)
     _backends_agree(make, _pixels(make("eager").config))
+
+
+@pytest.mark.parametrize("patch, size, chans", [(2, 28, 1), (4, 28, 1), (16, 64, 3)])
+def test_vit_conv_stem_gives_the_patch_grid(patch, size, chans):
+    patchify = create_model("vit_micro", image_size=size, patch_size=patch, in_chans=chans, dim=32, depth=1,
+                            num_heads=2)
+    conv = create_model("vit_micro", image_size=size, patch_size=patch, in_chans=chans, dim=32, depth=1,
+                        num_heads=2, stem="conv")
+    x = torch.randn(2, chans, size, size)
+    assert conv.patch_embed(x).shape == patchify.patch_embed(x).shape == (2, 32, size // patch, size // patch)
+    strides = [m.stride for m in conv.patch_embed if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(2, 2)] * (patch.bit_length() - 1) + [(1, 1)]
+    conv.eval()  # BatchNorm running statistics: eval is deterministic per image
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x[:1]).logits, conv(x).logits[:1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("options, match", [(dict(stem="convs"), "stem"), (dict(stem="conv", patch_size=7), "power"),
+                                            (dict(stem="conv", patch_size=(4, 2)), "square"),
+                                            (dict(stem="conv", patch_size=8, dim=34, num_heads=2), "divisible")])
+def test_vit_conv_stem_rejects_what_it_cannot_build(options, match):
+    with pytest.raises(ValueError, match=match):
+        create_model("vit_micro", image_size=56, **options)
 
 
 def test_vit_relative_bias_leaves_the_class_token_unbiased():

@@ -24,7 +24,7 @@ def test_set_nested_and_dict_options_parse_to_the_field_types():
                                              "optim.betas=[0.9, 0.95]", "data.train_subset=100", "amp=bf16",
                                              "compile=true", "data.root=null", "out_dir=runs/x", "epochs=3.0"])
     assert r.optim.lr == 3e-4 and isinstance(r.optim.lr, float)  # YAML alone would leave '3e-4' a string
-    assert r.model.options == {"depth": 4, "mlp_ratio": 1.5}
+    assert r.model.options == {**resolve_recipe("vit-fashion-mnist").model.options, "depth": 4, "mlp_ratio": 1.5}
     assert r.optim.betas == (0.9, 0.95) and r.data.train_subset == 100 and r.epochs == 3
     assert r.amp == "bf16" and r.compile is True and r.data.root is None and r.out_dir == "runs/x"
     assert recipe_diff(resolve_recipe("vit-fashion-mnist"), r) == [

@@ -102,13 +102,40 @@ class _Classifier(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # ViT
 # ---------------------------------------------------------------------------------------------
+class ConvStem(nn.Sequential):
+    """The convolutional stem of Xiao et al. 2021 ("Early Convolutions Help Transformers See
+    Better", ViT_C) in place of the patchify convolution: ``log2(patch_size)`` 3x3 stride-2
+    convolutions with BatchNorm + ReLU, widths doubling up to ``dim``, then a 1x1 convolution.
+    ``(B, C, H, W) -> (B, dim, H / patch, W / patch)``, the same grid as the patch embedding."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size) -> None:
+        self.check(patch_size, dim)
+        n = _pair(patch_size)[0].bit_length() - 1
+        widths = [in_chans] + [dim >> (n - 1 - i) for i in range(n)]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True)]
+        super().__init__(*layers, nn.Conv2d(dim, dim, 1))
+
+    @staticmethod
+    def check(patch_size, dim: int) -> None:
+        p = _pair(patch_size)
+        if p[0] != p[1] or p[0] < 2 or p[0] & (p[0] - 1):
+            raise ValueError(f"stem='conv' needs a square power-of-two patch_size >= 2, got {patch_size!r}")
+        if dim % (p[0] // 2):
+            raise ValueError(f"stem='conv' halves the width per stride-2 step: dim ({dim}) must be divisible "
+                             f"by patch_size / 2 ({p[0] // 2})")
+
+
 @dataclass(frozen=True)
 class ViTConfig:
     """ViT hyper-parameters. ``mlp_hidden`` defaults to ``dim * mlp_ratio``; ``pool``: ``"cls"``
     (class token) or ``"mean"``; ``pos_embed``: ``"learned"`` (interpolated to other image sizes),
     ``"rope"`` (2-D axial RoPE; the class token sits at (-1, -1)) or ``"none"``; ``rel_pos_bias``:
     a learned 2-D relative bias per layer over the whole patch grid; ``pooler``: HF's
-    ``tanh(Linear(cls))`` pooler. ``num_classes=0`` builds no head."""
+    ``tanh(Linear(cls))`` pooler; ``stem``: ``"patch"`` (one ``patch_size``-stride convolution,
+    the original ViT) or ``"conv"`` (:class:`ConvStem`). ``num_classes=0`` builds no head."""
 
     image_size: int | tuple[int, int] = 224
     patch_size: int | tuple[int, int] = 16
@@ -125,6 +152,7 @@ class ViTConfig:
     pos_embed: Literal["learned", "rope", "none"] = "learned"
     rel_pos_bias: bool = False
     pooler: bool = False
+    stem: Literal["patch", "conv"] = "patch"
     dropout: float = 0.0
     attn_dropout: float = 0.0
     drop_path: float = 0.0
@@ -132,6 +160,10 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         _check_positive(self, "image_size", "patch_size", "in_chans", "dim", "depth", "num_heads")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"ViTConfig.stem must be 'patch' or 'conv', got {self.stem!r}")
+        if self.stem == "conv":
+            ConvStem.check(self.patch_size, self.dim)
         if self.dim % self.num_heads:
             raise ValueError(f"ViTConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
         if self.pool not in ("cls", "mean"):
@@ -157,7 +189,8 @@ class ViT(_Classifier):
         super().__init__()
         c = self.config = config
         self.num_prefix_tokens = 1 if c.pool == "cls" else 0
-        self.patch_embed = nn.Conv2d(c.in_chans, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.patch_embed = (nn.Conv2d(c.in_chans, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+                            if c.stem == "patch" else ConvStem(c.in_chans, c.dim, c.patch_size))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim)) if c.pool == "cls" else None
         num_tokens = self.num_prefix_tokens + c.grid_size[0] * c.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, c.dim)) if c.pos_embed == "learned" else None

@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,6 +237,12 @@ class Trainer:
     def _wrap_model(self) -> None:
         """``train_net``: DDP (several processes) and/or compiled; ``eval_net``: compiled or plain.
         Both share ``self.model``'s parameters, which is what checkpoints save."""
+        if self.dist.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            if self.device.type == "cuda":  # batch statistics over the global batch, as one process would see it
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)  # same Parameter objects
+            elif self.dist.is_main:
+                warnings.warn(f"BatchNorm under DDP on {self.device.type} normalises with each process's share of the "
+                              "batch (SyncBatchNorm needs CUDA): results differ slightly from one process")
         net = self.model
         if self.dist.distributed:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
