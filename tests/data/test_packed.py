@@ -1,11 +1,12 @@
-"""Packed batches: lossless round trips, and attention on packed layouts equals per-item attention."""
+"""Packed batches: lossless round trips, row plans (first-fit decreasing), and attention on packed layouts
+equals per-item attention."""
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import relformer
-from relformer.data import Packed
+from relformer.data import Packed, plan_rows
 
 lengths_st = st.lists(st.integers(0, 12), min_size=1, max_size=8).filter(lambda ls: sum(ls) > 0)
 
@@ -80,3 +81,26 @@ def test_bad_input_is_named():
         Packed.from_list([])
     with pytest.raises(ValueError, match="lengths or mask"):
         Packed.from_padded(torch.zeros(2, 3, 1))
+
+
+def test_plan_rows_first_fit_decreasing():
+    lengths = [5, 17, 1, 9, 30, 2, 12, 30]
+    plan = plan_rows(lengths)
+    assert sorted(i for row in plan for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 30 for row in plan)
+    assert plan[0] == [4] and plan[1] == [7]  # longest first, each alone in a full row
+    assert len(plan) == 4  # 106 tokens: 17+12+1, 9+5+2 fill two more rows of 30
+    assert plan_rows([3, 3, 3], row_len=9) == [[0, 1, 2]]
+    assert plan_rows([]) == []
+    with pytest.raises(ValueError, match="row_len"):
+        plan_rows([4, 8], row_len=6)
+
+
+def test_rows_from_a_plan():
+    packed = Packed(torch.arange(10.0)[:, None], torch.tensor([0, 4, 5, 10]))
+    rows = packed.to_rows(plan=[[2], [0, 1]])
+    assert rows.index.tolist() == [[5, 6, 7, 8, 9], [0, 1, 2, 3, 4]]
+    assert rows.segment_ids.tolist() == [[2] * 5, [0, 0, 0, 0, 1]]
+    torch.testing.assert_close(rows.scatter(rows.gather(packed.values)), packed.values)
+    with pytest.raises(ValueError, match="exactly once"):
+        packed.to_rows(plan=[[0, 1]])

@@ -10,13 +10,14 @@ holds several whole items and a 4-D block-diagonal mask keeps them apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import Tensor
 
 from ..relations.sequence import Documents
 
-__all__ = ["Packed", "Rows"]
+__all__ = ["Packed", "Rows", "plan_rows"]
 
 
 def _check_offsets(offsets: Tensor, n_values: int) -> Tensor:
@@ -105,33 +106,30 @@ class Packed:
         """The mask for attention over all values as ONE sequence ``(1, N)``: items stay apart."""
         return Documents(self.segment_ids()[None])
 
-    def to_rows(self, row_len: int | None = None) -> "Rows":
-        """Pack whole items into rows of ``row_len`` slots (first-fit decreasing).
+    def to_rows(self, row_len: int | None = None, plan: list[list[int]] | None = None) -> "Rows":
+        """Pack whole items into rows of ``row_len`` slots, as :func:`plan_rows` assigns them (first-fit
+        decreasing) or as ``plan`` (a list of rows, each a list of item indices, every item once) says.
 
-        ``row_len`` defaults to the longest item; an item longer than ``row_len`` is an error.
+        ``row_len`` defaults to the longest item (to the fullest row of a ``plan``); an item longer
+        than ``row_len`` is an error.
         """
         lengths = self.lengths.tolist()
-        longest = max(lengths) if lengths else 0
-        row_len = longest if row_len is None else int(row_len)
-        if longest > row_len:
-            raise ValueError(f"row_len={row_len} is shorter than the longest item ({longest})")
-        row_len = max(row_len, 1)
-        rows_free: list[int] = []
+        if plan is None:
+            row_len = _row_len(lengths, row_len)
+            plan = plan_rows(lengths, row_len)
+        else:
+            row_len = _check_plan(plan, lengths, row_len)
         placement = [(0, 0)] * len(lengths)  # item -> (row, start slot)
-        for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-            for r, free in enumerate(rows_free):
-                if free >= lengths[i]:
-                    break
-            else:
-                r = len(rows_free)
-                rows_free.append(row_len)
-            placement[i] = (r, row_len - rows_free[r])
-            rows_free[r] -= lengths[i]
+        for r, items in enumerate(plan):
+            start = 0
+            for i in items:
+                placement[i] = (r, start)
+                start += lengths[i]
         dev = self.values.device
         seg, starts = self.segment_ids(), torch.tensor(placement, dtype=torch.long, device=dev).view(-1, 2)
         row = starts[seg, 0] if seg.numel() else seg
         slot = starts[seg, 1] + self.positions() if seg.numel() else seg
-        n_rows = max(len(rows_free), 1)
+        n_rows = max(len(plan), 1)
         index = torch.full((n_rows, row_len), -1, dtype=torch.long, device=dev)
         index[row, slot] = torch.arange(self.values.shape[0], device=dev)
         segments = torch.full_like(index, -1)
@@ -139,6 +137,42 @@ class Packed:
         positions = torch.zeros_like(index)
         positions[row, slot] = self.positions()
         return Rows(index=index, segment_ids=segments, positions=positions, num_values=self.values.shape[0])
+
+
+def _row_len(lengths: list[int], row_len: int | None) -> int:
+    longest = max(lengths) if lengths else 0
+    row_len = longest if row_len is None else int(row_len)
+    if longest > row_len:
+        raise ValueError(f"row_len={row_len} is shorter than the longest item ({longest})")
+    return max(row_len, 1)
+
+
+def _check_plan(plan: list[list[int]], lengths: list[int], row_len: int | None) -> int:
+    placed = sorted(i for items in plan for i in items)
+    if placed != list(range(len(lengths))):
+        raise ValueError(f"plan must place every item index 0..{len(lengths) - 1} exactly once")
+    return _row_len([sum(lengths[i] for i in items) for items in plan], row_len)
+
+
+def plan_rows(lengths: list[int], row_len: int | None = None) -> list[list[int]]:
+    """Assign items to rows of ``row_len`` slots by first-fit decreasing (Johnson 1973): items are
+    taken longest first, each into the first row with room, else a new row.
+
+    ``lengths``: item lengths; ``row_len`` defaults to the longest. Returns the rows as lists of
+    item indices (longest first within a row); ``Packed.to_rows(plan=...)`` lays them out.
+    """
+    lengths = [int(n) for n in lengths]
+    row_len = _row_len(lengths, row_len)
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, f in enumerate(free) if f >= lengths[i]), len(rows))
+        if r == len(rows):
+            rows.append([])
+            free.append(row_len)
+        rows[r].append(i)
+        free[r] -= lengths[i]
+    return rows
 
 
 @dataclass(frozen=True)
@@ -165,11 +199,17 @@ class Rows:
         return out.masked_fill(~self.valid.view(*self.valid.shape, *([1] * (values.dim() - 1))), 0)
 
     def scatter(self, rows: Tensor) -> Tensor:
-        return rows[self.valid][self._order()]
+        """``(R, row_len, ...) -> (N, ...)``, the values in their packed order."""
+        return rows.flatten(0, 1)[self._slots]
 
-    def _order(self) -> Tensor:
-        # rows[valid] lists values in row-major slot order; this permutation restores value order
-        return torch.argsort(self.index[self.valid])
+    @cached_property
+    def _slots(self) -> Tensor:
+        """``(N,)`` flat slot of every value (computed once: one layout serves every layer)."""
+        flat = self.index.flatten()
+        slots = torch.empty(self.num_values, dtype=torch.long, device=flat.device)
+        valid = flat >= 0
+        slots[flat[valid]] = torch.nonzero(valid).flatten()
+        return slots
 
     def relation(self) -> Documents:
         return Documents(self.segment_ids)

@@ -78,7 +78,8 @@ class Attention(nn.Module):
 
     def _project(self, x: Tensor, context: Tensor | None, pos: Tensor | None,
                  context_pos: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
-        """q (B, Lq, H*D), k and v (B, Lk, Hkv*D). ``pos`` is added to the q/k inputs only (DETR)."""
+        """q (B, Lq, H*D), k and v (B, Lk, Hkv*D) for cross-attention, or self-attention with ``pos``
+        (added to the q/k inputs only, DETR); plain self-attention is fused in :meth:`_qkv`."""
         q_dim, kv_dim = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         if self.cross:
             if context is None:
@@ -93,16 +94,26 @@ class Attention(nn.Module):
             return q, k, v
         if context is not None or context_pos is not None:
             raise ValueError("this Attention is a self-attention (cross=False): it takes no context")
-        if pos is None:
-            return self.qkv(x).split((q_dim, kv_dim, kv_dim), dim=-1)
         w_qk, w_v = self.qkv.weight.split((q_dim + kv_dim, kv_dim))
         b_qk, b_v = self.qkv.bias.split((q_dim + kv_dim, kv_dim)) if self.qkv.bias is not None else (None, None)
         q, k = F.linear(x + pos, w_qk, b_qk).split((q_dim, kv_dim), dim=-1)
         return q, k, F.linear(x, w_v, b_v)
 
-    def _qkv(self, x, context, positions, context_positions, pos, context_pos) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, x, context, positions, context_positions, pos, context_pos,
+             rows=None) -> tuple[Tensor, Tensor, Tensor]:
         """Projected heads: q ``(B, H, Lq, D)``, k and v ``(B, Hkv, Lk, D)``, RoPE applied."""
-        q, k, v = self._project(x, context, pos, context_pos)
+        if rows is not None and self.cross:
+            raise ValueError("rows (packed tokens) are supported by self-attention only")
+        if not self.cross and context is None and context_pos is None and pos is None:
+            qkv = self.qkv(x)  # (B, L, (H + 2 Hkv) D), or packed (N, ...)
+            if rows is not None:  # packed (N, .) -> rows (R, W, .), one gather for q, k and v
+                qkv = rows.gather(qkv)
+            kv_dim = self.num_kv_heads * self.head_dim
+            q, k, v = qkv.split((self.num_heads * self.head_dim, kv_dim, kv_dim), dim=-1)
+        else:
+            q, k, v = self._project(x, context, pos, context_pos)
+            if rows is not None:
+                q, k, v = rows.gather(q), rows.gather(k), rows.gather(v)
         q = self._heads(q, self.num_heads)      # (B, H, Lq, D)
         k = self._heads(k, self.num_kv_heads)   # (B, Hkv, Lk, D)
         v = self._heads(v, self.num_kv_heads)   # (B, Hkv, Lk, D)
@@ -116,25 +127,41 @@ class Attention(nn.Module):
     @torch.no_grad()
     def probabilities(self, x: Tensor, relation: Relation | None = None, context: Tensor | None = None,
                       positions: Tensor | None = None, context_positions: Tensor | None = None,
-                      pos: Tensor | None = None, context_pos: Tensor | None = None) -> Tensor:
+                      pos: Tensor | None = None, context_pos: Tensor | None = None, rows=None,
+                      kv_cache=None) -> Tensor:
         """The attention probabilities ``(B, H, Lq, Lk)`` (fp32, eager) for the same call as :meth:`forward`
-        -- for plots and inspection; the forward pass never materialises them."""
-        q, k, _ = self._qkv(x, context, positions, context_positions, pos, context_pos)
+        -- for plots and inspection; the forward pass never materialises them. With ``rows``: per
+        row ``(R, H, W, W)``."""
+        if kv_cache is not None:
+            raise NotImplementedError("probabilities() of a decoding step with a kv_cache")
+        q, k, _ = self._qkv(x, context, positions, context_positions, pos, context_pos, rows)
         return attention_probs(q, k, relation, q.shape[-1] ** -0.5)
 
     def forward(self, x: Tensor, relation: Relation | None = None, context: Tensor | None = None,
                 positions: Tensor | None = None, context_positions: Tensor | None = None,
-                pos: Tensor | None = None, context_pos: Tensor | None = None) -> Tensor:
+                pos: Tensor | None = None, context_pos: Tensor | None = None, rows=None,
+                kv_cache=None) -> Tensor:
         """``x (B, Lq, C)``, ``context (B, Lk, C_ctx)`` (cross only) -> ``(B, Lq, C)``.
 
         ``positions`` / ``context_positions``: RoPE positions of queries / keys (default
         ``arange``; for self-attention keys use ``positions``). ``pos`` / ``context_pos``:
         additive embeddings added to the query / key inputs but not the values (DETR).
+
+        ``rows`` (a :class:`~relformer.data.Rows`): ``x`` is packed token values ``(N, C)``; the
+        projections run on them, attention on the rows ``rows.gather(.) (R, W)`` (``relation`` and
+        ``positions`` describe the rows), and the result is scattered back: ``(N, C)``.
+        ``kv_cache``: an object whose ``update(k, v)`` receives this call's keys and values
+        ``(B, Hkv, Lq, D)`` (RoPE applied) and returns all keys and values to attend, past first
+        (e.g. :class:`relformer.models.text.KVCache`); ``relation`` then spans ``(Lq, L_past + Lq)``.
         """
-        q, k, v = self._qkv(x, context, positions, context_positions, pos, context_pos)
+        q, k, v = self._qkv(x, context, positions, context_positions, pos, context_pos, rows)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v)  # (B, Hkv, L_past + Lq, D)
         out = attend(q, k, v, relation, backend=self.backend,
                      dropout_p=self.attn_dropout if self.training else 0.0)  # (B, H, Lq, D)
         out = out.transpose(1, 2).flatten(2)  # (B, Lq, H*D)
+        if rows is not None:
+            out = rows.scatter(out)  # (N, H*D)
         return self.proj_drop(self.proj(out))
 
 
@@ -199,7 +226,8 @@ class Block(_Residual):
         layer_scale: LayerScale init (None: off); drop_path: stochastic-depth rate.
         cross: the attention is a cross-attention to ``context`` (width ``context_dim``).
 
-    ``forward(x, relation=None, positions=None, context=None, ...)``: ``x (B, L, C) -> (B, L, C)``.
+    ``forward(x, relation=None, positions=None, context=None, ...)``: ``x (B, L, C) -> (B, L, C)``;
+    ``rows`` / ``kv_cache`` are passed to :meth:`Attention.forward` (packed ``x (N, C)`` / decoding).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
@@ -222,10 +250,11 @@ class Block(_Residual):
 
     def forward(self, x: Tensor, relation: Relation | None = None, positions: Tensor | None = None,
                 context: Tensor | None = None, context_positions: Tensor | None = None,
-                pos: Tensor | None = None, context_pos: Tensor | None = None) -> Tensor:
+                pos: Tensor | None = None, context_pos: Tensor | None = None, rows=None,
+                kv_cache=None) -> Tensor:
         x = self._residual(x, self.norm1, self.branch1, lambda h: self.attn(
             h, relation, context=context, positions=positions, context_positions=context_positions,
-            pos=pos, context_pos=context_pos))
+            pos=pos, context_pos=context_pos, rows=rows, kv_cache=kv_cache))
         return self._residual(x, self.norm2, self.branch2, lambda h: self.mlp_drop(self.mlp(h)))
 
 
