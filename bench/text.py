@@ -100,7 +100,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--texts", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--threads", type=int, default=min(2, len(os.sched_getaffinity(0))))
     ap.add_argument("--quick", action="store_true", help="200 texts, 1 repeat")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "text.md")
@@ -121,17 +121,18 @@ def main(argv=None) -> None:
     tok.no_padding()
     tok.no_truncation()
     lengths = sorted(len(e.ids) for e in tok.encode_batch(texts))
-    ref = {name: enc(texts, args.batch) for name, enc in peers.items()}  # warm-up + outputs
-    diffs = {name: float((ref["relformer"] - ref[name]).abs().max()) for name in peers if name != "relformer"}
+    for enc in peers.values():  # warm-up on two batches
+        enc(texts[:2 * args.batch], args.batch)
     names = list(peers)
-    times = {n: [] for n in names}
+    times, outputs = {n: [] for n in names}, {}
     t_start = time.perf_counter()
     for r in range(args.reps):
         for n in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            peers[n](texts, args.batch)
+            outputs[n] = peers[n](texts, args.batch)
             times[n].append(time.perf_counter() - t0)
             print(f"rep {r + 1}: {n} {times[n][-1]:.2f} s", flush=True)
+    diffs = {n: float((outputs["relformer"] - outputs[n]).abs().max()) for n in names if n != "relformer"}
     med = {n: statistics.median(ts) for n, ts in times.items()}
     pct = lambda q: lengths[min(len(lengths) - 1, int(q * len(lengths)))]
     rows = dict(texts=len(texts), batch=args.batch, reps=args.reps, threads=torch.get_num_threads(),

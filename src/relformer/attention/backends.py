@@ -40,7 +40,8 @@ def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: floa
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
     if relation is not None and (relation.has_bias or relation.has_mask):
         scores = scores + relation.dense_bias(B, H, Lq, Lk, q.device)
-    probs = _safe_softmax(scores)
+    # only a mask can empty a row (biases are finite): skip the dead-row pass otherwise
+    probs = _safe_softmax(scores) if relation is not None and relation.has_mask else torch.softmax(scores, dim=-1)
     if relation is not None and relation.has_prob:
         probs = probs * relation.dense_prob(B, H, Lq, Lk, q.device)
     return probs
