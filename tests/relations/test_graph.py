@@ -1,12 +1,13 @@
 """Graph relations on random packed graph batches: dense forms equal a direct construction
-(networkx shortest paths), and every backend agrees, gradients to edge features included."""
+(networkx shortest paths; paths of edges that walk a shortest path), and every backend agrees,
+gradients to edge features and embeddings included."""
 import networkx as nx  # a dev dependency: never skipped silently
 import pytest
 import torch
 
-from relformer.relations import Documents, EdgeFeatureBias, GraphAdjacency, ShortestPathBias
-from relformer.relations.graph import (dense_adjacency, dense_shortest_paths, edge_id_matrix, node_layout,
-                                       scatter_pairs, shortest_path_distances)
+from relformer.relations import Documents, EdgeBias, EdgeFeatureBias, EdgePathBias, GraphAdjacency, ShortestPathBias
+from relformer.relations.graph import (dense_adjacency, dense_shortest_path_edges, dense_shortest_paths, edge_id_matrix,
+                                       node_layout, scatter_pairs, shortest_path_distances)
 from tests.equivalence import FWD_ATOL, GRAD_RTOL, assert_backends_agree, make_qkv, run_backend
 
 H, B, L, EDGE_DIM = 4, 3, 12, 5
@@ -175,3 +176,109 @@ def test_validation():
         EdgeFeatureBias(EDGE_DIM, H).bind_edges(torch.zeros(1, 3, 3, dtype=torch.long), torch.zeros(2, EDGE_DIM + 1))
     with pytest.raises(ValueError, match="adjacency"):
         GraphAdjacency(torch.ones(1, 3, 3, dtype=torch.bool)).check(1, H, 3, 4)
+
+
+# ---- shortest paths as edges (Graphormer's edge encoding) --------------------------------------
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("max_hops", [1, 3, 8])
+def test_shortest_path_edges_walk_a_shortest_path(seed, max_hops):
+    graphs, index, segments, edge_index = random_batch(seed)
+    node_row, node_pos = node_layout(index)
+    spd, paths = dense_shortest_path_edges(edge_index, node_row, node_pos, B, L, max_hops)
+    assert torch.equal(spd, dense_shortest_paths(edge_index, node_row, node_pos, B, L))
+    assert paths.shape == (B, L, L, max_hops)
+    node_at = {(r, s): int(index[r, s]) for r in range(B) for s in range(L) if index[r, s] >= 0}
+    ends = edge_index.t().tolist()
+    G = nx.Graph()
+    G.add_nodes_from(range(int(index.max()) + 1))
+    G.add_edges_from(map(tuple, ends))
+    dist = dict(nx.all_pairs_shortest_path_length(G))
+    for r in range(B):
+        for si in range(L):
+            for sj in range(L):
+                row = paths[r, si, sj].tolist()
+                d = int(spd[r, si, sj])
+                hops = min(max(d, 0), max_hops)
+                assert all(e >= 0 for e in row[:hops]) and all(e == -1 for e in row[hops:])
+                if hops == 0:
+                    continue
+                i, j = node_at[(r, si)], node_at[(r, sj)]
+                at = i
+                for n, e in enumerate(row[:hops]):  # each edge leaves the current node, one step closer to j
+                    a, c = ends[e]
+                    assert at in (a, c), "the path's edges must form a walk from the query node"
+                    at = c if at == a else a
+                    assert dist[i][at] == n + 1 and dist[at][j] == d - n - 1
+
+
+def test_shortest_path_edges_prefer_the_edge_in_walking_direction():
+    edge_index = torch.tensor([[0, 1, 1], [1, 0, 2]])  # 0 <-> 1 both ways, only 1 -> 2
+    node_row, node_pos = torch.zeros(3, dtype=torch.long), torch.arange(3)
+    _, paths = dense_shortest_path_edges(edge_index, node_row, node_pos, 1, 3, 2)
+    assert paths[0, 0, 2].tolist() == [0, 2]  # 0 -> 1 (edge 0), 1 -> 2 (edge 2)
+    assert paths[0, 2, 0].tolist() == [2, 1]  # 2 -> 1 read from the stored 1 -> 2, then 1 -> 0 (edge 1)
+    with pytest.raises(ValueError, match="max_hops"):
+        dense_shortest_path_edges(edge_index, node_row, node_pos, 1, 3, 0)
+
+
+def _path_relation(seed, module, max_hops=3):
+    _, index, segments, edge_index = random_batch(seed)
+    node_row, node_pos = node_layout(index)
+    _, paths = dense_shortest_path_edges(edge_index, node_row, node_pos, B, L, max_hops)
+    edge_emb = torch.randn(edge_index.shape[1], H, generator=torch.Generator().manual_seed(seed)).requires_grad_(True)
+    return Documents(segments) & module.bind_paths(paths, edge_emb), paths, edge_emb
+
+
+def test_edge_path_bias_values():
+    module = EdgePathBias(H, max_hops=3)
+    with torch.no_grad():
+        module.hop_weight.normal_()
+    rel, paths, edge_emb = _path_relation(0, module)
+    bias = rel.parts[1].dense_bias(B, H, L, L)
+    expect = torch.zeros(B, H, L, L)
+    for b, i, j in torch.nonzero(paths[..., 0] >= 0).tolist():
+        ids = [e for e in paths[b, i, j].tolist() if e >= 0]
+        expect[b, :, i, j] = sum(edge_emb[e] @ module.hop_weight[n] for n, e in enumerate(ids)) / len(ids)
+    torch.testing.assert_close(bias, expect.detach())
+    assert (paths[..., 0] >= 0).sum() > 20
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_edge_path_bias_backends_agree_with_embedding_grad(seed):
+    module = EdgePathBias(H, max_hops=3)
+    with torch.no_grad():
+        module.hop_weight.normal_()
+    q, k, v = make_qkv(B, H, L, L, 16)
+
+    def run(backend):
+        rel, _, edge_emb = _path_relation(seed, module)
+        return run_backend(rel, backend, q, k, v, leaves=(edge_emb,))
+
+    ref_out, ref_grads = run("eager")
+    assert all(g.abs().sum() > 0 for g in ref_grads[3:])  # hop_weight, edge_emb
+    for backend in ("sdpa", "flex", "chunked"):
+        out, grads = run(backend)
+        torch.testing.assert_close(out, ref_out, atol=FWD_ATOL, rtol=0)
+        for g, rg in zip(grads or [], ref_grads):
+            torch.testing.assert_close(g, rg, atol=max(1e-6, GRAD_RTOL * rg.abs().max().item()), rtol=1e-4)
+
+
+def test_edge_bias_and_path_bias_validation():
+    bias = EdgeBias(H)
+    with pytest.raises(ValueError, match="bind_values"):
+        bias.check(1, H, 3, 3)
+    with pytest.raises(ValueError, match="values"):
+        bias.bind_values(torch.full((1, 3, 3), -1), torch.zeros(2, H + 1))
+    with pytest.raises(ValueError, match="edge_ids refers to edge 2"):
+        bias.bind_values(torch.full((1, 3, 3), 2), torch.zeros(2, H))
+    path = EdgePathBias(H, max_hops=2)
+    with pytest.raises(ValueError, match="paths is not set"):
+        path.check(1, H, 3, 3)
+    with pytest.raises(ValueError, match="more than max_hops"):
+        path.bind_paths(torch.full((1, 3, 3, 3), -1), torch.zeros(2, H))
+    with pytest.raises(ValueError, match="edge_emb"):
+        path.bind_paths(torch.full((1, 3, 3, 2), -1), torch.zeros(2, H + 1))
+    with pytest.raises(ValueError, match="paths"):
+        path.bind_paths(torch.full((1, 3, 3, 2), -1), torch.zeros(2, H)).check(1, H, 3, 4)
+    with pytest.raises(ValueError, match="max_hops"):
+        EdgePathBias(H, max_hops=0)

@@ -17,7 +17,8 @@ from ..attention.relation import Relation
 from .sequence import _check_heads
 
 __all__ = ["node_layout", "scatter_pairs", "dense_adjacency", "edge_id_matrix", "shortest_path_distances",
-           "dense_shortest_paths", "GraphAdjacency", "ShortestPathBias", "EdgeFeatureBias"]
+           "dense_shortest_paths", "dense_shortest_path_edges", "GraphAdjacency", "ShortestPathBias", "EdgeBias",
+           "EdgeFeatureBias", "EdgePathBias"]
 
 
 def _check_int(name: str, x: Tensor, dim: int) -> None:
@@ -103,21 +104,77 @@ def shortest_path_distances(edge_index: Tensor, num_nodes: int) -> Tensor:
     return dist.to(edge_index.device)
 
 
+def _row_shortest_paths(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int,
+                        predecessors: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Per row, scipy's unweighted undirected shortest paths between the row's slots (one BFS per
+    slot, on CPU): ``spd (B, L, L)`` long, ``-1`` when unreachable or at an empty slot, and with
+    ``predecessors`` also ``pred (B, L, L)`` long: ``pred[b, a, c]`` is the slot before ``c`` on a
+    shortest path from ``a`` to ``c`` (``-1`` at ``c == a`` or when unreachable)."""
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import shortest_path
+
+    _check_layout(edge_index, node_row, node_pos, B, L)
+    row, pos, ei = node_row.long().cpu(), node_pos.long().cpu(), edge_index.long().cpu()
+    occupied = torch.zeros(B, L, dtype=torch.bool)
+    occupied[row, pos] = True
+    edge_row = row[ei[0]]
+    order = edge_row.argsort(stable=True)
+    sources, targets = pos[ei[0, order]].numpy(), pos[ei[1, order]].numpy()
+    ends = np.concatenate([[0], np.cumsum(torch.bincount(edge_row, minlength=B).numpy())])
+    spd = np.full((B, L, L), -1, dtype=np.int64)
+    pred = np.full((B, L, L), -1, dtype=np.int64) if predecessors else None
+    for b in occupied.any(1).nonzero().flatten().tolist():
+        lo, hi = ends[b], ends[b + 1]
+        graph = coo_matrix((np.ones(hi - lo), (sources[lo:hi], targets[lo:hi])), shape=(L, L)).tocsr()
+        out = shortest_path(graph, method="D", directed=False, unweighted=True, return_predecessors=predecessors)
+        dist = out[0] if predecessors else out
+        spd[b] = np.where(np.isinf(dist), -1, dist)
+        if predecessors:
+            pred[b] = np.maximum(out[1], -1)  # scipy marks "none" with -9999
+    live = occupied[:, :, None] & occupied[:, None, :]
+    spd = torch.from_numpy(spd).masked_fill_(~live, -1).to(edge_index.device)
+    return spd, (torch.from_numpy(pred).masked_fill_(~live, -1).to(edge_index.device) if predecessors else None)
+
+
 def dense_shortest_paths(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int) -> Tensor:
     """Per-row ``spd (B, L, L)`` long for :class:`ShortestPathBias`: hop distance between the nodes in
     slots ``i`` and ``j`` of a row, ``-1`` when unreachable (other graph of the row, empty slot)."""
-    _check_layout(edge_index, node_row, node_pos, B, L)
-    spd = torch.full((B, L, L), -1, dtype=torch.long, device=edge_index.device)
-    for b in range(B):
-        nodes = (node_row == b).nonzero().flatten()  # global ids of the row's nodes
-        if nodes.numel() == 0:
-            continue
-        local = torch.full((node_row.shape[0],), -1, dtype=torch.long, device=edge_index.device)
-        local[nodes] = torch.arange(nodes.numel(), device=edge_index.device)
-        ei = local[edge_index[:, node_row[edge_index[0]] == b]]
-        pos = node_pos[nodes].long()
-        spd[b, pos[:, None], pos[None, :]] = shortest_path_distances(ei, nodes.numel())
-    return spd
+    return _row_shortest_paths(edge_index, node_row, node_pos, B, L)[0]
+
+
+def dense_shortest_path_edges(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int,
+                              max_hops: int) -> tuple[Tensor, Tensor]:
+    """Shortest paths as edge ids, for :class:`EdgePathBias`: ``(spd (B, L, L), paths (B, L, L, K))``.
+
+    ``spd`` as :func:`dense_shortest_paths`; ``paths[b, i, j, n]`` is the id of the ``n``-th edge of
+    one shortest path from slot ``i`` (the query) to slot ``j``, for ``n < min(spd, K)`` with
+    ``K = max_hops``, and ``-1`` after (Graphormer's ``multi_hop_max_dist``). Paths are undirected:
+    the step ``a -> c`` reads the edge ``a -> c``, or ``c -> a`` when only that one is stored; with
+    repeated edges one of them is taken. Distances come from scipy on CPU, one BFS per slot; the
+    ``K`` steps along the predecessor table are batched tensor ops.
+    """
+    if not (isinstance(max_hops, int) and max_hops >= 1):
+        raise ValueError(f"max_hops must be an int >= 1, got {max_hops!r}")
+    spd, pred = _row_shortest_paths(edge_index, node_row, node_pos, B, L, predecessors=True)
+    dev = spd.device
+    j, i = edge_index[0].long(), edge_index[1].long()
+    row = node_row[i].long()
+    step = torch.full((B, L, L), -1, dtype=torch.long, device=dev)  # step[b, a, c]: an edge joining a and c
+    ids = torch.arange(edge_index.shape[1], device=dev)
+    step[row, node_pos[i].long(), node_pos[j].long()] = ids     # c -> a, used when a -> c is absent
+    step[row, node_pos[j].long(), node_pos[i].long()] = ids     # a -> c
+    b = torch.arange(B, device=dev).view(B, 1, 1)
+    target = torch.arange(L, device=dev).view(1, 1, L)
+    cur = torch.arange(L, device=dev).view(1, L, 1).expand(B, L, L)  # walk from the query i towards j
+    paths = torch.full((B, L, L, max_hops), -1, dtype=torch.long, device=dev)
+    for n in range(max_hops):
+        # pred[b, j, cur] is the slot after cur on a shortest path from i to j (read from j's side)
+        nxt = pred[b, target, cur]
+        live = nxt >= 0
+        paths[..., n] = torch.where(live, step[b, cur, nxt.clamp_min(0)], -1)
+        cur = torch.where(live, nxt, cur)
+    return spd, paths
 
 
 def node_layout(index: Tensor) -> tuple[Tensor, Tensor]:
@@ -202,49 +259,145 @@ class ShortestPathBias(Relation):
         return f"num_heads={self.table.shape[1]}, max_distance={self.max_distance}"
 
 
-class EdgeFeatureBias(Relation):
-    """Graphormer-style edge bias for direct edges (Ying et al. 2021, Eq. 7 with paths of one edge):
-    ``bias[b, h, i, j] = (W x_e + c)[h]`` for the edge ``e = (j -> i)``, 0 where there is none.
+def _padded_table(values: Tensor) -> Tensor:
+    """``values (E, ...)`` with zero rows appended up to a power of two ``> E``: the last row reads as
+    "no edge", ``E = 0`` works, and Flex (which compiles per captured shape) sees few shapes."""
+    rows = 1 << values.shape[0].bit_length()
+    return torch.cat([values, values.new_zeros(rows - values.shape[0], *values.shape[1:])])
 
-    ``proj = nn.Linear(edge_dim, num_heads)``. Per batch, :meth:`bind_edges` takes
-    ``edge_ids (B, L, L)`` long (``-1`` where no edge, see :func:`edge_id_matrix`) and
-    ``edge_attr (E, edge_dim)``, and computes ``edge_bias = proj(edge_attr)`` once, padded with
-    zero rows to a power of two ``> E`` (pairs without an edge read the last row, ``E = 0`` works,
-    and Flex, which compiles per captured shape, sees few distinct shapes).
-    The bound copy reads only ``edge_bias`` (a non-leaf tensor): every backend hands the gradient
-    to ``edge_bias`` and ordinary autograd carries it on to ``proj`` and ``edge_attr``. Bind once
-    per forward (``edge_bias``'s graph is freed by the backward pass).
+
+class EdgeBias(Relation):
+    """A per-edge, per-head additive bias on direct edges: ``bias[b, h, i, j] = values[e, h]`` for the
+    edge ``e = (j -> i)``, 0 where there is none.
+
+    Per batch, :meth:`bind_values` takes ``edge_ids (B, L, L)`` long (``-1`` where no edge, see
+    :func:`edge_id_matrix`) and ``values (E, H)`` (e.g. computed from the edges' features, or from
+    the queries and keys themselves as in :class:`~relformer.models.graph.GraphTransformerLayer`).
+    The bound copy reads ``edge_bias``, the values padded with zero rows (:func:`_padded_table`):
+    every backend hands the gradient to ``edge_bias`` and ordinary autograd carries it on to
+    whatever computed the values. Bind once per forward (the graph is freed by the backward pass).
     """
 
     has_bias = True
+    _bind_name = "bind_values"  # named in the "not bound" error
 
-    def __init__(self, edge_dim: int, num_heads: int) -> None:
+    def __init__(self, num_heads: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(edge_dim, num_heads)
+        self.num_heads = int(num_heads)
         self.edge_ids: Tensor | None = None
         self.edge_bias: Tensor | None = None
 
-    def bind_edges(self, edge_ids: Tensor, edge_attr: Tensor) -> "EdgeFeatureBias":
+    def bind_values(self, edge_ids: Tensor, values: Tensor) -> "EdgeBias":
         _check_int("edge_ids", edge_ids, 3)
-        if edge_attr.dim() != 2 or edge_attr.shape[1] != self.proj.in_features:
-            raise ValueError(f"edge_attr must have shape (E, {self.proj.in_features}), got {tuple(edge_attr.shape)}")
-        if edge_ids.numel() and edge_ids.max() >= edge_attr.shape[0]:
-            raise ValueError(f"edge_ids refers to edge {edge_ids.max().item()} but edge_attr has "
-                             f"{edge_attr.shape[0]} edges")
-        bias = self.proj(edge_attr)  # (E, H)
-        rows = 1 << edge_attr.shape[0].bit_length()  # > E, a power of two: few distinct shapes for Flex
-        bias = torch.cat([bias, bias.new_zeros(rows - bias.shape[0], bias.shape[1])])  # (rows, H); last = no edge
-        return self.bind(edge_ids=edge_ids, edge_bias=bias)
+        if values.dim() != 2 or values.shape[1] != self.num_heads:
+            raise ValueError(f"values must have shape (E, {self.num_heads}), got {tuple(values.shape)}")
+        if edge_ids.numel() and edge_ids.max() >= values.shape[0]:
+            raise ValueError(f"edge_ids refers to edge {edge_ids.max().item()} but there are values for "
+                             f"{values.shape[0]} edges")
+        return self.bind(edge_ids=edge_ids, edge_bias=_padded_table(values))  # (rows, H); last = no edge
 
     def bias_mod(self, b, h, q_idx, kv_idx):
         e = self.edge_ids[b, q_idx, kv_idx]
         return self.edge_bias[torch.where(e >= 0, e, self.edge_bias.shape[0] - 1), h]
 
     def check(self, B, H, Lq, Lk):
-        _check_heads(self.proj.out_features, H)
+        _check_heads(self.num_heads, H)
         if self.edge_bias is None:
-            raise ValueError("edge_ids is not set: use EdgeFeatureBias.bind_edges(edge_ids, edge_attr)")
+            raise ValueError(f"edge_ids is not set: use {type(self).__name__}.{self._bind_name}(edge_ids, ...)")
         _check_pairs("edge_ids", self.edge_ids, B, Lq, Lk)
 
     def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}"
+
+
+class EdgeFeatureBias(EdgeBias):
+    """Graphormer-style edge bias for direct edges (Ying et al. 2021, Eq. 7 with paths of one edge):
+    ``bias[b, h, i, j] = (W x_e + c)[h]`` for the edge ``e = (j -> i)``, 0 where there is none.
+
+    ``proj = nn.Linear(edge_dim, num_heads)``. Per batch, :meth:`bind_edges` takes
+    ``edge_ids (B, L, L)`` long (``-1`` where no edge, see :func:`edge_id_matrix`) and
+    ``edge_attr (E, edge_dim)``, and computes ``edge_bias = proj(edge_attr)`` once (as
+    :class:`EdgeBias`: padded with zero rows to a power of two ``> E``). The bound copy reads only
+    ``edge_bias`` (a non-leaf tensor): every backend hands the gradient to ``edge_bias`` and ordinary
+    autograd carries it on to ``proj`` and ``edge_attr``. Bind once per forward.
+    """
+
+    _bind_name = "bind_edges"
+
+    def __init__(self, edge_dim: int, num_heads: int) -> None:
+        super().__init__(num_heads)
+        self.proj = nn.Linear(edge_dim, num_heads)
+
+    def bind_edges(self, edge_ids: Tensor, edge_attr: Tensor) -> "EdgeFeatureBias":
+        _check_int("edge_ids", edge_ids, 3)
+        if edge_attr.dim() != 2 or edge_attr.shape[1] != self.proj.in_features:
+            raise ValueError(f"edge_attr must have shape (E, {self.proj.in_features}), got {tuple(edge_attr.shape)}")
+        return self.bind_values(edge_ids, self.proj(edge_attr))
+
+    def extra_repr(self) -> str:
         return f"edge_dim={self.proj.in_features}, num_heads={self.proj.out_features}"
+
+
+class EdgePathBias(Relation):
+    """Graphormer's edge encoding (Ying et al. 2021, "Do Transformers Really Perform Bad for Graph
+    Representation?", Eq. 7): along one shortest path ``(e_1, ..., e_N)`` from ``i`` to ``j``,
+
+        ``bias[b, h, i, j] = 1/N' * sum_{n <= N'} (x_{e_n} W_n)[h]``,  ``N' = min(N, max_hops)``,
+
+    with ``x_e (E, H)`` a per-edge, per-head embedding (the model's ``edge_encoder``) and a learnable
+    ``W_n (H, H)`` per hop (``hop_weight (max_hops, H, H)``, Graphormer's ``edge_dis_encoder``).
+    Pairs without a path (``i == j``, unreachable, empty slots) get 0.
+
+    Per batch, :meth:`bind_paths` takes ``paths (B, L, L, K)`` long, ``K <= max_hops`` (see
+    :func:`dense_shortest_path_edges`), and ``edge_emb (E, H)``; it computes the per-hop tables
+    ``x W_n`` once. Like :class:`EdgeBias`, bind once per forward.
+    """
+
+    has_bias = True
+
+    def __init__(self, num_heads: int, max_hops: int) -> None:
+        super().__init__()
+        if not (isinstance(max_hops, int) and max_hops >= 1):
+            raise ValueError(f"max_hops must be an int >= 1, got {max_hops!r}")
+        self.hop_weight = nn.Parameter(torch.randn(max_hops, num_heads, num_heads) * 0.02)
+        self.paths: Tensor | None = None
+        self.path_table: Tensor | None = None
+        self.path_len: Tensor | None = None
+
+    @property
+    def tile_cost(self) -> float:
+        return float(self.hop_weight.shape[0])  # one table lookup per hop
+
+    def bind_paths(self, paths: Tensor, edge_emb: Tensor) -> "EdgePathBias":
+        _check_int("paths", paths, 4)
+        K, H = self.hop_weight.shape[:2]
+        if paths.shape[-1] > K:
+            raise ValueError(f"paths has {paths.shape[-1]} hops, more than max_hops={K}")
+        if edge_emb.dim() != 2 or edge_emb.shape[1] != H:
+            raise ValueError(f"edge_emb must have shape (E, {H}), got {tuple(edge_emb.shape)}")
+        if paths.numel() and paths.max() >= edge_emb.shape[0]:
+            raise ValueError(f"paths refers to edge {paths.max().item()} but edge_emb has {edge_emb.shape[0]} rows")
+        table = torch.einsum("eh,nhg->neg", edge_emb, self.hop_weight[:paths.shape[-1]])  # (K', E, H)
+        table = _padded_table(table.transpose(0, 1)).transpose(0, 1)  # (K', rows, H); last row = no edge
+        length = (paths >= 0).sum(-1).clamp_min(1).to(table.dtype)  # (B, L, L)
+        return self.bind(paths=paths, path_table=table, path_len=length)
+
+    def bias_mod(self, b, h, q_idx, kv_idx):
+        none = self.path_table.shape[1] - 1
+        total = 0
+        for n in range(self.path_table.shape[0]):
+            e = self.paths[b, q_idx, kv_idx, n]
+            total = total + self.path_table[n, torch.where(e >= 0, e, none), h]
+        return total / self.path_len[b, q_idx, kv_idx]
+
+    def check(self, B, H, Lq, Lk):
+        _check_heads(self.hop_weight.shape[1], H)
+        if self.paths is None:
+            raise ValueError("paths is not set: use EdgePathBias.bind_paths(paths, edge_emb)")
+        if self.paths.shape[:3] != (B, Lq, Lk):
+            raise ValueError(f"paths has shape {tuple(self.paths.shape)}, expected (B, Lq, Lk, K) with "
+                             f"(B, Lq, Lk) = {(B, Lq, Lk)}")
+
+    def extra_repr(self) -> str:
+        K, H = self.hop_weight.shape[:2]
+        return f"num_heads={H}, max_hops={K}"

@@ -1,0 +1,125 @@
+"""Convert PyTorch Geometric layers into their relformer equivalents.
+
+``from_pyg(module)`` takes a PyG ``GPSConv`` whose local model is a ``GINEConv`` (or None) and
+whose global attention is ``multihead`` (``nn.MultiheadAttention``), and returns a
+:class:`~relformer.models.graph.GPSLayer` with copies of its weights and buffers, called exactly
+like the PyG layer, ``layer(x, edge_index, batch, edge_attr=...)``, with the same output in
+training and evaluation mode. Where PyG pads every graph to the largest one
+(``to_dense_batch``) and masks the padding, the relformer layer places whole graphs into rows
+and masks between them. Supported norms: ``"batch_norm"`` (the default), PyG's ``LayerNorm`` in
+``mode="node"``, torch's ``LayerNorm``, and None.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..models.graph import GINE, GPSLayer
+
+__all__ = ["from_pyg"]
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise NotImplementedError(f"from_pyg: {what}")
+
+
+def _linear(src: nn.Module) -> nn.Linear:
+    """A torch ``nn.Linear`` with the weights of a torch or PyG ``Linear``."""
+    out = nn.Linear(src.in_channels if hasattr(src, "in_channels") else src.in_features,
+                    src.out_channels if hasattr(src, "out_channels") else src.out_features,
+                    bias=src.bias is not None)
+    out.load_state_dict(src.state_dict())
+    return out
+
+
+def _gine(conv) -> GINE:
+    from torch_geometric.nn import GINEConv
+
+    _require(isinstance(conv, GINEConv), f"local model {type(conv).__name__} (only GINEConv is supported)")
+    _require(getattr(conv, "aggr", "add") in ("add", "sum"), f"GINEConv aggr={conv.aggr!r} (only 'add')")
+    _require(conv.flow == "source_to_target", f"GINEConv flow={conv.flow!r}")
+    gine = GINE(getattr(conv.lin, "out_channels", 1), mlp=copy.deepcopy(conv.nn), eps=float(conv.eps.detach()),
+                train_eps=isinstance(conv.eps, nn.Parameter))
+    if conv.lin is not None:
+        gine.lin = _linear(conv.lin)
+    return gine.to(conv.eps.device)
+
+
+def _norm(norm: nn.Module | None, dim: int) -> tuple[str, nn.Module | None]:
+    """PyG's norm module -> (relformer norm kind, the torch module whose state to copy)."""
+    from torch_geometric.nn.norm import BatchNorm, LayerNorm
+
+    if norm is None:
+        return "none", None
+    if isinstance(norm, BatchNorm):
+        _require(not norm.allow_single_element, "BatchNorm(allow_single_element=True)")
+        bn = norm.module
+        _require(bn.affine and bn.track_running_stats, "BatchNorm without affine parameters or running statistics")
+        return "batch", bn
+    if isinstance(norm, LayerNorm):
+        _require(norm.mode == "node", f"PyG LayerNorm(mode={norm.mode!r}) (only mode='node': per-node LayerNorm)")
+        _require(norm.affine, "LayerNorm without affine parameters")
+        return "layer", norm
+    if isinstance(norm, nn.LayerNorm):
+        _require(norm.normalized_shape == (dim,) and norm.elementwise_affine, "LayerNorm over other dims")
+        return "layer", norm
+    raise NotImplementedError(f"from_pyg: norm {type(norm).__name__} (supported: batch_norm, layer_norm "
+                              "in node mode, None)")
+
+
+def _copy_norm(dst: nn.Module, src: nn.Module | None, kind: str) -> None:
+    if kind == "batch":
+        dst.load_state_dict(src.state_dict())
+        dst.momentum, dst.eps = src.momentum, src.eps
+    elif kind == "layer":
+        dst.weight.data.copy_(src.weight.detach())
+        dst.bias.data.copy_(src.bias.detach())
+        dst.eps = src.eps
+
+
+def _gps(module) -> GPSLayer:
+    attn = module.attn
+    _require(module.attn_type == "multihead" and isinstance(attn, nn.MultiheadAttention),
+             f"attn_type={module.attn_type!r} (only 'multihead')")
+    _require(attn._qkv_same_embed_dim and attn.in_proj_bias is not None and attn.bias_k is None
+             and not attn.add_zero_attn and attn.batch_first,
+             "MultiheadAttention with separate q/k/v widths, no bias, add_bias_kv or add_zero_attn")
+    C = module.channels
+    mlp = module.mlp
+    _require(isinstance(mlp, nn.Sequential) and len(mlp) == 5 and mlp[0].weight.shape == (2 * C, C),
+             "GPSConv.mlp is not Linear(C, 2C), act, Dropout, Linear(2C, C), Dropout")
+    kinds = [_norm(n, C) for n in (module.norm1, module.norm2, module.norm3)]
+    local = _gine(module.conv) if module.conv is not None else None
+    layer = GPSLayer(C, module.heads, local, dropout=float(module.dropout), attn_dropout=float(attn.dropout),
+                     norm=kinds[0][0], act=nn.ReLU)
+    layer.mlp.act = copy.deepcopy(mlp[1])
+    with torch.no_grad():
+        layer.attn.qkv.weight.copy_(attn.in_proj_weight)  # [q; k; v], the same layout
+        layer.attn.qkv.bias.copy_(attn.in_proj_bias)
+        layer.attn.proj.weight.copy_(attn.out_proj.weight)
+        layer.attn.proj.bias.copy_(attn.out_proj.bias)
+        layer.mlp.fc1.load_state_dict(mlp[0].state_dict())
+        layer.mlp.fc2.load_state_dict(mlp[3].state_dict())
+    for dst, (kind, src) in zip((layer.norm1, layer.norm2, layer.norm3), kinds):
+        _require(kind == kinds[0][0], "GPSConv with different norm types")
+        _copy_norm(dst, src, kind)
+    return layer.to(attn.in_proj_weight.device).train(module.training)
+
+
+def from_pyg(module: nn.Module) -> nn.Module:
+    """The relformer equivalent of a PyG module (weights copied; the PyG module is left as it is).
+
+    Supported: ``GPSConv`` (local ``GINEConv`` or None, ``attn_type="multihead"``) ->
+    :class:`~relformer.models.graph.GPSLayer`; ``GINEConv`` -> :class:`~relformer.models.graph.GINE`.
+    Anything else raises ``NotImplementedError`` naming what is not supported.
+    """
+    from torch_geometric.nn import GINEConv, GPSConv
+
+    if isinstance(module, GPSConv):
+        return _gps(module)
+    if isinstance(module, GINEConv):
+        return _gine(module).train(module.training)
+    raise NotImplementedError(f"from_pyg: {type(module).__name__} (supported: GPSConv, GINEConv)")
