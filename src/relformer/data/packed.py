@@ -195,12 +195,21 @@ class Rows:
     def gather(self, values: Tensor) -> Tensor:
         if values.shape[0] != self.num_values:
             raise ValueError(f"values has {values.shape[0]} rows, layout has {self.num_values}")
-        out = values[self.index.clamp_min(0)]
-        return out.masked_fill(~self.valid.view(*self.valid.shape, *([1] * (values.dim() - 1))), 0)
+        # index_select, not values[index]: its backward is a dense index_add_, where advanced
+        # indexing's accumulating index_put_ was the slowest op of a GPS layer's backward
+        source, empty = self._sources
+        out = values.index_select(0, source).view(*self.index.shape, *values.shape[1:])
+        return out.masked_fill(empty.view(*empty.shape, *([1] * (values.dim() - 1))), 0)
 
     def scatter(self, rows: Tensor) -> Tensor:
         """``(R, row_len, ...) -> (N, ...)``, the values in their packed order."""
-        return rows.flatten(0, 1)[self._slots]
+        return rows.flatten(0, 1).index_select(0, self._slots)
+
+    @cached_property
+    def _sources(self) -> tuple[Tensor, Tensor]:
+        """``(R * row_len,)`` value index of every slot (0 in empty slots) and the ``(R, row_len)``
+        empty-slot mask (computed once: one layout serves every layer)."""
+        return self.index.clamp_min(0).flatten(), ~self.valid
 
     @cached_property
     def _slots(self) -> Tensor:

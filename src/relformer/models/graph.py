@@ -19,8 +19,9 @@ Everything but global attention runs on the packed nodes ``(N, C)`` (message pas
 ``index_add_`` over the edge list); global attention runs on whole graphs placed into rows of
 ``row_len`` slots (:class:`GraphLayout`, built once per forward and shared by every layer), kept
 apart by a 4-D block-diagonal mask -- never padded to the largest graph. Measured on a 2-core CPU
-(molecule batches): rows of <= 128 nodes ran ~1.3-1.45x faster than PyG's ``GPSConv`` (padding to
-the largest graph) for forward + backward, one long block-diagonal sequence 5-9x slower.
+(``bench/graph.py``, 4 GPS layers, 128 molecule-sized graphs, forward + backward): rows of 64 slots
+62 ms, of 128 slots 70 ms, as wide as the largest graph (40) 66 ms, PyG's ``GPSConv`` 99 ms; one
+long block-diagonal sequence was 5-9x slower than rows (DESIGN.md). Default ``row_len``: 64.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class GraphLayout:
     edge_index: Tensor
 
     @classmethod
-    def build(cls, ptr: Tensor, edge_index: Tensor, row_len: int = 128) -> "GraphLayout":
+    def build(cls, ptr: Tensor, edge_index: Tensor, row_len: int = 64) -> "GraphLayout":
         """Graphs (``ptr (G + 1,)`` node offsets) into rows of at most ``max(row_len, largest graph)``
         slots by first-fit decreasing (:func:`~relformer.data.plan_rows`); the rows are as wide as
         the fullest one, so a small batch is not padded to ``row_len``."""
@@ -177,7 +178,7 @@ class GINE(nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
         j, i = edge_index  # source, target
-        msg = x[j]  # (E, C)
+        msg = x.index_select(0, j)  # (E, C); backward: a dense index_add_ (x[j] accumulates slowly)
         if edge_attr is not None:
             msg = msg + (self.lin(edge_attr) if self.lin is not None else edge_attr)
         elif self.lin is not None:
@@ -210,7 +211,7 @@ class GPSLayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, local: nn.Module | None = None, dropout: float = 0.0,
                  attn_dropout: float = 0.0, norm: str = "batch", act: type[nn.Module] = nn.ReLU,
-                 backend: str = "auto", row_len: int = 128) -> None:
+                 backend: str = "auto", row_len: int = 64) -> None:
         super().__init__()
         self.local, self.row_len = local, int(row_len)
         self.attn = Attention(dim, num_heads, backend=backend, attn_dropout=attn_dropout)
@@ -261,7 +262,7 @@ class GraphTransformerLayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, edge_features: bool = True, dropout: float = 0.0,
                  norm: str = "batch", attention: Literal["sparse", "dense"] = "sparse", backend: str = "auto",
-                 qkv_bias: bool = False, row_len: int = 128, update_edges: bool = True) -> None:
+                 qkv_bias: bool = False, row_len: int = 64, update_edges: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
@@ -373,7 +374,7 @@ class _GraphConfig:
     attn_dropout: float = 0.0
     lap_k: int = 0
     rwse_k: int = 0
-    row_len: int = 128
+    row_len: int = 64
     backend: str = "auto"
 
     def __post_init__(self) -> None:
