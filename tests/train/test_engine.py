@@ -84,7 +84,7 @@ def test_smoke_on_fashion_mnist_writes_the_whole_run(tmp_path):
 
     report = (run_dir / "report.md").read_text()
     assert "| epoch | step | last lr | train loss | train accuracy | eval accuracy | eval loss | eval samples |" in report
-    assert "## Final test metrics (epoch 2)" in report and "first 257 images of the Fashion-MNIST test split" in report
+    assert "## Final evaluation metrics (epoch 2)" in report and "first 257 images of the Fashion-MNIST test split" in report
     for png in ("loss.png", "accuracy.png", "attention.png"):
         assert (run_dir / "plots" / png).stat().st_size > 1000 and f"(plots/{png})" in report
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))

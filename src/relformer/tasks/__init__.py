@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-__all__ = ["Task", "ClassificationTask"]
+__all__ = ["Task", "ClassificationTask", "GraphRegressionTask"]
 
 
 class Task(Protocol):
@@ -66,3 +66,4 @@ class Task(Protocol):
 
 
 from .classification import ClassificationTask  # noqa: E402  (registers the task and its recipes)
+from .graph_regression import GraphRegressionTask  # noqa: E402

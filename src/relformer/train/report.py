@@ -108,11 +108,10 @@ def write_report(run_dir: str | os.PathLike, *, title: str, facts: dict[str, str
     run_dir = Path(run_dir)
     lines = [f"# Training report: {title}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in facts.items()]
-    lines += ["", f"Evaluation every epoch on {eval_description}, every sample counted once. "
-              "That set is the test split, so the final epoch's eval metrics are the test metrics.", ""]
+    lines += ["", f"Evaluation every epoch on {eval_description}, every sample counted once.", ""]
     if history:
         final = history[-1]
-        lines += [f"## Final test metrics (epoch {final['epoch']})", ""]
+        lines += [f"## Final evaluation metrics (epoch {final['epoch']})", ""]
         lines += _table([{k[5:]: v for k, v in final.items() if k.startswith("eval_")}])
         if best_epoch is not None:
             best = history[best_epoch - 1]
