@@ -30,7 +30,6 @@ import platform
 import random
 import statistics
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -44,17 +43,10 @@ EQUIV_TOL = 1e-5
 
 def corpus(n: int, seed: int = 0) -> list[str]:
     """``n`` full docstrings (whitespace collapsed) of public stdlib objects, drawn with ``seed``."""
-    from relformer.data.stdlib_docs import SKIP_DIRS
+    from relformer.data.stdlib_docs import parsed_sources
 
-    root = Path(sysconfig.get_paths()["stdlib"])
     docs = []
-    for path in sorted(root.rglob("*.py")):
-        if any(p in SKIP_DIRS for p in path.relative_to(root).parts):
-            continue
-        try:
-            tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError):
-            continue
+    for _, tree in parsed_sources(private=True):
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and (doc := ast.get_docstring(node)):
                 docs.append(" ".join(doc.split()))

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .packed import Packed, _check_offsets
+from ..relations.graph import check_edge_index
+from .packed import Packed, _check_offsets, lengths_to_offsets
 
 __all__ = ["GraphBatch", "check_graph", "ptr_from_batch"]
 
@@ -58,8 +59,7 @@ def ptr_from_batch(batch: Tensor | None, num_nodes: int) -> Tensor:
         raise ValueError(f"batch holds negative graph ids (min {int(batch.min())})")
     if bool((batch[1:] < batch[:-1]).any()):
         raise ValueError("batch must be sorted (nodes of a graph contiguous, graphs in order), as PyG collates them")
-    counts = torch.bincount(batch.long())
-    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return lengths_to_offsets(torch.bincount(batch.long()))
 
 
 def check_graph(x: Tensor, edge_index: Tensor, ptr: Tensor, edge_attr: Tensor | None = None) -> Tensor:
@@ -68,18 +68,8 @@ def check_graph(x: Tensor, edge_index: Tensor, ptr: Tensor, edge_attr: Tensor | 
     whose length is not the number of edges, an edge joining two graphs."""
     _check_features("x", x, None, "N nodes")
     N = x.shape[0]
-    if not isinstance(edge_index, Tensor) or edge_index.dtype not in _INT:
-        raise ValueError(f"edge_index must be an int32/int64 tensor, got "
-                         f"{edge_index.dtype if isinstance(edge_index, Tensor) else type(edge_index).__name__}")
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
+    check_edge_index(edge_index, N)
     E = edge_index.shape[1]
-    if E:
-        lo, hi = int(edge_index.min()), int(edge_index.max())
-        if lo < 0:
-            raise ValueError(f"edge_index holds negative node ids (min {lo})")
-        if hi >= N:
-            raise ValueError(f"edge_index refers to node {hi} but there are only {N} nodes")
     if edge_attr is not None:
         _check_features("edge_attr", edge_attr, E, "E edges")
     ptr = _check_offsets(ptr, N)

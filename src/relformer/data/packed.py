@@ -17,7 +17,12 @@ from torch import Tensor
 
 from ..relations.sequence import Documents
 
-__all__ = ["Packed", "Rows", "plan_rows"]
+__all__ = ["Packed", "Rows", "plan_rows", "lengths_to_offsets"]
+
+
+def lengths_to_offsets(lengths: Tensor) -> Tensor:
+    """Item lengths ``(n,)`` -> offsets ``(n + 1,)`` (PyG's ``ptr``): ``[0, l0, l0 + l1, ...]``."""
+    return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
 
 
 def _check_offsets(offsets: Tensor, n_values: int) -> Tensor:
@@ -47,9 +52,7 @@ class Packed:
     def from_list(cls, items: list[Tensor]) -> "Packed":
         if len(items) == 0:
             raise ValueError("cannot pack an empty list of items")
-        lengths = torch.tensor([t.shape[0] for t in items])
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-        return cls(torch.cat(items, 0), offsets)
+        return cls(torch.cat(items, 0), lengths_to_offsets(torch.tensor([t.shape[0] for t in items])))
 
     @classmethod
     def from_padded(cls, padded: Tensor, lengths: Tensor | None = None, mask: Tensor | None = None) -> "Packed":
@@ -64,9 +67,7 @@ class Packed:
             mask = torch.arange(L, device=padded.device) < lengths[:, None]
         elif mask.shape != (B, L) or mask.dtype != torch.bool:
             raise ValueError(f"mask must be a bool tensor of shape (B, L) = {(B, L)}")
-        lengths = mask.sum(1)
-        offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
-        return cls(padded[mask], offsets)
+        return cls(padded[mask], lengths_to_offsets(mask.sum(1)))
 
     # ---- views ------------------------------------------------------------------------
     @property

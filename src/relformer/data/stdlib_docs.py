@@ -13,7 +13,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DocEntry", "stdlib_docstrings"]
+__all__ = ["DocEntry", "stdlib_docstrings", "parsed_sources"]
 
 #: folders of the standard library that are tests, vendored tools or GUI demos, not its API
 SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "lib2to3", "idlelib",
@@ -50,23 +50,31 @@ def _walk(node: ast.AST, prefix: str):
                 yield from _walk(child, name)
 
 
-def stdlib_docstrings(min_words: int = 4, root: str | Path | None = None) -> list[DocEntry]:
-    """Every public documented object of the standard library under ``root`` (default: this
-    interpreter's), sorted by name; entries whose first paragraph has fewer than ``min_words``
-    words, and repeated texts (overrides that copy a docstring), are dropped."""
+def parsed_sources(root: str | Path | None = None, private: bool = False):
+    """``(module name, ast.Module)`` for every parseable source file of the standard library under
+    ``root`` (default: this interpreter's), in path order, outside :data:`SKIP_DIRS`; modules and
+    packages named ``_...`` only with ``private``."""
     root = Path(root) if root is not None else Path(sysconfig.get_paths()["stdlib"])
     if not root.is_dir():
         raise FileNotFoundError(f"no standard library sources at {root}")
-    seen, entries = set(), []
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root).parts
-        if any(p in SKIP_DIRS for p in rel) or any(p.startswith("_") and p != "__init__.py" for p in rel):
+        if any(p in SKIP_DIRS for p in rel) or (
+                not private and any(p.startswith("_") and p != "__init__.py" for p in rel)):
             continue
         try:
             tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError):
             continue  # e.g. a file kept for another Python version
-        module = _module_name(path, root)
+        yield _module_name(path, root), tree
+
+
+def stdlib_docstrings(min_words: int = 4, root: str | Path | None = None) -> list[DocEntry]:
+    """Every public documented object of the standard library under ``root`` (default: this
+    interpreter's), sorted by name; entries whose first paragraph has fewer than ``min_words``
+    words, and repeated texts (overrides that copy a docstring), are dropped."""
+    seen, entries = set(), []
+    for module, tree in parsed_sources(root):
         found = [(module, ast.get_docstring(tree))] if ast.get_docstring(tree) else []
         for name, doc in found + list(_walk(tree, module)):
             text = _first_paragraph(doc)

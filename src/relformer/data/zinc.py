@@ -99,6 +99,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .graph import GraphBatch
+from .packed import lengths_to_offsets
 
 __all__ = ["build_zinc", "with_encodings", "ZincDataset", "ZincBatch", "penalized_logp_terms",
            "penalized_logp", "featurize", "zinc_cache_dir", "moses_data_dir", "check_dependencies",
@@ -464,10 +465,6 @@ def _ranges(start: Tensor, length: Tensor) -> Tensor:
     return torch.repeat_interleave(start - offsets, length) + torch.arange(int(length.sum()))
 
 
-def _offsets(length: Tensor) -> Tensor:
-    return torch.cat([length.new_zeros(1), torch.cumsum(length, 0)])
-
-
 def _spd_values(stored: Tensor) -> Tensor:
     out = stored.long()
     return out.masked_fill_(stored == _SPD_UNREACHABLE, -1)
@@ -495,7 +492,7 @@ class ZincDataset(Dataset):
         self._node_ptr = tensors["node_ptr"].tolist()
         self._edge_ptr = tensors["edge_ptr"].tolist()
         if "spd" in self.encodings:
-            self._spd_ptr = _offsets((tensors["node_ptr"][1:] - tensors["node_ptr"][:-1]) ** 2)
+            self._spd_ptr = lengths_to_offsets((tensors["node_ptr"][1:] - tensors["node_ptr"][:-1]) ** 2)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ZincDataset":
@@ -570,15 +567,15 @@ class ZincDataset(Dataset):
         node_ptr, edge_ptr = self._t["node_ptr"], self._t["edge_ptr"]
         n_len, e_len = node_ptr[idx + 1] - node_ptr[idx], edge_ptr[idx + 1] - edge_ptr[idx]  # (B,)
         nodes, edges = _ranges(node_ptr[idx], n_len), _ranges(edge_ptr[idx], e_len)          # (N,), (E,)
-        ptr = _offsets(n_len)
+        ptr = lengths_to_offsets(n_len)
         edge_index = self._t["edge_index"][:, edges].long() + torch.repeat_interleave(ptr[:-1], e_len)
         enc = {key: self.encodings[key][nodes] for key in ("lap_pe", "lap_eigvals", "rwse") if key in self.encodings}
         if "spd" in self.encodings:
             enc["spd"] = _spd_values(self.encodings["spd"][_ranges(self._spd_ptr[idx], n_len * n_len)])
-            enc["spd_ptr"] = _offsets(n_len * n_len)
+            enc["spd_ptr"] = lengths_to_offsets(n_len * n_len)
         return ZincBatch(x=self._t["x"][nodes].long(), edge_index=edge_index, ptr=ptr,
-                         edge_attr=self._t["edge_attr"][edges].long(), y=self._t["y"][idx], edge_ptr=_offsets(e_len),
-                         **enc)
+                         edge_attr=self._t["edge_attr"][edges].long(), y=self._t["y"][idx],
+                         edge_ptr=lengths_to_offsets(e_len), **enc)
 
     @staticmethod
     def collate(batch: ZincBatch | Sequence[dict[str, Tensor]]) -> ZincBatch:
@@ -588,12 +585,12 @@ class ZincDataset(Dataset):
             return batch
         items = list(batch)
         base = GraphBatch.from_list(items)  # x, edge_index, ptr, edge_attr, y, lap_pe, rwse
-        extra = {"edge_ptr": _offsets(torch.tensor([g["edge_index"].shape[1] for g in items]))}
+        extra = {"edge_ptr": lengths_to_offsets(torch.tensor([g["edge_index"].shape[1] for g in items]))}
         if "lap_eigvals" in items[0]:
             extra["lap_eigvals"] = torch.cat([g["lap_eigvals"] for g in items])
         if "spd" in items[0]:
             extra["spd"] = torch.cat([g["spd"].flatten() for g in items])
-            extra["spd_ptr"] = _offsets(base.sizes ** 2)
+            extra["spd_ptr"] = lengths_to_offsets(base.sizes ** 2)
         return ZincBatch(**{f.name: getattr(base, f.name) for f in fields(GraphBatch)}, **extra)
 
     def with_encodings(self, encodings: dict[str, Tensor]) -> "ZincDataset":

@@ -338,9 +338,7 @@ class TextEncoder(nn.Module):
             token_type_ids = token_type_ids[mask]
         B, L = input_ids.shape
         positions = torch.arange(L, device=input_ids.device).expand(B, L)[mask]
-        lengths = mask.sum(1)
-        offsets = torch.cat((lengths.new_zeros(1), lengths.cumsum(0)))
-        return Packed(input_ids[mask], offsets), mask, positions, token_type_ids
+        return Packed.from_padded(input_ids, mask=mask), mask, positions, token_type_ids
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from ..relations.graph import check_edge_index
+
 __all__ = ["sinusoidal_encoding", "LearnedPositions", "RotaryEmbedding", "RotaryEmbedding2D", "grid_positions",
            "laplacian_eigenvectors", "random_sign_flip", "random_walk_encoding"]
 
@@ -141,10 +143,7 @@ def grid_positions(height: int, width: int, device=None) -> Tensor:
 
 def _graphs(edge_index: Tensor, num_nodes: int, batch: Tensor | None) -> Iterator[tuple[Tensor, Tensor]]:
     """Per graph: ``(node ids (n,), local edge_index (2, e))``. Edges must not cross graphs."""
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"edge_index must be (2, E), got shape {tuple(edge_index.shape)}")
-    if edge_index.numel() and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-        raise ValueError(f"edge_index refers to nodes outside [0, {num_nodes})")
+    check_edge_index(edge_index, num_nodes)
     device = edge_index.device
     if batch is None:
         yield torch.arange(num_nodes, device=device), edge_index

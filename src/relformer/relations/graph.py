@@ -16,26 +16,30 @@ from torch import Tensor, nn
 from ..attention.relation import Relation
 from .sequence import _check_heads
 
-__all__ = ["node_layout", "scatter_pairs", "dense_adjacency", "edge_id_matrix", "shortest_path_distances",
+__all__ = ["check_edge_index", "node_layout", "scatter_pairs", "dense_adjacency", "edge_id_matrix", "shortest_path_distances",
            "dense_shortest_paths", "dense_shortest_path_edges", "GraphAdjacency", "ShortestPathBias", "EdgeBias",
            "EdgeFeatureBias", "EdgePathBias"]
 
 
-def _check_int(name: str, x: Tensor, dim: int) -> None:
+def _check_int(name: str, x: Tensor, dim: int | None = None) -> None:
     if not isinstance(x, Tensor) or x.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"{name} must be an integer tensor (int32/int64), got "
+        raise ValueError(f"{name} must be an int32/int64 tensor, got "
                          f"{x.dtype if isinstance(x, Tensor) else type(x).__name__}")
-    if x.dim() != dim:
+    if dim is not None and x.dim() != dim:
         raise ValueError(f"{name} must be {dim}-D, got shape {tuple(x.shape)}")
 
 
-def _check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
-    _check_int("edge_index", edge_index, 2)
-    if edge_index.shape[0] != 2:
+def check_edge_index(edge_index: Tensor, num_nodes: int) -> None:
+    """PyG's ``edge_index (2, E)``: int32/int64, node ids in ``[0, num_nodes)``; ``ValueError`` otherwise."""
+    _check_int("edge_index", edge_index)
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
-    if edge_index.numel() and (edge_index.min() < 0 or edge_index.max() >= num_nodes):
-        raise ValueError(f"edge_index has node ids in [{edge_index.min().item()}, {edge_index.max().item()}], "
-                         f"outside [0, {num_nodes}) for {num_nodes} nodes")
+    if edge_index.numel():
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0:
+            raise ValueError(f"edge_index holds negative node ids (min {lo})")
+        if hi >= num_nodes:
+            raise ValueError(f"edge_index refers to node {hi} but there are only {num_nodes} nodes")
 
 
 def _check_layout(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int, L: int) -> None:
@@ -51,7 +55,7 @@ def _check_layout(edge_index: Tensor, node_row: Tensor, node_pos: Tensor, B: int
         raise ValueError(f"node_pos must lie in [0, L) = [0, {L})")
     if N and torch.unique(node_row.long() * L + node_pos.long()).numel() != N:
         raise ValueError("two nodes share a (node_row, node_pos) slot")
-    _check_edge_index(edge_index, N)
+    check_edge_index(edge_index, N)
     if edge_index.numel() and (node_row[edge_index[0]] != node_row[edge_index[1]]).any():
         raise ValueError("edge_index joins nodes placed in different rows (node_row)")
 
@@ -96,7 +100,7 @@ def shortest_path_distances(edge_index: Tensor, num_nodes: int) -> Tensor:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import shortest_path
 
-    _check_edge_index(edge_index, num_nodes)
+    check_edge_index(edge_index, num_nodes)
     ei = edge_index.cpu().numpy()
     graph = coo_matrix((np.ones(ei.shape[1]), (ei[0], ei[1])), shape=(num_nodes, num_nodes)).tocsr()
     dist = shortest_path(graph, method="D", directed=False, unweighted=True)
