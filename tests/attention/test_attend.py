@@ -120,6 +120,24 @@ def test_dropout_eager_and_sdpa_train():
         assert torch.isfinite(out).all()
 
 
+def test_dropout_matches_f_dropout_in_distribution():
+    """The rand_like dropout of the eager path: a fraction p of zeros, the rest scaled by 1/(1-p),
+    gradient = the same mask and scale, and the auto policy sends CPU training with dropout to it."""
+    from relformer.attention.backends import dropout
+
+    torch.manual_seed(0)
+    x = torch.full((64, 4, 64, 64), 2.0, requires_grad=True)
+    y = dropout(x, 0.3)
+    zeros = (y == 0).float().mean().item()
+    assert abs(zeros - 0.3) < 0.005, zeros  # 1M draws: std 0.0005
+    assert torch.allclose(y[y != 0], torch.tensor(2.0 / 0.7))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y / 2.0).detach())
+    q, k, v = make_qkv(2, 4, 16, 16, 8)
+    assert relformer.explain(q, k, v, Causal(), dropout_p=0.1).backend == "eager"
+    assert relformer.explain(q, k, v, Causal(), dropout_p=0.0).backend != "eager"
+
+
 def test_auto_policy_and_explain():
     H, L = 4, 1024
     q, k, v = make_qkv(1, H, L, L, 16, requires_grad=False)

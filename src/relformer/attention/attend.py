@@ -114,6 +114,9 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
             return Choice("chunked", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex; "
                                      "large score matrix: blockwise, O(tile) memory")
         return Choice("eager", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex")
+    if dropout_p > 0.0 and dev.type == "cpu":
+        return Choice("eager", "attention dropout on CPU: SDPA runs its math kernel and draws the mask with "
+                               "bernoulli_; eager draws it with rand_like, ~3.6x cheaper")
     if relation is None or not (relation.has_mask or relation.has_bias):
         return Choice("sdpa", "no relation: fused SDPA")
     if cost >= EXPENSIVE_BIAS and big and dropout_p == 0.0:

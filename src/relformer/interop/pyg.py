@@ -8,6 +8,11 @@ training and evaluation mode. Where PyG pads every graph to the largest one
 (``to_dense_batch``) and masks the padding, the relformer layer places whole graphs into rows
 and masks between them. Supported norms: ``"batch_norm"`` (the default), PyG's ``LayerNorm`` in
 ``mode="node"``, torch's ``LayerNorm``, and None.
+
+``to_pyg(layer)`` goes the other way: a relformer :class:`~relformer.models.graph.GPSLayer` (or
+:class:`~relformer.models.graph.GINE`) becomes the PyG layer with the same weights. It builds the
+PyG baseline of the ZINC benchmark (``GPSConfig(implementation="pyg")``): the same model, seed and
+initial weights, with PyG's ``GPSConv`` layers doing the work.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from torch import nn
 
 from ..models.graph import GINE, GPSLayer
 
-__all__ = ["from_pyg"]
+__all__ = ["from_pyg", "to_pyg"]
 
 
 def _require(ok: bool, what: str) -> None:
@@ -123,3 +128,61 @@ def from_pyg(module: nn.Module) -> nn.Module:
     if isinstance(module, GINEConv):
         return _gine(module).train(module.training)
     raise NotImplementedError(f"from_pyg: {type(module).__name__} (supported: GPSConv, GINEConv)")
+
+
+def _to_pyg_gine(gine: GINE):
+    """A ``GINEConv`` with ``gine``'s weights (PyG's constructors re-initialise their submodules, so
+    :func:`_copy_gine` runs again once the conv sits inside its ``GPSConv``)."""
+    from torch_geometric.nn import GINEConv
+
+    conv = GINEConv(copy.deepcopy(gine.mlp), eps=float(gine.eps.detach()), train_eps=isinstance(gine.eps, nn.Parameter),
+                    edge_dim=gine.lin.in_features if gine.lin is not None else None)
+    return _copy_gine(conv, gine).to(gine.eps.device).train(gine.training)
+
+
+def _copy_gine(conv, gine: GINE):
+    conv.nn.load_state_dict(gine.mlp.state_dict())
+    if gine.lin is not None:
+        conv.lin.load_state_dict(gine.lin.state_dict())
+    with torch.no_grad():
+        conv.eps.copy_(gine.eps)
+    return conv
+
+
+def _to_pyg_gps(layer: GPSLayer):
+    from torch_geometric.nn import GPSConv
+
+    attn = layer.attn
+    C = attn.qkv.in_features
+    _require(isinstance(layer.norm1, nn.BatchNorm1d), f"to_pyg: GPSLayer norm {type(layer.norm1).__name__} "
+             "(only BatchNorm)")
+    _require(attn.qkv.bias is not None and attn.num_kv_heads == attn.num_heads and attn.rope is None,
+             "to_pyg: attention without biases, with grouped keys or with RoPE")
+    local = _to_pyg_gine(layer.local) if layer.local is not None else None
+    conv = GPSConv(C, local, heads=attn.num_heads, dropout=layer.drop.p, act="relu", norm="batch_norm",
+                   attn_kwargs={"dropout": attn.attn_dropout})
+    if local is not None:
+        _copy_gine(conv.conv, layer.local)
+    _require(type(layer.mlp.act) is nn.ReLU, "to_pyg: GPSLayer MLP activation other than ReLU")
+    with torch.no_grad():
+        conv.attn.in_proj_weight.copy_(attn.qkv.weight)
+        conv.attn.in_proj_bias.copy_(attn.qkv.bias)
+        conv.attn.out_proj.weight.copy_(attn.proj.weight)
+        conv.attn.out_proj.bias.copy_(attn.proj.bias)
+    conv.mlp[0].load_state_dict(layer.mlp.fc1.state_dict())
+    conv.mlp[3].load_state_dict(layer.mlp.fc2.state_dict())
+    for dst, src in zip((conv.norm1, conv.norm2, conv.norm3), (layer.norm1, layer.norm2, layer.norm3)):
+        dst.module.load_state_dict(src.state_dict())
+        dst.module.momentum, dst.module.eps = src.momentum, src.eps
+    return conv.to(attn.qkv.weight.device).train(layer.training)
+
+
+def to_pyg(module: nn.Module) -> nn.Module:
+    """The PyG equivalent of a relformer module (weights copied): :class:`GPSLayer` with BatchNorm ->
+    ``GPSConv`` (``attn_type="multihead"``, local ``GINEConv`` or None); :class:`GINE` -> ``GINEConv``.
+    Anything else raises ``NotImplementedError``."""
+    if isinstance(module, GPSLayer):
+        return _to_pyg_gps(module)
+    if isinstance(module, GINE):
+        return _to_pyg_gine(module)
+    raise NotImplementedError(f"to_pyg: {type(module).__name__} (supported: GPSLayer, GINE)")

@@ -415,13 +415,21 @@ class _PooledConfig(_GraphConfig):
 @dataclass(frozen=True)
 class GPSConfig(_PooledConfig):
     """GraphGPS (defaults: the paper's ZINC model, 10 layers of width 64, 4 heads, GINE + Transformer,
-    BatchNorm, sum pooling). ``local``: ``"gine"`` or ``"none"`` (attention only)."""
+    BatchNorm, sum pooling). ``local``: ``"gine"`` or ``"none"`` (attention only).
+    ``implementation``: ``"relformer"`` (:class:`GPSLayer` on packed rows) or ``"pyg"``: the same
+    model with PyG's ``GPSConv`` layers (padded per batch; needs ``torch_geometric`` and
+    ``norm="batch"``), converted from the relformer layers so a seed gives both the same initial
+    weights -- the baseline of the ZINC comparison."""
 
     local: Literal["gine", "none"] = "gine"
+    implementation: Literal["relformer", "pyg"] = "relformer"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check_choice("local", ("gine", "none"))
+        self._check_choice("implementation", ("relformer", "pyg"))
+        if self.implementation == "pyg" and self.norm != "batch":
+            raise ValueError("GPSConfig(implementation='pyg') supports norm='batch' only")
 
 
 @dataclass(frozen=True)
@@ -553,10 +561,18 @@ class GPS(_GraphModel):
             GPSLayer(c.dim, c.num_heads, GINE(c.dim) if c.local == "gine" else None, dropout=c.dropout,
                      attn_dropout=c.attn_dropout, norm=c.norm, backend=c.backend, row_len=c.row_len)
             for _ in range(c.depth))
+        if c.implementation == "pyg":
+            from ..interop.pyg import to_pyg
+
+            self.layers = nn.ModuleList(to_pyg(layer) for layer in self.layers)
 
     def forward(self, graph: GraphBatch, row_len: int | None = None) -> GraphOutput:
         graph = _as_batch(graph)
         h, e = self._encode_nodes(graph), self._encode_edges(graph)
+        if self.config.implementation == "pyg":
+            for layer in self.layers:
+                h = layer(h, graph.edge_index, graph.batch, edge_attr=e)
+            return self._output(h, _pool(h, graph, self.config.pooling))
         layout = GraphLayout.build(graph.ptr, graph.edge_index, row_len or self.config.row_len)
         for layer in self.layers:
             h = layer(h, graph.edge_index, edge_attr=e, layout=layout)
@@ -669,7 +685,10 @@ class Graphormer(_GraphModel):
 # ---------------------------------------------------------------------------------------------
 # Registered variants
 # ---------------------------------------------------------------------------------------------
-ZINC_INPUTS = dict(node_types=64, edge_types=8)  # categorical atom / bond types, room to spare
+# categorical atom / bond types with room to spare; attention rows of 32 slots: the ZINC-like molecules
+# have at most 27 atoms (+ Graphormer's graph token). Measured on 2 cores, gps_zinc training steps of
+# 32 molecules with attention dropout 0.5: rows of 32 slots 42 ms, of 64 slots 57 ms, PyG GPSConv 53 ms.
+ZINC_INPUTS = dict(node_types=64, edge_types=8, row_len=32)
 
 
 @register_model

@@ -181,11 +181,12 @@ class GraphRegressionTask:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recipes (the schedules are starting points for a 30-minute CPU budget; tune with --set)
+# Recipes: 50 epochs fit a 30-minute budget on 2 CPU cores for gps-zinc, pyg-gps-zinc and gt-zinc
+# (bench/results/graph.md has the measured wall times); tune with --set
 # ---------------------------------------------------------------------------------------------
-def _zinc(name: str, model: str, lr: float = 1e-3, epochs: int = 30) -> GraphRegressionRecipe:
+def _zinc(name: str, model: str, lr: float = 1e-3, epochs: int = 50, **options) -> GraphRegressionRecipe:
     return GraphRegressionRecipe(
-        name=name, model=ModelSection(model),
+        name=name, model=ModelSection(model, options),
         optim=OptimSection(lr=lr, min_lr=1e-5, weight_decay=1e-5, warmup_epochs=1.0, clip_grad=5.0),
         data=ZincSection(), epochs=epochs, batch_size=32, eval_batch_size=250, checkpoint_every=500, log_every=50)
 
@@ -194,6 +195,12 @@ def _zinc(name: str, model: str, lr: float = 1e-3, epochs: int = 30) -> GraphReg
 def gps_zinc() -> GraphRegressionRecipe:
     """GraphGPS's ZINC model (GINE + Transformer, 10 layers of 64, RWSE 20) on ZINC-like 12k, L1 loss."""
     return _zinc("gps-zinc", "gps_zinc")
+
+
+@register_recipe("pyg-gps-zinc")
+def pyg_gps_zinc() -> GraphRegressionRecipe:
+    """The baseline of gps-zinc: the same model, weights at init and schedule, with PyG's GPSConv layers."""
+    return _zinc("pyg-gps-zinc", "gps_zinc", implementation="pyg")
 
 
 @register_recipe("gt-zinc")
