@@ -7,8 +7,10 @@ the relformer module with the same outputs, called the same way (``model(pixel_v
 
 Supported (transformers >= 5 weight names): ``ViTModel``, ``ViTForImageClassification``, ``SwinModel``,
 ``SwinForImageClassification``, ``BertModel`` (-> :class:`~relformer.models.TextEncoder`; its outputs
-hold zeros at padded positions, where HF's hold values no one reads).
-HF's separate q / k / v projections are fused into relformer's ``qkv``. ``bert_text_config`` and
+hold zeros at padded positions, where HF's hold values no one reads), ``DetrForObjectDetection`` with
+an HF ResNet backbone (-> :class:`~relformer.models.DETR`, called ``model(pixel_values, pixel_mask)``,
+returning ``logits`` and ``pred_boxes``).
+HF's separate q / k / v projections are fused into relformer's ``qkv`` (cross-attention: k / v into ``kv``). ``bert_text_config`` and
 ``bert_state_dict`` convert a BERT ``config.json`` and weight file without ``transformers``.
 """
 from __future__ import annotations
@@ -19,9 +21,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..models import SwinConfig, TextConfig, ViTConfig, build_model
+from ..models import DETR, DETRConfig, DetectionOutput, SwinConfig, TextConfig, ViTConfig, build_model
 
-__all__ = ["from_hf", "SUPPORTED", "bert_text_config", "bert_state_dict"]
+__all__ = ["from_hf", "SUPPORTED", "bert_text_config", "bert_state_dict", "hf_detr_config", "HFDETR"]
 
 
 def _require(ok: bool, what: str) -> None:
@@ -96,8 +98,37 @@ _BERT_KEYS = [
     (_BERT_LAYER + r"output\.LayerNorm\.(\w+)", r"encoder.layers.\1.norm2.\2"),
     (r"pooler\.dense\.(\w+)", r"pooler.\1"),
 ]
+_BACKBONE = r"model\.backbone\.model\."
+_UNIT = _BACKBONE + r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
+_ENC, _DEC = r"model\.encoder\.layers\.(\d+)\.", r"model\.decoder\.layers\.(\d+)\."
+_DETR_KEYS = [
+    (_BACKBONE + r"embedder\.embedder\.convolution\.weight", "backbone.stem.conv.weight"),
+    (_BACKBONE + r"embedder\.embedder\.normalization\.(\w+)", r"backbone.stem.norm.\1"),
+    (_UNIT + r"shortcut\.convolution\.weight", r"backbone.stages.\1.\2.shortcut.conv.weight"),
+    (_UNIT + r"shortcut\.normalization\.(\w+)", r"backbone.stages.\1.\2.shortcut.norm.\3"),
+    (_UNIT + r"layer\.(\d+)\.convolution\.weight", r"backbone.stages.\1.\2.convs.\3.conv.weight"),
+    (_UNIT + r"layer\.(\d+)\.normalization\.(\w+)", r"backbone.stages.\1.\2.convs.\3.norm.\4"),
+    (r"model\.input_projection\.(\w+)", r"input_proj.\1"),
+    (r"model\.query_position_embeddings\.weight", "query_embed.weight"),
+    (_ENC + r"self_attn\.o_proj\.(\w+)", r"encoder.layers.\1.attn.proj.\2"),
+    (_ENC + r"self_attn_layer_norm\.(\w+)", r"encoder.layers.\1.norm1.\2"),
+    (_ENC + r"mlp\.(fc\d)\.(\w+)", r"encoder.layers.\1.mlp.\2.\3"),
+    (_ENC + r"final_layer_norm\.(\w+)", r"encoder.layers.\1.norm2.\2"),
+    (_DEC + r"self_attn\.o_proj\.(\w+)", r"decoder.layers.\1.self_attn.proj.\2"),
+    (_DEC + r"self_attn_layer_norm\.(\w+)", r"decoder.layers.\1.norm1.\2"),
+    (_DEC + r"encoder_attn\.q_proj\.(\w+)", r"decoder.layers.\1.cross_attn.q.\2"),
+    (_DEC + r"encoder_attn\.o_proj\.(\w+)", r"decoder.layers.\1.cross_attn.proj.\2"),
+    (_DEC + r"encoder_attn_layer_norm\.(\w+)", r"decoder.layers.\1.norm2.\2"),
+    (_DEC + r"mlp\.(fc\d)\.(\w+)", r"decoder.layers.\1.mlp.\2.\3"),
+    (_DEC + r"final_layer_norm\.(\w+)", r"decoder.layers.\1.norm3.\2"),
+    (r"model\.decoder\.layernorm\.(\w+)", r"decoder_norm.\1"),
+    (r"class_labels_classifier\.(\w+)", r"class_head.\1"),
+    (r"bbox_predictor\.layers\.(\d+)\.(\w+)", r"box_head.layers.\1.\2"),
+]
 # (module prefix, "q" / "k" / "v" as the first letter of group 2, parameter)
 _QKV = re.compile(r"(.*)attention\.([qkv])_proj\.(\w+)$")
+_DETR_QKV = re.compile(r"(.*)self_attn\.([qkv])_proj\.(\w+)$")
+_DETR_KV = re.compile(r"(.*)encoder_attn\.([kv])_proj\.(\w+)$")
 _BERT_QKV = re.compile(r"(.*)attention\.self\.(query|key|value)\.(\w+)$")
 _IGNORED = re.compile(r".*relative_position_index$|embeddings\.(position_ids|token_type_ids)$")
 
@@ -121,26 +152,49 @@ class _Family(NamedTuple):
     keys: list[tuple[str, str]]
     qkv: re.Pattern = _QKV
     out_proj: str = "attention.o_proj.weight"  # an attention's output projection, after its prefix
+    kv: re.Pattern | None = None  # cross-attention k / v projections, fused into ``kv``
+    kv_out_proj: str = ""
+
+
+def _plan(keys, family: _Family) -> dict[str, list[str]]:
+    """relformer key -> the HF keys whose tensors it concatenates along dim 0 (one for a rename;
+    q, k, v for a fused ``qkv``; k, v for a cross-attention's ``kv``)."""
+    plan: dict[str, list[str]] = {}
+    fused: dict[tuple[str, str, str], dict[str, str]] = {}  # (target name, HF prefix, param) -> parts
+    prefix = family.prefix
+    for full in keys:
+        key = full[len(prefix):] if prefix and full.startswith(prefix) else full
+        if _IGNORED.fullmatch(key):
+            continue
+        for pattern, name in ((family.qkv, "qkv"), (family.kv, "kv")):
+            m = pattern.fullmatch(key) if pattern is not None else None
+            if m:
+                fused.setdefault((name, m.group(1), m.group(3)), {})[m.group(2)[0]] = full
+                break
+        else:
+            plan[_rename(key, family.keys)] = [full]
+    for (name, hf_prefix, kind), parts in fused.items():
+        out_proj = family.out_proj if name == "qkv" else family.kv_out_proj
+        plan[_attention_prefix(hf_prefix, family.keys, out_proj) + f"{name}.{kind}"] = [parts[c] for c in name]
+    return plan
 
 
 def _convert_state(state: dict[str, Tensor], family: _Family) -> dict[str, Tensor]:
-    """HF state dict -> relformer state dict: rename, and fuse q/k/v projections into ``qkv``."""
-    out: dict[str, Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
-    prefix = family.prefix
-    for key, value in state.items():
-        key = key[len(prefix):] if prefix and key.startswith(prefix) else key
-        if _IGNORED.fullmatch(key):
-            continue
-        m = family.qkv.fullmatch(key)
-        if m:
-            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)[0]] = value
-            continue
-        out[_rename(key, family.keys)] = value
-    for (hf_prefix, kind), parts in qkv.items():
-        target = _attention_prefix(hf_prefix, family.keys, family.out_proj) + f"qkv.{kind}"
-        out[target] = torch.cat([parts["q"], parts["k"], parts["v"]])
-    return out
+    """HF state dict -> relformer state dict (see :func:`_plan`)."""
+    return {k: torch.cat([state[h] for h in hf]) if len(hf) > 1 else state[hf[0]]
+            for k, hf in _plan(state, family).items()}
+
+
+def _load_into_hf(hf_model: nn.Module, state: dict[str, Tensor], family: _Family) -> None:
+    """The inverse of :func:`_convert_state`: relformer weights ``state`` into ``hf_model``."""
+    hf_state = hf_model.state_dict()
+    new: dict[str, Tensor] = {}
+    for key, hf_keys in _plan(hf_state, family).items():
+        new.update(zip(hf_keys, state[key].split([hf_state[h].shape[0] for h in hf_keys])))
+    missing = set(hf_state) - set(new)
+    if missing:
+        raise RuntimeError(f"relformer weights do not cover HF weights {sorted(missing)}")
+    hf_model.load_state_dict(new)
 
 
 def bert_text_config(config: dict, pooler: bool = True) -> TextConfig:
@@ -173,12 +227,38 @@ def bert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return _convert_state({k: v for k, v in state.items() if keep.fullmatch(k)}, _BERT)
 
 
+def _detr_config(model: nn.Module, num_classes: int) -> DETRConfig:
+    c = model.config
+    b = c.backbone_config
+    _require(getattr(b, "model_type", None) == "resnet", f"backbone {getattr(b, 'model_type', b)!r} (only HF ResNet, "
+             "use_timm_backbone=False)")
+    _require(b.out_features[-1] == b.stage_names[-1] and len(b.out_features) == 1,
+             f"backbone out_features={b.out_features} (only the last stage)")
+    _require(b.hidden_act == "relu" and c.activation_function == "relu", "activations other than relu")
+    _require(c.position_embedding_type == "sine", f"position_embedding_type={c.position_embedding_type!r}")
+    _require(c.encoder_attention_heads == c.decoder_attention_heads, "different encoder and decoder head counts")
+    _require(c.activation_dropout == 0 and c.encoder_layerdrop == 0 and c.decoder_layerdrop == 0,
+             "activation_dropout or layerdrop")
+    _require(not c.auxiliary_loss, "auxiliary_loss=True: HF's decoder then feeds every layer the LayerNorm-ed output "
+             "of the previous one and normalises the last output twice, unlike DETR; convert with auxiliary_loss=False")
+    return DETRConfig(num_classes=c.num_labels, in_channels=c.num_channels, stem_channels=b.embedding_size,
+                      widths=tuple(b.hidden_sizes), depths=tuple(b.depths), block=b.layer_type, backbone_norm="frozen",
+                      downsample_first_stage=b.downsample_in_first_stage,
+                      downsample_in_bottleneck=b.downsample_in_bottleneck, dim=c.d_model,
+                      num_heads=c.encoder_attention_heads, encoder_layers=c.encoder_layers,
+                      decoder_layers=c.decoder_layers, encoder_mlp=c.encoder_ffn_dim, decoder_mlp=c.decoder_ffn_dim,
+                      dropout=float(c.dropout), attn_dropout=float(c.attention_dropout), num_queries=c.num_queries,
+                      aux_loss=False)
+
+
 _FAMILIES = {
     "ViTModel": _Family(_vit_config, "", _VIT_KEYS),
     "ViTForImageClassification": _Family(_vit_config, "vit.", _VIT_KEYS),
     "SwinModel": _Family(_swin_config, "", _SWIN_KEYS),
     "SwinForImageClassification": _Family(_swin_config, "swin.", _SWIN_KEYS),
     "BertModel": _BERT,
+    "DetrForObjectDetection": _Family(_detr_config, "", _DETR_KEYS, _DETR_QKV, "self_attn.o_proj.weight",
+                                      _DETR_KV, "encoder_attn.o_proj.weight"),
 }
 SUPPORTED = tuple(_FAMILIES)
 
@@ -203,3 +283,50 @@ def from_hf(model: nn.Module) -> nn.Module:
         raise RuntimeError(f"from_hf({name}): weights do not line up; missing {missing}, unexpected {unexpected}")
     param = next(model.parameters())
     return target.to(device=param.device, dtype=param.dtype).train(model.training)
+
+
+def hf_detr_config(config: DETRConfig):
+    """The HF ``DetrConfig`` (HF ResNet backbone, no downloads) of a relformer :class:`DETRConfig`."""
+    from transformers import DetrConfig, ResNetConfig
+
+    _require(config.backbone_norm == "frozen", "backbone_norm='batch' (HF's DETR freezes its backbone BatchNorms)")
+    _require(config.num_groups == 1 and not config.box_relation, "Group DETR / Relation-DETR (HF has plain DETR)")
+    backbone = ResNetConfig(num_channels=config.in_channels, embedding_size=config.stem_channels,
+                            hidden_sizes=list(config.widths), depths=list(config.depths), layer_type=config.block,
+                            downsample_in_first_stage=config.downsample_first_stage,
+                            downsample_in_bottleneck=config.downsample_in_bottleneck,
+                            out_features=[f"stage{len(config.widths)}"])
+    return DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
+                      num_channels=config.in_channels, d_model=config.dim, encoder_layers=config.encoder_layers,
+                      decoder_layers=config.decoder_layers, encoder_attention_heads=config.num_heads,
+                      decoder_attention_heads=config.num_heads, encoder_ffn_dim=config.encoder_mlp,
+                      decoder_ffn_dim=config.decoder_mlp, num_queries=config.num_queries, num_labels=config.num_classes,
+                      dropout=config.dropout, attention_dropout=config.attn_dropout, auxiliary_loss=config.aux_loss)
+
+
+class HFDETR(nn.Module):
+    """HF ``DetrForObjectDetection`` built from a relformer :class:`DETRConfig` and initialised with the
+    weights :class:`DETR` gets from the same RNG state, its whole backbone trainable (HF freezes the
+    stem and first stage, meant for pretrained weights). Called like :class:`DETR`:
+    ``forward(images, pixel_mask=None) -> DetectionOutput``; with ``aux_loss`` the auxiliary outputs
+    are HF's intermediate decoder states through its heads, as HF's own loss reads them."""
+
+    def __init__(self, config: DETRConfig) -> None:
+        super().__init__()
+        from transformers import DetrForObjectDetection
+
+        self.config = config
+        reference = DETR(config)
+        self.hf = DetrForObjectDetection(hf_detr_config(config))
+        _load_into_hf(self.hf, reference.state_dict(), _FAMILIES["DetrForObjectDetection"])
+        self.hf.model.unfreeze_backbone()
+
+    def _heads(self, h: Tensor) -> dict[str, Tensor]:
+        return {"logits": self.hf.class_labels_classifier(h), "pred_boxes": self.hf.bbox_predictor(h).sigmoid()}
+
+    def forward(self, images: Tensor, pixel_mask: Tensor | None = None) -> DetectionOutput:
+        out = self.hf.model(pixel_values=images, pixel_mask=pixel_mask)
+        final = self._heads(out.last_hidden_state)
+        aux = [self._heads(h) for h in out.intermediate_hidden_states[:-1]] if self.config.aux_loss else []
+        return DetectionOutput(final["logits"], final["pred_boxes"], aux, out.last_hidden_state,
+                               out.encoder_last_hidden_state)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-__all__ = ["Task", "ClassificationTask", "GraphRegressionTask"]
+__all__ = ["Task", "ClassificationTask", "GraphRegressionTask", "DetectionTask"]
 
 
 class Task(Protocol):
@@ -67,3 +67,4 @@ class Task(Protocol):
 
 from .classification import ClassificationTask  # noqa: E402  (registers the task and its recipes)
 from .graph_regression import GraphRegressionTask  # noqa: E402
+from .detection import DetectionTask  # noqa: E402

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .splits import First, ValTest
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError, register_recipe, register_task
 
 __all__ = ["GraphRegressionTask", "GraphRegressionRecipe", "ZincSection", "ValTest"]
@@ -46,35 +47,6 @@ class GraphRegressionRecipe(Recipe):
             raise RecipeError(f"data.variant must be '12k' or '100k', got {self.data.variant!r}")
         if self.data.train_subset is not None and self.data.train_subset < 1:
             raise RecipeError(f"data.train_subset must be >= 1 or null (all), got {self.data.train_subset}")
-
-
-class _Subset(Dataset):
-    """The first ``n`` graphs of a split, keeping its batched ``__getitems__``."""
-
-    def __init__(self, data: Dataset, n: int) -> None:
-        self.data, self.n = data, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitems__(self, indices: Sequence[int]):
-        return self.data.__getitems__(list(indices))
-
-
-class ValTest(Dataset):
-    """val followed by test: ``__getitems__`` returns ``(val batch | None, test batch | None)``."""
-
-    def __init__(self, val: Dataset, test: Dataset) -> None:
-        self.val, self.test = val, test
-
-    def __len__(self) -> int:
-        return len(self.val) + len(self.test)
-
-    def __getitems__(self, indices: Sequence[int]):
-        n = len(self.val)
-        v = [i for i in indices if i < n]
-        t = [i - n for i in indices if i >= n]
-        return (self.val.__getitems__(v) if v else None, self.test.__getitems__(t) if t else None)
 
 
 @register_task("graph_regression")
@@ -117,7 +89,7 @@ class GraphRegressionTask:
         train, n = self.splits()["train"], self.recipe.data.train_subset
         if n is not None and n > len(train):
             raise RecipeError(f"data.train_subset = {n} exceeds the {len(train)} training graphs")
-        return train if n is None else _Subset(train, n)
+        return train if n is None else First(train, n)
 
     def eval_dataset(self) -> Dataset:
         return ValTest(self.splits()["val"], self.splits()["test"])

@@ -1,0 +1,354 @@
+"""Set-prediction detectors on :func:`relformer.attend`: DETR, Relation-DETR and Group DETR.
+
+* :class:`DETR` (Carion et al. 2020, "End-to-End Object Detection with Transformers"): a ResNet
+  backbone, a 1x1 input projection, sine positions, a post-norm Transformer encoder over the
+  feature map and a decoder whose object queries attend to each other and to the image, a class
+  head (``num_classes + 1`` with "no object") and a 3-layer box MLP (``sigmoid`` -> ``cx, cy, w, h``
+  in ``[0, 1]``); every decoder layer's output goes through the shared final LayerNorm and heads
+  (the auxiliary decoding losses). Layer for layer the layout of HF ``DetrForObjectDetection``
+  (:func:`relformer.interop.transformers.from_hf` converts one).
+* Relation-DETR (Hou et al. 2024, "Relation DETR: Exploring Explicit Position Relation Prior for
+  Object Detection"), ``box_relation=True``: the decoder self-attention of layer ``l + 1`` is biased
+  by :class:`~relformer.relations.BoxRelationBias` of the boxes layer ``l`` predicted (detached, as
+  Relation-DETR), so the relation is refined layer by layer; the first layer has none.
+* Group DETR (Chen et al. 2023, "Group DETR: Fast DETR Training with Group-Wise One-to-Many
+  Assignment"), ``num_groups=K``: ``K`` groups of ``num_queries`` queries in training, each matched
+  one-to-one on its own (``HungarianMatcher(num_groups=K)``) and kept apart in the decoder
+  self-attention by a :class:`~relformer.relations.Documents` mask; one group at inference.
+
+``model(images (B, C, H, W), pixel_mask=None) -> DetectionOutput``. ``pixel_mask (B, H, W)`` (1 =
+real pixel) marks padding; padded feature positions are masked as keys everywhere.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import MLP, Decoder, Encoder
+from ..relations import BoxRelationBias, Documents
+from ..relations.geometry import sine_embed
+from .registry import builds, register_model
+
+__all__ = ["DETRConfig", "DETR", "DetectionOutput", "ResNetBackbone", "FrozenBatchNorm2d", "sine_positions"]
+
+
+@dataclass
+class DetectionOutput:
+    """``logits (B, Q, num_classes + 1)`` (last class: no object); ``pred_boxes (B, Q, 4)`` (cx, cy, w,
+    h) in ``[0, 1]``; ``aux_outputs``: ``{"logits", "pred_boxes"}`` of every decoder layer but the
+    last (empty without auxiliary losses); ``last_hidden_state (B, Q, C)``: the decoder output after
+    its final norm; ``encoder_last_hidden_state (B, HW, C)``."""
+
+    logits: Tensor
+    pred_boxes: Tensor
+    aux_outputs: list[dict[str, Tensor]] = field(default_factory=list)
+    last_hidden_state: Tensor | None = None
+    encoder_last_hidden_state: Tensor | None = None
+
+    def __getitem__(self, key: str):  # the criterion and matcher read outputs["logits"]
+        return getattr(self, key)
+
+    def __contains__(self, key: str) -> bool:
+        return hasattr(self, key) and getattr(self, key) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Backbone
+# ---------------------------------------------------------------------------------------------
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed statistics and affine parameters (all buffers), DETR's backbone norm:
+    ``x * w / sqrt(var + eps) + (b - mean * w / sqrt(var + eps))``. ``x (B, C, H, W)``."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        for name, init in (("weight", torch.ones), ("bias", torch.zeros), ("running_mean", torch.zeros),
+                           ("running_var", torch.ones)):
+            self.register_buffer(name, init(num_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+class ConvNorm(nn.Module):
+    """``act(norm(conv(x)))``: a bias-free ``k x k`` convolution (padding ``k // 2``), a norm, ReLU or
+    nothing. ``norm``: ``"frozen"`` (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, norm: str = "batch",
+                 act: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False)
+        self.norm = FrozenBatchNorm2d(cout) if norm == "frozen" else nn.BatchNorm2d(cout)
+        self.act = nn.ReLU() if act else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class ResidualUnit(nn.Module):
+    """ResNet's basic block (two 3x3 convs) or bottleneck (1x1 reduce by 4, 3x3, 1x1 expand), He et al.
+    2016, with a projection shortcut when the shape changes. ``stride`` sits on the 3x3 conv of a
+    bottleneck unless ``downsample_in_bottleneck`` (then on its first 1x1), as HF ``ResNet``."""
+
+    def __init__(self, cin: int, cout: int, stride: int, kind: str, norm: str,
+                 downsample_in_bottleneck: bool = False) -> None:
+        super().__init__()
+        self.shortcut = (ConvNorm(cin, cout, 1, stride, norm, act=False) if cin != cout or stride != 1
+                         else nn.Identity())
+        if kind == "basic":
+            self.convs = nn.Sequential(ConvNorm(cin, cout, 3, stride, norm), ConvNorm(cout, cout, 3, 1, norm, act=False))
+        else:
+            mid, first = cout // 4, downsample_in_bottleneck
+            self.convs = nn.Sequential(ConvNorm(cin, mid, 1, stride if first else 1, norm),
+                                       ConvNorm(mid, mid, 3, 1 if first else stride, norm),
+                                       ConvNorm(mid, cout, 1, 1, norm, act=False))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.convs(x) + self.shortcut(x))
+
+
+class ResNetBackbone(nn.Module):
+    """ResNet feature extractor (He et al. 2016): 7x7 stride-2 stem + 3x3 stride-2 max pool, then
+    ``len(widths)`` stages of residual units (stride 2 at the start of every stage but the first,
+    unless ``downsample_first_stage``). ``x (B, C, H, W) -> (B, widths[-1], H / s, W / s)``,
+    ``s = 4 * 2 ** (len(widths) - 1)`` (x2 with ``downsample_first_stage``)."""
+
+    def __init__(self, in_channels: int, stem_channels: int, widths: tuple[int, ...], depths: tuple[int, ...],
+                 kind: str = "basic", norm: str = "batch", downsample_first_stage: bool = False,
+                 downsample_in_bottleneck: bool = False) -> None:
+        super().__init__()
+        self.stem = ConvNorm(in_channels, stem_channels, 7, 2, norm)
+        self.pool = nn.MaxPool2d(3, 2, padding=1)
+        stages, cin = [], stem_channels
+        for i, (cout, depth) in enumerate(zip(widths, depths)):
+            stride = 2 if (i > 0 or downsample_first_stage) else 1
+            units = [ResidualUnit(cin if k == 0 else cout, cout, stride if k == 0 else 1, kind, norm,
+                                  downsample_in_bottleneck) for k in range(depth)]
+            stages.append(nn.Sequential(*units))
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.out_channels = cin
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.stages(self.pool(self.stem(x)))
+
+
+def sine_positions(mask: Tensor, num_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi) -> Tensor:
+    """DETR's normalised 2-D sine positions of a feature map: ``mask (B, H, W)`` bool (True = real) ->
+    ``(B, H * W, 2 * num_feats)``, the ``y`` features first. Each coordinate is the cumulative count of
+    real positions along its axis, divided by the axis total and times ``scale``."""
+    m = mask.float()
+    y, x = m.cumsum(1), m.cumsum(2)
+    y = y / (y[:, -1:, :] + 1e-6) * scale
+    x = x / (x[:, :, -1:] + 1e-6) * scale
+    k = torch.arange(num_feats, device=mask.device, dtype=torch.float32)
+    dim_t = temperature ** (2 * torch.div(k, 2, rounding_mode="floor") / num_feats)
+    return sine_embed(torch.stack([y, x], -1), dim_t, 1.0).flatten(1, 2)  # (B, HW, 2 * num_feats)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and model
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DETRConfig:
+    """DETR and its variants (defaults: DETR-R50's Transformer, a small ResNet backbone).
+
+    Backbone: ``in_channels``, ``stem_channels``, ``widths`` / ``depths`` per stage, ``block``
+    (``"basic"`` / ``"bottleneck"``), ``backbone_norm`` (``"batch"`` trainable, ``"frozen"`` as DETR
+    with pretrained weights), ``downsample_first_stage``, ``downsample_in_bottleneck`` (HF ``ResNetConfig``).
+    Transformer: ``dim``, ``num_heads``, ``encoder_layers``, ``decoder_layers``, ``encoder_mlp`` /
+    ``decoder_mlp`` (FFN widths), ``dropout`` (DETR: 0.1), ``attn_dropout``, ``num_queries``.
+    ``aux_loss``: predictions of every decoder layer. ``box_relation`` (Relation-DETR) with
+    ``relation_embed_dim``; ``num_groups`` (Group DETR). ``implementation="hf"`` builds HF's
+    ``DetrForObjectDetection`` instead, with the weights this config's :class:`DETR` gets for the
+    same seed (:class:`relformer.interop.transformers.HFDETR`; the baseline of the benchmarks).
+    """
+
+    num_classes: int = 10
+    in_channels: int = 3
+    stem_channels: int = 64
+    widths: tuple[int, ...] = (64, 128, 256)
+    depths: tuple[int, ...] = (2, 2, 2)
+    block: Literal["basic", "bottleneck"] = "basic"
+    backbone_norm: Literal["batch", "frozen"] = "batch"
+    downsample_first_stage: bool = False
+    downsample_in_bottleneck: bool = False
+    dim: int = 256
+    num_heads: int = 8
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_mlp: int = 2048
+    decoder_mlp: int = 2048
+    dropout: float = 0.1
+    attn_dropout: float = 0.0
+    num_queries: int = 100
+    aux_loss: bool = True
+    box_relation: bool = False
+    relation_embed_dim: int = 16
+    num_groups: int = 1
+    backend: str = "auto"
+    implementation: Literal["relformer", "hf"] = "relformer"
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for key in ("num_classes", "in_channels", "stem_channels", "dim", "num_heads", "encoder_mlp", "decoder_mlp",
+                    "num_queries", "num_groups", "decoder_layers", "relation_embed_dim"):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(f"{name}.{key} must be a positive int, got {value!r}")
+        if not (isinstance(self.encoder_layers, int) and self.encoder_layers >= 0):
+            raise ValueError(f"{name}.encoder_layers must be an int >= 0, got {self.encoder_layers!r}")
+        if len(self.widths) != len(self.depths) or not self.widths or min(self.widths) < 1 or min(self.depths) < 1:
+            raise ValueError(f"{name}.widths and .depths must be equally long lists of positive ints, got "
+                             f"{self.widths} and {self.depths}")
+        if self.dim % self.num_heads or self.dim % 4:
+            raise ValueError(f"{name}.dim ({self.dim}) must be divisible by num_heads ({self.num_heads}) and by 4 "
+                             "(sine positions)")
+        for key, options in (("block", ("basic", "bottleneck")), ("backbone_norm", ("batch", "frozen")),
+                             ("implementation", ("relformer", "hf"))):
+            if getattr(self, key) not in options:
+                raise ValueError(f"{name}.{key} must be one of {options}, got {getattr(self, key)!r}")
+        for key in ("dropout", "attn_dropout"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"{name}.{key} must be in [0, 1), got {getattr(self, key)!r}")
+
+
+class BoxHead(nn.Module):
+    """DETR's box MLP: ``num_layers`` linear layers, ReLU between them. ``(..., dim) -> (..., 4)`` logits."""
+
+    def __init__(self, dim: int, out: int = 4, num_layers: int = 3) -> None:
+        super().__init__()
+        widths = [dim] * num_layers + [out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else torch.relu(layer(x))
+        return x
+
+
+class DETR(nn.Module):
+    """DETR / Relation-DETR / Group DETR (see the module docstring).
+    ``forward(images (B, C, H, W), pixel_mask (B, H, W) | None) -> DetectionOutput``."""
+
+    def __init__(self, config: DETRConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.backbone = ResNetBackbone(c.in_channels, c.stem_channels, c.widths, c.depths, c.block, c.backbone_norm,
+                                       c.downsample_first_stage, c.downsample_in_bottleneck)
+        self.input_proj = nn.Conv2d(self.backbone.out_channels, c.dim, 1)
+        common = dict(pre_norm=False, final_norm=False, mlp_layer=partial(MLP, act=nn.ReLU), dropout=c.dropout,
+                      attn_dropout=c.attn_dropout, backend=c.backend)
+        self.encoder = Encoder(c.dim, c.encoder_layers, c.num_heads, mlp_hidden=c.encoder_mlp, **common)
+        self.decoder = Decoder(c.dim, c.decoder_layers, c.num_heads, mlp_hidden=c.decoder_mlp, **common)
+        self.decoder_norm = nn.LayerNorm(c.dim)
+        self.query_embed = nn.Embedding(c.num_queries * c.num_groups, c.dim)
+        self.class_head = nn.Linear(c.dim, c.num_classes + 1)
+        self.box_head = BoxHead(c.dim)
+        self.box_relation = BoxRelationBias(c.num_heads, c.relation_embed_dim) if c.box_relation else None
+
+    def _features(self, images: Tensor, pixel_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """-> projected features ``(B, HW, C)``, sine positions ``(B, HW, C)``, real-position mask ``(B, h, w)``."""
+        if not (isinstance(images, Tensor) and images.dim() == 4 and images.is_floating_point()):
+            raise ValueError("images must be a float (B, C, H, W) tensor, got "
+                             f"{(images.dtype, tuple(images.shape)) if isinstance(images, Tensor) else type(images)}")
+        if images.shape[1] != self.config.in_channels:
+            raise ValueError(f"images have {images.shape[1]} channels, the model takes {self.config.in_channels}")
+        if images.shape[0] == 0:
+            raise ValueError("images is an empty batch")
+        feats = self.backbone(images)  # (B, C_b, h, w)
+        B, _, h, w = feats.shape
+        if pixel_mask is None:
+            mask = torch.ones(B, h, w, dtype=torch.bool, device=images.device)
+        else:
+            if pixel_mask.shape != (B, *images.shape[2:]):
+                raise ValueError(f"pixel_mask must be (B, H, W) = {(B, *images.shape[2:])}, got {tuple(pixel_mask.shape)}")
+            mask = F.interpolate(pixel_mask[None].float(), size=(h, w)).bool()[0]  # nearest, as DETR
+        x = self.input_proj(feats).flatten(2).transpose(1, 2)  # (B, hw, C)
+        return x, sine_positions(mask, self.config.dim // 2).to(x.dtype), mask
+
+    def _predict(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.class_head(h), self.box_head(h).sigmoid()
+
+    def forward(self, images: Tensor, pixel_mask: Tensor | None = None) -> DetectionOutput:
+        c = self.config
+        x, pos, mask = self._features(images, pixel_mask)
+        B = x.shape[0]
+        keys = mask.flatten(1)  # (B, hw)
+        # padded positions attend nothing and are attended by nothing (None: no padding, no mask)
+        enc_rel = None if bool(keys.all()) else Documents(keys.long() - 1)  # ids: 0 real, -1 padding
+        for layer in self.encoder.layers:
+            x = layer(x, enc_rel, pos=pos)
+        groups = c.num_groups if self.training else 1
+        Q = c.num_queries * groups
+        query_pos = self.query_embed.weight[:Q].unsqueeze(0).expand(B, -1, -1)  # (B, Q, C)
+        group_ids = torch.arange(groups, device=x.device).repeat_interleave(c.num_queries).expand(B, -1)
+        self_rel = Documents(group_ids) if groups > 1 else None
+        cross_rel = None if enc_rel is None else Documents(torch.zeros_like(group_ids), enc_rel.segment_ids)
+        h = torch.zeros_like(query_pos)
+        outputs: list[tuple[Tensor, Tensor]] = []
+        for k, layer in enumerate(self.decoder.layers):
+            rel = self_rel
+            if self.box_relation is not None and outputs:
+                boxes = self.box_relation.bind(boxes=outputs[-1][1].detach())
+                rel = boxes if rel is None else rel & boxes
+            h = layer(h, x, rel, cross_rel, pos=query_pos, context_pos=pos)
+            last = k == len(self.decoder.layers) - 1
+            if c.aux_loss or self.box_relation is not None or last:
+                normed = self.decoder_norm(h)
+                outputs.append(self._predict(normed))
+        logits, boxes = outputs[-1]
+        aux = [{"logits": a, "pred_boxes": b} for a, b in outputs[:-1]] if c.aux_loss else []
+        return DetectionOutput(logits, boxes, aux, normed, x)
+
+
+@builds(DETRConfig)
+def build_detr(config: DETRConfig) -> nn.Module:
+    """:class:`DETR`, or for ``implementation="hf"`` HF's model with the same initial weights."""
+    if config.implementation == "hf":
+        from ..interop.transformers import HFDETR
+
+        return HFDETR(config)
+    return DETR(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered variants
+# ---------------------------------------------------------------------------------------------
+# Fashion-MNIST detection (128 x 128 grey canvases, 1-8 items): a stride-16 ResNet-10-like backbone
+# (8 x 8 = 64 image tokens), a 3 + 3 layer Transformer of width 128, 25 queries.
+_FASHION = dict(num_classes=10, in_channels=1, stem_channels=32, widths=(32, 64, 128), depths=(1, 1, 1), dim=128,
+                num_heads=8, encoder_layers=3, decoder_layers=3, encoder_mlp=512, decoder_mlp=512, num_queries=25)
+
+
+@register_model
+def detr_fashion() -> DETRConfig:
+    """DETR sized for 128 x 128 Fashion-MNIST detection canvases."""
+    return DETRConfig(**_FASHION)
+
+
+@register_model
+def relation_detr_fashion() -> DETRConfig:
+    """DETR + Relation-DETR's box-relation bias in the decoder self-attention."""
+    return DETRConfig(**_FASHION, box_relation=True)
+
+
+@register_model
+def group_detr_fashion() -> DETRConfig:
+    """DETR + Group DETR: 4 query groups in training, one at inference."""
+    return DETRConfig(**_FASHION, num_groups=4)
+
+
+@register_model
+def detr_micro() -> DETRConfig:
+    """A tiny DETR for tests: 2 + 2 layers of width 32, 8 queries, a 2-stage backbone of width 16."""
+    return DETRConfig(num_classes=5, in_channels=1, stem_channels=8, widths=(8, 16), depths=(1, 1), dim=32, num_heads=4,
+                      encoder_layers=2, decoder_layers=2, encoder_mlp=64, decoder_mlp=64, num_queries=8)

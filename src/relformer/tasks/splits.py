@@ -1,0 +1,37 @@
+"""Dataset views shared by the tasks."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch.utils.data import Dataset
+
+__all__ = ["First", "ValTest"]
+
+
+class ValTest(Dataset):
+    """val followed by test: ``__getitems__`` returns ``(val batch | None, test batch | None)``."""
+
+    def __init__(self, val: Dataset, test: Dataset) -> None:
+        self.val, self.test = val, test
+
+    def __len__(self) -> int:
+        return len(self.val) + len(self.test)
+
+    def __getitems__(self, indices: Sequence[int]):
+        n = len(self.val)
+        v = [i for i in indices if i < n]
+        t = [i - n for i in indices if i >= n]
+        return (self.val.__getitems__(v) if v else None, self.test.__getitems__(t) if t else None)
+
+
+class First(Dataset):
+    """The first ``n`` items of a dataset, keeping its batched ``__getitems__``."""
+
+    def __init__(self, data: Dataset, n: int) -> None:
+        self.data, self.n = data, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indices: Sequence[int]):
+        return self.data.__getitems__(list(indices))
