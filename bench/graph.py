@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from benchlib import write_lines
+
 ROOT = Path(__file__).resolve().parent
 DIM, HEADS, LAYERS = 64, 4, 4
 TARGETS = {"molecules": 1.5, "skewed": 3.0}
@@ -220,10 +222,7 @@ def write_report(meta: dict, rows: list[dict], out: Path) -> None:
     for case, target in TARGETS.items():
         s = by[case]["speedup"]
         lines.append(f"- {'MET' if s >= target else 'NOT MET'} {case}: relformer ≥ {target}× PyG — {s:.2f}×")
-    lines.append("")
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out}")
+    write_lines(lines, out)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ import torch.nn.functional as F
 import relformer
 from relformer.models import SwinConfig, ViTConfig, model_config
 
+from benchlib import time_interleaved
+
 ROOT = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "attention.py")
 _house = importlib.util.module_from_spec(_spec)
@@ -244,21 +246,6 @@ def auto_choices(step) -> str:
         log.removeHandler(handler)
         log.setLevel(level)
     return ", ".join(f"{k}×{v}" for k, v in sorted(handler.seen.items())) or "?"
-
-
-def time_interleaved(steps: dict, reps: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per step for each peer; peers alternate within each repetition, order rotating."""
-    names = list(steps)
-    for _ in range(warmup):
-        for n in names:
-            steps[n]()
-    times = {n: [] for n in names}
-    for r in range(reps):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            steps[n]()
-            times[n].append(time.perf_counter() - t0)
-    return times
 
 
 # ---------------------------------------------------------------------------------------------
