@@ -147,3 +147,21 @@ def test_hf_baseline_starts_from_relformer_weights():
     assert all(p.requires_grad for p in hf.parameters())
     with pytest.raises(NotImplementedError, match="Group DETR"):
         create_model("detr_micro", backbone_norm="frozen", num_groups=2, implementation="hf")
+
+
+def test_hf_baseline_with_trainable_batch_norms():
+    """backbone_norm="batch": HF's frozen backbone norms become trainable BatchNorms; in training mode
+    (batch statistics) both models give the same outputs and update the same running statistics."""
+    from relformer.models import create_model
+
+    torch.manual_seed(0)
+    ours = create_model("detr_micro", dropout=0.0).train()
+    torch.manual_seed(0)
+    hf = create_model("detr_micro", dropout=0.0, implementation="hf").train()
+    assert not any(type(m).__name__ == "DetrFrozenBatchNorm2d" for m in hf.modules())
+    x, _ = images_and_mask()
+    out, ref = ours(x), hf(x)
+    torch.testing.assert_close(out.logits, ref.logits, rtol=0, atol=ATOL)
+    torch.testing.assert_close(out.pred_boxes, ref.pred_boxes, rtol=0, atol=ATOL)
+    torch.testing.assert_close(ours.backbone.stem.norm.running_var,
+                               hf.hf.model.backbone.model.embedder.embedder.normalization.running_var)

@@ -190,7 +190,10 @@ def _load_into_hf(hf_model: nn.Module, state: dict[str, Tensor], family: _Family
     hf_state = hf_model.state_dict()
     new: dict[str, Tensor] = {}
     for key, hf_keys in _plan(hf_state, family).items():
-        new.update(zip(hf_keys, state[key].split([hf_state[h].shape[0] for h in hf_keys])))
+        if len(hf_keys) == 1:  # a rename (0-d buffers such as num_batches_tracked included)
+            new[hf_keys[0]] = state[key]
+        else:
+            new.update(zip(hf_keys, state[key].split([hf_state[h].shape[0] for h in hf_keys])))
     missing = set(hf_state) - set(new)
     if missing:
         raise RuntimeError(f"relformer weights do not cover HF weights {sorted(missing)}")
@@ -289,7 +292,6 @@ def hf_detr_config(config: DETRConfig):
     """The HF ``DetrConfig`` (HF ResNet backbone, no downloads) of a relformer :class:`DETRConfig`."""
     from transformers import DetrConfig, ResNetConfig
 
-    _require(config.backbone_norm == "frozen", "backbone_norm='batch' (HF's DETR freezes its backbone BatchNorms)")
     _require(config.num_groups == 1 and not config.box_relation, "Group DETR / Relation-DETR (HF has plain DETR)")
     backbone = ResNetConfig(num_channels=config.in_channels, embedding_size=config.stem_channels,
                             hidden_sizes=list(config.widths), depths=list(config.depths), layer_type=config.block,
@@ -304,10 +306,21 @@ def hf_detr_config(config: DETRConfig):
                       dropout=config.dropout, attention_dropout=config.attn_dropout, auxiliary_loss=config.aux_loss)
 
 
+def _thaw_batch_norms(module: nn.Module) -> None:
+    """HF's ``DetrFrozenBatchNorm2d`` -> trainable ``nn.BatchNorm2d`` (what HF's ResNet had before
+    DETR froze it), in place."""
+    for name, child in module.named_children():
+        if type(child).__name__ == "DetrFrozenBatchNorm2d":
+            setattr(module, name, nn.BatchNorm2d(child.weight.shape[0]).to(child.weight.device))
+        else:
+            _thaw_batch_norms(child)
+
+
 class HFDETR(nn.Module):
     """HF ``DetrForObjectDetection`` built from a relformer :class:`DETRConfig` and initialised with the
     weights :class:`DETR` gets from the same RNG state, its whole backbone trainable (HF freezes the
-    stem and first stage, meant for pretrained weights). Called like :class:`DETR`:
+    stem and first stage, meant for pretrained weights) and, for ``backbone_norm="batch"``, its
+    backbone BatchNorms too (HF freezes them; from scratch they would stay identities). Called like :class:`DETR`:
     ``forward(images, pixel_mask=None) -> DetectionOutput``; with ``aux_loss`` the auxiliary outputs
     are HF's intermediate decoder states through its heads, as HF's own loss reads them."""
 
@@ -318,6 +331,8 @@ class HFDETR(nn.Module):
         self.config = config
         reference = DETR(config)
         self.hf = DetrForObjectDetection(hf_detr_config(config))
+        if config.backbone_norm == "batch":
+            _thaw_batch_norms(self.hf.model.backbone)
         _load_into_hf(self.hf, reference.state_dict(), _FAMILIES["DetrForObjectDetection"])
         self.hf.model.unfreeze_backbone()
 
