@@ -42,7 +42,7 @@ def line_plot(path: str | os.PathLike, series: Sequence[tuple[str, Sequence[floa
             ax.plot(xs, ys, label=label, marker="o" if len(xs) <= 30 else None)
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    if series:
+    if any(len(xs) for _, xs, _ in series):
         ax.legend()
     fig.savefig(path)
     return path
