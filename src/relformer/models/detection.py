@@ -51,12 +51,6 @@ class DetectionOutput:
     last_hidden_state: Tensor | None = None
     encoder_last_hidden_state: Tensor | None = None
 
-    def __getitem__(self, key: str):  # the criterion and matcher read outputs["logits"]
-        return getattr(self, key)
-
-    def __contains__(self, key: str) -> bool:
-        return hasattr(self, key) and getattr(self, key) is not None
-
 
 # ---------------------------------------------------------------------------------------------
 # Backbone

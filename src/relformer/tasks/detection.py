@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError, register_recipe, register_task
 from .set_prediction import HungarianMatcher, SetCriterion, postprocess, to_coco_results
-from .splits import First, ValTest
+from .splits import ValTest, train_subset
 
 __all__ = ["DetectionTask", "DetectionRecipe", "FashionDetectionSection", "SetLossSection"]
 
@@ -122,10 +122,7 @@ class DetectionTask:
         return self._splits
 
     def train_dataset(self) -> Dataset:
-        train, n = self.splits()["train"], self.recipe.data.train_subset
-        if n is not None and n > len(train):
-            raise RecipeError(f"data.train_subset = {n} exceeds the {len(train)} training canvases")
-        return train if n is None else First(train, n)
+        return train_subset(self.splits()["train"], self.recipe.data.train_subset, "canvases")
 
     def eval_dataset(self) -> Dataset:
         return ValTest(self.splits()["val"], self.splits()["test"])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from .splits import First, ValTest
+from .splits import ValTest, train_subset
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError, register_recipe, register_task
 
 __all__ = ["GraphRegressionTask", "GraphRegressionRecipe", "ZincSection", "ValTest"]
@@ -86,10 +86,7 @@ class GraphRegressionTask:
         return self._splits
 
     def train_dataset(self) -> Dataset:
-        train, n = self.splits()["train"], self.recipe.data.train_subset
-        if n is not None and n > len(train):
-            raise RecipeError(f"data.train_subset = {n} exceeds the {len(train)} training graphs")
-        return train if n is None else First(train, n)
+        return train_subset(self.splits()["train"], self.recipe.data.train_subset, "graphs")
 
     def eval_dataset(self) -> Dataset:
         return ValTest(self.splits()["val"], self.splits()["test"])

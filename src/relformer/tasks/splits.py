@@ -5,7 +5,7 @@ from typing import Sequence
 
 from torch.utils.data import Dataset
 
-__all__ = ["First", "ValTest"]
+__all__ = ["First", "ValTest", "train_subset"]
 
 
 class ValTest(Dataset):
@@ -35,3 +35,13 @@ class First(Dataset):
 
     def __getitems__(self, indices: Sequence[int]):
         return self.data.__getitems__(list(indices))
+
+
+def train_subset(train: Dataset, n: int | None, items: str) -> Dataset:
+    """``train`` itself (``n`` None) or its first ``n`` ``items``; more than it holds is a RecipeError
+    naming ``data.train_subset``."""
+    from ..train.recipe import RecipeError
+
+    if n is not None and n > len(train):
+        raise RecipeError(f"data.train_subset = {n} exceeds the {len(train)} training {items}")
+    return train if n is None else First(train, n)
