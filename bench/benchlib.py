@@ -20,6 +20,20 @@ def time_interleaved(steps: dict, reps: int, warmup: int) -> dict[str, list[floa
     return times
 
 
+def paired_speedup(times: dict[str, list[float]], ours: str, peer: str, resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """Speed-up of ``ours`` over ``peer`` from interleaved repetitions: the median of the per-repetition
+    ratios ``peer_i / ours_i`` (the two ran back to back, so slow phases of the machine hit both) and its
+    95% percentile-bootstrap interval. -> ``(median, low, high)``."""
+    import random
+    import statistics
+
+    ratios = [b / a for a, b in zip(times[ours], times[peer])]
+    rng = random.Random(seed)
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
+
+
 def write_lines(lines: list[str], out: Path) -> None:
     """Write a markdown report, echo it, and say where it went."""
     lines.append("")

@@ -19,7 +19,8 @@ Matcher: 16 images, 100 queries, 92 classes (COCO's 91 + no object), 1-50 target
 (uniform), relformer's batched ``HungarianMatcher`` vs HF's; both call scipy's
 ``linear_sum_assignment`` per image and return the same indices (checked here).
 
-Peers alternate within each repetition (rotating order); medians of ``--reps``; ``spread`` =
+Peers alternate within each repetition (rotating order); medians of ``--reps``, and the median of
+the per-repetition ratios with a 95% bootstrap interval (``benchlib.paired_speedup``); ``spread`` =
 (max - min) / median over the repetitions.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from benchlib import time_interleaved, write_lines
+from benchlib import paired_speedup, time_interleaved, write_lines
 
 ROOT = Path(__file__).resolve().parent
 
@@ -127,8 +128,11 @@ def matcher_steps(quick: bool):
 def summarise(name: str, desc: str, times: dict, extra: dict | None = None) -> dict:
     ms = {p: statistics.median(t) * 1e3 for p, t in times.items()}
     spread = {p: (max(t) - min(t)) / statistics.median(t) for p, t in times.items()}
-    row = dict(case=name, description=desc, ms=ms, spread=spread, speedup=ms["HF"] / ms["relformer"], **(extra or {}))
-    print(f"{name}: relformer {ms['relformer']:.1f} ms, HF {ms['HF']:.1f} ms, {row['speedup']:.2f}x", flush=True)
+    paired, low, high = paired_speedup(times, "relformer", "HF")
+    row = dict(case=name, description=desc, ms=ms, spread=spread, speedup=ms["HF"] / ms["relformer"],
+               paired=paired, ci=(low, high), reps=len(times["HF"]), **(extra or {}))
+    print(f"{name}: relformer {ms['relformer']:.1f} ms, HF {ms['HF']:.1f} ms, {row['speedup']:.2f}x "
+          f"(paired {paired:.3f}, 95% CI {low:.3f}-{high:.3f})", flush=True)
     return row
 
 
@@ -150,10 +154,8 @@ def main(argv=None) -> None:
             rows.append(summarise(case, desc, time_interleaved(steps, args.reps, args.warmup), {"same_indices": same}))
             continue
         ours, hf, images, targets, desc = step_case(case, args.quick)
-        reps = max(3, args.reps // 4) if case == "base" else args.reps
         rows.append(summarise(f"train step: {case}", desc,
-                              time_interleaved(make_steps(ours, hf, images, targets), reps, args.warmup),
-                              {"reps": reps}))
+                              time_interleaved(make_steps(ours, hf, images, targets), args.reps, args.warmup)))
     import transformers
 
     meta = dict(date=datetime.datetime.now().isoformat(), elapsed=time.time() - start, threads=args.threads,
@@ -174,19 +176,26 @@ def write_report(meta: dict, rows: list[dict], out: Path) -> None:
         "",
         "Training step = forward + set-prediction loss (matching, CE + L1 + GIoU on the final and auxiliary "
         "outputs) + backward + AdamW step, the same initial weights in both. Matcher: the indices of one batch. "
-        "Median of interleaved repetitions; spread = (max − min) / median.",
+        "Median of interleaved repetitions; `paired` = median over repetitions of HF ms / relformer ms of the "
+        "two back-to-back runs, with its 95% bootstrap interval (robust to the machine's slow phases, which hit "
+        "both); spread = (max − min) / median.",
         "",
         f"Command: `{meta['command'].strip()}`",
         "",
-        "| case | setting | relformer ms | HF ms | speed-up | spread (rf / HF) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| case | setting | reps | relformer ms | HF ms | speed-up (medians) | paired speed-up [95% CI] | spread (rf / HF) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['description']} | {r['ms']['relformer']:.1f} | {r['ms']['HF']:.1f} | "
-                     f"{r['speedup']:.2f}× | {r['spread']['relformer']:.0%} / {r['spread']['HF']:.0%} |")
-    lines += ["", "## Target (from the issue): relformer ≥ HF", ""]
+        lines.append(f"| {r['case']} | {r['description']} | {r['reps']} | {r['ms']['relformer']:.1f} | {r['ms']['HF']:.1f} | "
+                     f"{r['speedup']:.2f}× | {r['paired']:.3f}× [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | "
+                     f"{r['spread']['relformer']:.0%} / {r['spread']['HF']:.0%} |")
+    lines += ["", "## Target (from the issue): relformer ≥ HF", "",
+              "Verdict from the paired speed-up: FASTER when its whole 95% interval is above 1, LEVEL when the "
+              "interval contains 1 (no difference the repetitions can resolve), SLOWER when it is below 1.", ""]
     for r in rows:
-        lines.append(f"- {'MET' if r['speedup'] >= 1.0 else 'NOT MET'} {r['case']}: {r['speedup']:.2f}×"
+        low, high = r["ci"]
+        verdict = "FASTER" if low > 1.0 else "SLOWER" if high < 1.0 else "LEVEL"
+        lines.append(f"- {verdict} {r['case']}: {r['paired']:.3f}× [{low:.3f}, {high:.3f}]"
                      + (f" (same indices: {r['same_indices']})" if "same_indices" in r else ""))
     write_lines(lines, out)
 

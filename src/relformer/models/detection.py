@@ -66,24 +66,33 @@ class FrozenBatchNorm2d(nn.Module):
                            ("running_var", torch.ones)):
             self.register_buffer(name, init(num_features))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        """``(scale, shift)``, both ``(1, C, 1, 1)``: the norm is ``x * scale + shift``."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return x * scale[None, :, None, None] + shift[None, :, None, None]
+        return scale[None, :, None, None], (self.bias - self.running_mean * scale)[None, :, None, None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale, shift = self.scale_shift()
+        return x * scale + shift
 
 
 class ConvNorm(nn.Module):
     """``act(norm(conv(x)))``: a bias-free ``k x k`` convolution (padding ``k // 2``), a norm, ReLU or
-    nothing. ``norm``: ``"frozen"`` (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable)."""
+    nothing. ``norm``: ``"frozen"`` (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable). The frozen
+    norm and the ReLU work in place on the convolution's output (its backward never reads it): no
+    new activation-sized buffer per layer."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, norm: str = "batch",
                  act: bool = True) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False)
         self.norm = FrozenBatchNorm2d(cout) if norm == "frozen" else nn.BatchNorm2d(cout)
-        self.act = nn.ReLU() if act else nn.Identity()
+        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.norm, FrozenBatchNorm2d):
+            scale, shift = self.norm.scale_shift()
+            return self.act(self.conv(x).mul_(scale).add_(shift))
         return self.act(self.norm(self.conv(x)))
 
 
@@ -106,7 +115,7 @@ class ResidualUnit(nn.Module):
                                        ConvNorm(mid, cout, 1, 1, norm, act=False))
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.relu(self.convs(x) + self.shortcut(x))
+        return self.convs(x).add_(self.shortcut(x)).relu_()
 
 
 class ResNetBackbone(nn.Module):
@@ -288,20 +297,24 @@ class DETR(nn.Module):
         self_rel = Documents(group_ids) if groups > 1 else None
         cross_rel = None if enc_rel is None else Documents(torch.zeros_like(group_ids), enc_rel.segment_ids)
         h = torch.zeros_like(query_pos)
-        outputs: list[tuple[Tensor, Tensor]] = []
-        for k, layer in enumerate(self.decoder.layers):
+        states, outputs = [], []  # per layer: the decoder output (normed for Relation-DETR); (logits, boxes)
+        for layer in self.decoder.layers:
             rel = self_rel
             if self.box_relation is not None and outputs:
                 boxes = self.box_relation.bind(boxes=outputs[-1][1].detach())
                 rel = boxes if rel is None else rel & boxes
             h = layer(h, x, rel, cross_rel, pos=query_pos, context_pos=pos)
-            last = k == len(self.decoder.layers) - 1
-            if c.aux_loss or self.box_relation is not None or last:
-                normed = self.decoder_norm(h)
-                outputs.append(self._predict(normed))
+            if self.box_relation is not None:  # the next layer's relation needs this layer's boxes
+                states.append(self.decoder_norm(h))
+                outputs.append(self._predict(states[-1]))
+            else:
+                states.append(h)
+        if self.box_relation is None:  # the norm and heads of every layer in one call on (L, B, Q, C)
+            states = self.decoder_norm(torch.stack(states if c.aux_loss else states[-1:]))
+            outputs = list(zip(*(t.unbind(0) for t in self._predict(states))))
         logits, boxes = outputs[-1]
         aux = [{"logits": a, "pred_boxes": b} for a, b in outputs[:-1]] if c.aux_loss else []
-        return DetectionOutput(logits, boxes, aux, normed, x)
+        return DetectionOutput(logits, boxes, aux, states[-1], x)
 
 
 @builds(DETRConfig)
