@@ -133,9 +133,25 @@ def test_dropout_matches_f_dropout_in_distribution():
     assert torch.allclose(y[y != 0], torch.tensor(2.0 / 0.7))
     y.sum().backward()
     torch.testing.assert_close(x.grad, (y / 2.0).detach())
-    q, k, v = make_qkv(2, 4, 16, 16, 8)
+    q, k, v = make_qkv(2, 4, 128, 128, 8)  # above the small-score rule: dropout alone decides
     assert relformer.explain(q, k, v, Causal(), dropout_p=0.1).backend == "eager"
     assert relformer.explain(q, k, v, Causal(), dropout_p=0.0).backend != "eager"
+
+
+def test_auto_sends_small_cpu_training_to_eager():
+    """CPU training with score matrices of at most 64 x 64 (ViT-micro's 50 x 50, Swin's 49 x 49
+    windows) goes to eager, whose matmul + softmax backward beats SDPA's flash backward there;
+    inference and larger score matrices keep SDPA."""
+    q, k, v = make_qkv(64, 4, 50, 50, 16)
+    assert relformer.explain(q, k, v, None).backend == "eager"
+    windows = make_qkv(64, 4, 49, 49, 16)
+    assert relformer.explain(*windows, R.GridRelativeBias(4, 7)).backend == "eager"  # a learnable bias too
+    with torch.no_grad():
+        assert relformer.explain(q, k, v, None).backend == "sdpa"
+    big = make_qkv(64, 4, 65, 65, 16)
+    assert relformer.explain(*big, None).backend == "sdpa"
+    many = [t.expand(4096, 4, 50, 16) for t in make_qkv(1, 4, 50, 50, 16)]  # 2^25 scores in all
+    assert relformer.explain(*many, None).backend == "sdpa"
 
 
 def test_auto_policy_and_explain():
@@ -155,9 +171,11 @@ def test_auto_policy_and_explain():
     assert relformer.explain(qg, k, v, SlidingWindow(64)).backend == "sdpa"  # no Flex backward on CPU
     big = make_qkv(4, 8, 1024, 1024, 16)
     assert relformer.explain(*big, RelativeBias(8, 16)).backend == "chunked"
-    assert relformer.explain(qg[:, :, :32], k[:, :, :32], v[:, :, :32], rb).backend == "sdpa"
+    assert relformer.explain(qg[:, :, :100], k[:, :, :100], v[:, :, :100], rb).backend == "sdpa"
+    assert relformer.explain(qg[:, :, :32], k[:, :, :32], v[:, :, :32], rb).backend == "eager"  # small: eager
     # Swin-T stage 1 in training (batch 64 x 64 windows of 7x7): 2^24.8 scores, but one tile per
-    # window -- tiling saves nothing, so the learnable window bias stays on SDPA
+    # window -- tiling saves nothing, so the learnable window bias stays on SDPA (too many scores
+    # in all for the small-score eager rule)
     windows = [t.expand(64 * 64, 3, 49, 32) for t in make_qkv(1, 3, 49, 49, 32)]
     assert relformer.explain(*windows, R.GridRelativeBias(3, 7)).backend == "sdpa"
     assert "flex" in str(relformer.explain(q, k, v, SlidingWindow(64)))

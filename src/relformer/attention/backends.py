@@ -39,7 +39,12 @@ def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: floa
     k = repeat_kv(k, H // k.shape[1])
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
     if relation is not None and (relation.has_bias or relation.has_mask):
-        scores = scores + relation.dense_bias(B, H, Lq, Lk, q.device)
+        # bias and mask apart: no third score-sized tensor when their broadcast shapes differ
+        bias, mask = relation.dense_parts(B, H, Lq, Lk, q.device)
+        if bias is not None:
+            scores = scores + bias
+        if mask is not None:  # in place: the scale / add backward never read their output
+            scores.masked_fill_(~mask, float("-inf"))
     # only a mask can empty a row (biases are finite): skip the dead-row pass otherwise
     probs = _safe_softmax(scores) if relation is not None and relation.has_mask else torch.softmax(scores, dim=-1)
     if relation is not None and relation.has_prob:
