@@ -139,9 +139,9 @@ def test_dropout_matches_f_dropout_in_distribution():
 
 
 def test_auto_sends_small_cpu_training_to_eager():
-    """CPU training with score matrices of at most 64 x 64 (ViT-micro's 50 x 50, Swin's 49 x 49
-    windows) goes to eager, whose matmul + softmax backward beats SDPA's flash backward there;
-    inference and larger score matrices keep SDPA."""
+    """CPU training with many (B * H >= 64) score matrices of at most 64 x 64 (ViT-micro's 50 x 50,
+    Swin's 49 x 49 windows) goes to eager, whose matmul + softmax backward beats SDPA's flash
+    backward there; inference, larger or fewer score matrices keep SDPA."""
     q, k, v = make_qkv(64, 4, 50, 50, 16)
     assert relformer.explain(q, k, v, None).backend == "eager"
     windows = make_qkv(64, 4, 49, 49, 16)
@@ -152,6 +152,8 @@ def test_auto_sends_small_cpu_training_to_eager():
     assert relformer.explain(*big, None).backend == "sdpa"
     many = [t.expand(4096, 4, 50, 16) for t in make_qkv(1, 4, 50, 50, 16)]  # 2^25 scores in all
     assert relformer.explain(*many, None).backend == "sdpa"
+    few = make_qkv(4, 8, 64, 64, 32)  # DETR-base's encoder: 32 matrices, the fused kernel keeps them
+    assert relformer.explain(*few, None).backend == "sdpa"
 
 
 def test_auto_policy_and_explain():
@@ -172,7 +174,7 @@ def test_auto_policy_and_explain():
     big = make_qkv(4, 8, 1024, 1024, 16)
     assert relformer.explain(*big, RelativeBias(8, 16)).backend == "chunked"
     assert relformer.explain(qg[:, :, :100], k[:, :, :100], v[:, :, :100], rb).backend == "sdpa"
-    assert relformer.explain(qg[:, :, :32], k[:, :, :32], v[:, :, :32], rb).backend == "eager"  # small: eager
+    assert relformer.explain(qg[:, :, :32], k[:, :, :32], v[:, :, :32], rb).backend == "sdpa"  # 4 matrices only
     # Swin-T stage 1 in training (batch 64 x 64 windows of 7x7): 2^24.8 scores, but one tile per
     # window -- tiling saves nothing, so the learnable window bias stays on SDPA (too many scores
     # in all for the small-score eager rule)

@@ -45,6 +45,8 @@ CHUNKED_MIN_PAIRS = 128 * 128    # Lq*Lk below which chunked runs one 64x64-or-s
 EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (box MLP: 2.6x, Q=1024)
 SMALL_TRAIN_PAIRS = 64 * 64      # CPU training at or below this Lq*Lk (and < CHUNKED_MIN_SCORES scores in all):
                                  # matmul + softmax beat SDPA's kernels
+SMALL_TRAIN_MIN_MATRICES = 64    # ... when there are many of them (B*H): with few (DETR-base's encoder, 4 x 8
+                                 # heads of 64 x 64) the fused kernel was level or ahead
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
         return Choice("eager", "attention dropout on CPU: SDPA runs its math kernel and draws the mask with "
                                "bernoulli_; eager draws it with rand_like, ~3.6x cheaper")
     if (training and dev.type == "cpu" and Lq * Lk <= SMALL_TRAIN_PAIRS and cost < EXPENSIVE_BIAS
-            and B * H * Lq * Lk < CHUNKED_MIN_SCORES):
+            and B * H >= SMALL_TRAIN_MIN_MATRICES and B * H * Lq * Lk < CHUNKED_MIN_SCORES):
         return Choice("eager", f"CPU training with small score matrices ({Lq}x{Lk}, {B * H} of them): matmul + "
                                "softmax forward and backward beat SDPA's (ViT-micro 50x50: flash backward ~2x "
                                "the eager pair)")
