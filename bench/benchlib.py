@@ -34,6 +34,13 @@ def paired_speedup(times: dict[str, list[float]], ours: str, peer: str, resample
     return statistics.median(ratios), boot[int(0.025 * resamples)], boot[int(0.975 * resamples) - 1]
 
 
+def paired_verdict(ci: tuple[float, float], target: float = 1.0) -> str:
+    """``"FASTER"`` / ``"SLOWER"`` when the paired speed-up's interval lies above / below ``target``,
+    ``"LEVEL"`` when it contains it."""
+    low, high = ci
+    return "FASTER" if low > target else "SLOWER" if high < target else "LEVEL"
+
+
 def write_lines(lines: list[str], out: Path) -> None:
     """Write a markdown report, echo it, and say where it went."""
     lines.append("")

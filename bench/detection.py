@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from benchlib import paired_speedup, time_interleaved, write_lines
+from benchlib import paired_speedup, paired_verdict, time_interleaved, write_lines
 
 ROOT = Path(__file__).resolve().parent
 
@@ -194,8 +194,7 @@ def write_report(meta: dict, rows: list[dict], out: Path) -> None:
               "interval contains 1 (no difference the repetitions can resolve), SLOWER when it is below 1.", ""]
     for r in rows:
         low, high = r["ci"]
-        verdict = "FASTER" if low > 1.0 else "SLOWER" if high < 1.0 else "LEVEL"
-        lines.append(f"- {verdict} {r['case']}: {r['paired']:.3f}× [{low:.3f}, {high:.3f}]"
+        lines.append(f"- {paired_verdict(r['ci'])} {r['case']}: {r['paired']:.3f}× [{low:.3f}, {high:.3f}]"
                      + (f" (same indices: {r['same_indices']})" if "same_indices" in r else ""))
     write_lines(lines, out)
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 import relformer
 from relformer.models import SwinConfig, ViTConfig, model_config
 
-from benchlib import paired_speedup, time_interleaved
+from benchlib import paired_speedup, paired_verdict, time_interleaved
 
 ROOT = Path(__file__).resolve().parent
 _spec = importlib.util.spec_from_file_location("bench_attention", ROOT / "attention.py")
@@ -432,7 +432,8 @@ def write_report(saved: dict, out_path: Path, elapsed: float | None) -> None:
     def verdict(target: float, ratio: float, paired) -> str:
         if paired is None:
             return "MET" if ratio >= target else "NOT MET"
-        return "MET (faster)" if paired[1] > target else "NOT MET (slower)" if paired[2] < target else "LEVEL"
+        return {"FASTER": "MET (faster)", "SLOWER": "NOT MET (slower)", "LEVEL": "LEVEL"}[
+            paired_verdict(paired[1:], target)]
 
     def show(ratio, paired) -> str:
         return f"{paired[0]:.2f}× [{paired[1]:.2f}, {paired[2]:.2f}]" if paired else f"{ratio:.2f}×"
