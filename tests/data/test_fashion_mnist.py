@@ -1,6 +1,6 @@
 """Fashion-MNIST from the Debian package: the real files load completely; a missing install
-fails with instructions, never a download. CI installs the package (.ci/run), so nothing here
-is skipped."""
+fails with instructions, never a download. `run.sh test` (what CI runs) installs the package, so
+nothing here is skipped."""
 from __future__ import annotations
 
 import gzip
