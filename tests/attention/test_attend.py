@@ -44,6 +44,25 @@ def test_fully_masked_rows_are_zero_with_zero_grads(backend, with_bias):
         assert (q.grad[:, :, -3:] == 0).all()
 
 
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_eager_without_autograd_equals_eager_with_it(with_bias, mode):
+    """Without a graph, eager scales, biases, masks and softmaxes its score tensor in place: the
+    same output as the recorded path (dead rows zero), and q, k, v and the relation untouched."""
+    H, Lq, Lk = 2, 10, 7
+    rel = _dead_rows_relation(H, Lq, Lk, with_bias)
+    q, k, v = make_qkv(1, H, Lq, Lk, 8)
+    recorded = relformer.attend(q, k, v, rel, backend="eager")
+    before = [t.detach().clone() for t in (q, k, v, *rel.parameters())]
+    with getattr(torch, mode)():
+        got = relformer.attend(q, k, v, rel, backend="eager")
+        probs = B_.attention_probs(q, k, rel, 8 ** -0.5)
+    torch.testing.assert_close(got, recorded.detach(), rtol=0, atol=1e-6)
+    assert (probs[:, :, -3:] == 0).all() and torch.allclose(probs[:, :, :-3].sum(-1), torch.ones(()))
+    for t, b in zip((q, k, v, *rel.parameters()), before):
+        assert torch.equal(t.detach(), b)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", ALL)
 def test_low_precision_does_not_overflow(dtype, backend):
@@ -138,16 +157,17 @@ def test_dropout_matches_f_dropout_in_distribution():
     assert relformer.explain(q, k, v, Causal(), dropout_p=0.0).backend != "eager"
 
 
-def test_auto_sends_small_cpu_training_to_eager():
-    """CPU training with many (B * H >= 64) score matrices of at most 64 x 64 (ViT-micro's 50 x 50,
-    Swin's 49 x 49 windows) goes to eager, whose matmul + softmax backward beats SDPA's flash
-    backward there; inference, larger or fewer score matrices keep SDPA."""
+def test_auto_sends_many_small_cpu_score_matrices_to_eager():
+    """On CPU, many (B * H >= 64) score matrices of at most 64 x 64 (ViT-micro's 50 x 50, Swin's
+    49 x 49 windows) go to eager, whose matmul + softmax beat SDPA's flash kernels there, in
+    training and in inference; larger or fewer score matrices keep SDPA."""
     q, k, v = make_qkv(64, 4, 50, 50, 16)
     assert relformer.explain(q, k, v, None).backend == "eager"
     windows = make_qkv(64, 4, 49, 49, 16)
     assert relformer.explain(*windows, R.GridRelativeBias(4, 7)).backend == "eager"  # a learnable bias too
     with torch.no_grad():
-        assert relformer.explain(q, k, v, None).backend == "sdpa"
+        assert relformer.explain(q, k, v, None).backend == "eager"
+        assert relformer.explain(*windows, R.GridRelativeBias(4, 7)).backend == "eager"
     big = make_qkv(64, 4, 65, 65, 16)
     assert relformer.explain(*big, None).backend == "sdpa"
     many = [t.expand(4096, 4, 50, 16) for t in make_qkv(1, 4, 50, 50, 16)]  # 2^25 scores in all

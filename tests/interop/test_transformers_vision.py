@@ -52,6 +52,12 @@ def _compare(hf, pixel_values):
     assert len(b.hidden_states) == len(a.hidden_states)
     for i, (got, expected) in enumerate(zip(b.hidden_states, a.hidden_states)):
         torch.testing.assert_close(got, expected, rtol=0, atol=ATOL, msg=f"hidden_states[{i}]")
+    with torch.inference_mode():  # the in-place inference path too
+        c = ours(pixel_values)
+    for field in ("last_hidden_state", "pooler_output", "logits"):
+        expected = getattr(a, field, None)
+        if expected is not None:
+            torch.testing.assert_close(getattr(c, field), expected.detach(), rtol=0, atol=ATOL, msg=field)
     target = a.logits if getattr(a, "logits", None) is not None else a.last_hidden_state
     mine = b.logits if getattr(a, "logits", None) is not None else b.last_hidden_state
     target.square().sum().backward()

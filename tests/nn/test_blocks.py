@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from relformer.attention import attend
-from relformer.nn import (Attention, Block, CrossBlock, Decoder, Encoder, MLP, RMSNorm, RotaryEmbedding, SwiGLU,
+from relformer.nn import (Attention, Block, CrossBlock, Decoder, DropPath, Encoder, MLP, RMSNorm, RotaryEmbedding, SwiGLU,
                           UnifiedNorm)
 from relformer.relations import Causal, Documents
 
@@ -261,6 +261,43 @@ def test_layer_scale_and_drop_path():
     block.train()
     kept = [not torch.equal(a, b) for a, b in zip(block(x), x)]
     assert any(kept) and not all(kept)  # each sample's branch is dropped with p = 0.5 (16 samples)
+
+
+def test_drop_path_add_to_is_x_plus_the_dropped_branch():
+    """``DropPath.add_to(x, b)`` (one addcmul) equals ``x + DropPath(b)`` with the same draw,
+    forward and backward; in eval it is the plain sum."""
+    drop = DropPath(0.5)
+    x, b = torch.randn(16, 3, DIM, requires_grad=True), torch.randn(16, 3, DIM, requires_grad=True)
+    cot = torch.randn(16, 3, DIM)
+    results = []
+    for fn in (lambda: x + drop(b), lambda: drop.add_to(x, b)):
+        torch.manual_seed(0)
+        out = fn()
+        grads = torch.autograd.grad((out * cot).sum(), (x, b))
+        results.append((out, *grads))
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert (results[1][2] == 0).all((1, 2)).any()  # some samples dropped (16 draws at p = 0.5)
+    torch.testing.assert_close(drop.eval().add_to(x, b), x + b)
+
+
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_inference_forward_is_in_place_only_on_its_own_tensors(pre_norm):
+    """Without autograd, residual adds and the MLP's GELU write into the block's own temporaries:
+    the output equals the recorded forward and the caller's input is left as it was."""
+    torch.manual_seed(0)
+    block = Block(DIM, HEADS, pre_norm=pre_norm, drop_path=0.1, layer_scale=0.5).eval()
+    x = torch.randn(2, 5, DIM)
+    recorded = block(x)
+    assert recorded.requires_grad
+    kept = x.clone()
+    for ctx in (torch.no_grad, torch.inference_mode):
+        with ctx():
+            torch.testing.assert_close(block(x), recorded.detach(), rtol=0, atol=1e-6)
+        assert torch.equal(x, kept)
+    mlp = MLP(DIM, 2 * DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), mlp.fc2(nn.functional.gelu(mlp.fc1(x))), rtol=0, atol=1e-6)
 
 
 def test_blocks_route_attention_through_attend(monkeypatch):

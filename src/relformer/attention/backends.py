@@ -24,29 +24,49 @@ def repeat_kv(x: Tensor, groups: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
-def _safe_softmax(scores: Tensor) -> Tensor:
-    """fp32 softmax over the last dim; rows that are all ``-inf`` give zeros (and zero grads), not NaN."""
+def _softmax(scores: Tensor, dead: Tensor | None) -> Tensor:
+    """fp32 softmax over the last dim of a score tensor this module owns; ``dead`` rows (no key to
+    attend, all ``-inf``) give zeros and zero grads, not NaN. Without an autograd graph to keep
+    the scores for, it is computed in place: no second score-sized tensor."""
     scores = scores.float()
-    dead = torch.isneginf(scores).all(-1, keepdim=True)
-    probs = torch.softmax(scores.masked_fill(dead, 0.0), dim=-1)
-    return probs.masked_fill(dead, 0.0)
+    if dead is not None:
+        scores = scores.masked_fill_(dead, 0.0)
+    if scores.requires_grad:
+        probs = torch.softmax(scores, dim=-1)
+        return probs.masked_fill(dead, 0.0) if dead is not None else probs
+    probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # row by row: in place is exact
+    return probs.masked_fill_(dead, 0.0) if dead is not None else probs
+
+
+def _blocked(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tuple[Tensor, Tensor | None]:
+    """The pairs a relation's mask blocks ``(B|1, H|1, Lq, Lk)`` and its rows with no key at all
+    ``(B|1, H|1, Lq, 1)`` (None when there are none; on accelerators never checked, no host sync),
+    from the mask's own broadcast shape -- built once per relation and layout."""
+    def build():
+        mask = relation.dense_mask(B, H, Lq, Lk, device)
+        dead = ~mask.any(-1, keepdim=True)
+        return ~mask, (None if dead.device.type == "cpu" and not dead.any() else dead)
+
+    key = ("blocked", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled())
+    return relation.cached(key, build)
 
 
 def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: float) -> Tensor:
-    """fp32 attention probabilities ``(B, H, Lq, Lk)`` (after any ``prob_mod``), materialised."""
+    """fp32 attention probabilities ``(B, H, Lq, Lk)`` (after any ``prob_mod``), materialised.
+    Scale, bias and mask act on the score tensor in place (the matmul backward does not read its
+    output), so training holds two score-sized tensors (scores, probabilities) and inference one."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     k = repeat_kv(k, H // k.shape[1])
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # (B, H, Lq, Lk)
-    if relation is not None and (relation.has_bias or relation.has_mask):
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale)  # (B, H, Lq, Lk)
+    dead = None
+    if relation is not None and relation.has_bias:
         # bias and mask apart: no third score-sized tensor when their broadcast shapes differ
-        bias, mask = relation.dense_parts(B, H, Lq, Lk, q.device)
-        if bias is not None:
-            scores = scores + bias
-        if mask is not None:  # in place: the scale / add backward never read their output
-            scores.masked_fill_(~mask, float("-inf"))
-    # only a mask can empty a row (biases are finite): skip the dead-row pass otherwise
-    probs = _safe_softmax(scores) if relation is not None and relation.has_mask else torch.softmax(scores, dim=-1)
+        scores = scores.add_(relation.dense_parts(B, H, Lq, Lk, q.device, with_mask=False)[0])
+    if relation is not None and relation.has_mask:
+        blocked, dead = _blocked(relation, B, H, Lq, Lk, q.device)
+        scores = scores.masked_fill_(blocked, float("-inf"))
+    probs = _softmax(scores, dead)  # only a mask can empty a row: biases are finite
     if relation is not None and relation.has_prob:
         probs = probs * relation.dense_prob(B, H, Lq, Lk, q.device)
     return probs

@@ -95,14 +95,15 @@ class Relation(nn.Module):
             return None
         return _as_4d(self.mask_mod(*self._grid(B, H, Lq, Lk, device)))
 
-    def dense_parts(self, B: int, H: int, Lq: int, Lk: int, device=None,
-                    dtype=torch.float32) -> tuple[Tensor | None, Tensor | None]:
+    def dense_parts(self, B: int, H: int, Lq: int, Lk: int, device=None, dtype=torch.float32,
+                    with_mask: bool = True) -> tuple[Tensor | None, Tensor | None]:
         """The additive float bias and the boolean mask (True = attend), each ``(B|1, H|1, Lq, Lk)``
-        and None when the relation has no such part. Kept apart, each keeps its own broadcast shape
-        (Swin: a ``(1, H, 49, 49)`` bias and a ``(B*nW, 1, 49, 49)`` mask)."""
+        and None when the relation has no such part (or ``with_mask=False``: a caller that keeps
+        the mask cached). Kept apart, each keeps its own broadcast shape (Swin: a ``(1, H, 49, 49)``
+        bias and a ``(B*nW, 1, 49, 49)`` mask)."""
         grid = self._grid(B, H, Lq, Lk, device)
         bias = _as_4d(self.bias_mod(*grid)).to(dtype) if self.has_bias else None
-        return bias, (_as_4d(self.mask_mod(*grid)) if self.has_mask else None)
+        return bias, (_as_4d(self.mask_mod(*grid)) if self.has_mask and with_mask else None)
 
     def dense_bias(self, B: int, H: int, Lq: int, Lk: int, device=None, dtype=torch.float32) -> Tensor | None:
         """Additive float ``(B|1, H|1, Lq, Lk)`` bias, ``-inf`` where masked; None when neither part exists."""

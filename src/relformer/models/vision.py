@@ -277,6 +277,22 @@ def window_reverse(windows: Tensor, window: int, H: int, W: int) -> Tensor:
     return x.reshape(-1, H, W, C)
 
 
+class _Permute(torch.autograd.Function):
+    """``x.index_select(1, order)`` for a permutation ``order`` of ``x``'s tokens; the gradient is
+    the inverse gather ``grad.index_select(1, inverse)`` (index_select's own backward is zeros +
+    ``index_add``: two activation-sized passes, one of them a scatter)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, order: Tensor, inverse: Tensor) -> Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
 class SwinBlock(nn.Module):
     """Swin Transformer block (Liu et al. 2021, Eq. 3): ``x + W-MSA(LN(x))`` then ``x + MLP(LN(x))``.
 
@@ -335,18 +351,18 @@ class SwinBlock(nn.Module):
             x = F.pad(x.view(B, H, W, C), (0, 0, 0, pad_r, 0, pad_b)).view(B, -1, C)
         Hp, Wp = H + pad_b, W + pad_r
         relation, order, inverse = self.layout((Hp, Wp), shift, x.device)
-        windows = x.index_select(1, order).view(-1, ws * ws, C)  # (B * nW, ws*ws, C)
+        windows = _Permute.apply(x, order, inverse).view(-1, ws * ws, C)  # (B * nW, ws*ws, C)
         if probabilities:
             probs = self.attn.probabilities(windows, relation).mean((1, 2))  # (B * nW, ws*ws)
             return probs.reshape(B, Hp * Wp).index_select(1, inverse)
-        x = self.attn(windows, relation).view(B, Hp * Wp, C).index_select(1, inverse)
+        x = _Permute.apply(self.attn(windows, relation).view(B, Hp * Wp, C), inverse, order)
         if pad_b or pad_r:
             x = x.view(B, Hp, Wp, C)[:, :H, :W].reshape(B, L, C)
         return x
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        x = x + self.drop_path(self._attention(x, grid))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = self.drop_path.add_to(x, self._attention(x, grid))
+        return self.drop_path.add_to(x, self.mlp(self.norm2(x)))
 
 
 class PatchMerging(nn.Module):

@@ -185,11 +185,21 @@ class DropPath(nn.Module):
             raise ValueError(f"drop path probability must be in [0, 1), got {p}")
         self.p = float(p)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _scale(self, x: Tensor) -> Tensor | None:
+        """Per-sample ``keep / (1 - p)`` ``(B, 1, ...)``, or None when nothing is dropped."""
         if not self.training or self.p == 0.0:
-            return x
+            return None
         keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+        return keep.div_(1 - self.p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = self._scale(x)
+        return x if scale is None else x * scale
+
+    def add_to(self, x: Tensor, branch: Tensor) -> Tensor:
+        """``x + self(branch)`` as one ``addcmul``: one activation-sized tensor instead of three."""
+        scale = self._scale(branch)
+        return add_residual(x, branch) if scale is None else torch.addcmul(x, branch, scale)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -201,6 +211,23 @@ def _branch(dim: int, layer_scale: float | None, drop_path: float) -> nn.Sequent
     return nn.Sequential(*layers, DropPath(drop_path))
 
 
+def add_residual(x: Tensor, branch: Tensor) -> Tensor:
+    """``x + branch``, written into ``branch`` when no autograd graph records it (inference):
+    one activation-sized allocation less per residual."""
+    if (branch.requires_grad or branch.shape != x.shape or branch.dtype != x.dtype
+            or branch.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()):
+        return x + branch
+    return branch.add_(x)
+
+
+def _add_branch(x: Tensor, wrap: nn.Sequential, branch: Tensor) -> Tensor:
+    """``x + wrap(branch)`` for a :func:`_branch` wrapper, its DropPath fused into the add."""
+    *scales, drop = wrap
+    for layer in scales:
+        branch = layer(branch)
+    return drop.add_to(x, branch)
+
+
 class _Residual(nn.Module):
     """Shared pre-/post-norm residual wiring: ``x + branch(norm(x))`` or ``norm(x + branch(x))``."""
 
@@ -208,8 +235,8 @@ class _Residual(nn.Module):
 
     def _residual(self, x: Tensor, norm: nn.Module, wrap: nn.Module, fn: Callable[[Tensor], Tensor]) -> Tensor:
         if self.pre_norm:
-            return x + wrap(fn(norm(x)))
-        return norm(x + wrap(fn(x)))
+            return _add_branch(x, wrap, fn(norm(x)))
+        return norm(_add_branch(x, wrap, fn(x)))
 
 
 class Block(_Residual):

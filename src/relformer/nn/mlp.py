@@ -6,6 +6,7 @@ from and write to the residual stream, see :mod:`relformer.nn.convert`).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,7 +29,12 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        h = self.fc1(x)
+        if isinstance(self.act, nn.GELU) and not h.requires_grad:  # inference: in place
+            h = torch.ops.aten.gelu_(h, approximate=self.act.approximate)
+        else:
+            h = self.act(h)
+        return self.drop(self.fc2(self.drop(h)))
 
 
 class SwiGLU(nn.Module):
