@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from relformer.models import Swin, SwinConfig, ViT, ViTConfig, create_model, list_models, model_config
-from relformer.models.vision import window_partition, window_reverse
+from relformer.models.vision import SwinStage, window_partition, window_reverse
 from tests.equivalence import assert_trains_and_round_trips
 
 SMALL = {  # registered variants shrunk in depth so every one runs in CI
@@ -118,6 +118,25 @@ def test_window_partition_round_trip():
     assert w.shape == (2 * 2 * 3, 16, 3)
     torch.testing.assert_close(w[1].view(4, 4, 3), x[0, :4, 4:8])  # second window of the first row
     torch.testing.assert_close(window_reverse(w, 4, 8, 12), x)
+
+
+@pytest.mark.parametrize("grid", [(8, 8), (8, 12), (4, 4)])
+def test_swin_stage_window_order_stream_equals_block_by_block(grid):
+    """A stage keeps its residual stream in window order (one gather between blocks); the result
+    and the gradients equal running each block on the grid-ordered map (two gathers per block).
+    (4, 4) is one window: no shift, no gather at all."""
+    torch.manual_seed(0)
+    stage = SwinStage(16, 4, 2, 4, downsample=False, drop_path=[0.0] * 4)
+    x = torch.randn(2, grid[0] * grid[1], 16, requires_grad=True)
+    ref = x
+    for block in stage.blocks:
+        ref = block(ref, grid)
+    got, _ = stage(x, grid)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    cot = torch.randn_like(got)
+    grads = [torch.autograd.grad((out * cot).sum(), [x, *stage.parameters()]) for out in (got, ref)]
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_swin_pads_maps_that_are_not_a_multiple_of_the_window():

@@ -293,6 +293,13 @@ class _Permute(torch.autograd.Function):
         return grad.index_select(1, inverse), None, None
 
 
+def _gather(perm: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(perm, its inverse)`` for :class:`_Permute`, or None when ``perm`` is the identity."""
+    if torch.equal(perm, torch.arange(len(perm), device=perm.device)):
+        return None
+    return perm, torch.argsort(perm)
+
+
 class SwinBlock(nn.Module):
     """Swin Transformer block (Liu et al. 2021, Eq. 3): ``x + W-MSA(LN(x))`` then ``x + MLP(LN(x))``.
 
@@ -338,13 +345,17 @@ class SwinBlock(nn.Module):
             relation = relation + ShiftedWindowRegions(self.window_size, padded, shift).to(device)
         return relation, order, torch.argsort(order)
 
+    def effective_shift(self, grid: tuple[int, int]) -> int:
+        """The shift on a ``grid`` map: none when the map is no larger than one window."""
+        return self.shift if min(grid) > self.window_size else 0
+
     def _attention(self, x: Tensor, grid: tuple[int, int], probabilities: bool = False) -> Tensor:
         """``x (B, H*W, C)`` -> the attention branch ``(B, H*W, C)``, or with ``probabilities`` the
         attention each token receives, averaged over heads and queries of its window ``(B, Hp*Wp)``."""
         B, L, C = x.shape
         H, W = grid
         ws = self.window_size
-        shift = self.shift if min(H, W) > ws else 0
+        shift = self.effective_shift(grid)
         x = self.norm1(x)
         pad_b, pad_r = (-H) % ws, (-W) % ws
         if pad_b or pad_r:
@@ -362,6 +373,14 @@ class SwinBlock(nn.Module):
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         x = self.drop_path.add_to(x, self._attention(x, grid))
+        return self.drop_path.add_to(x, self.mlp(self.norm2(x)))
+
+    def forward_windows(self, x: Tensor, relation: Relation) -> Tensor:
+        """The block on tokens already in its window order ``(B, L, C)`` (a map that needs no
+        padding; :meth:`layout`'s ``order``): the same result, permuted, with no gathers."""
+        B, L, C = x.shape
+        windows = self.norm1(x).view(-1, self.window_size ** 2, C)  # (B * nW, ws*ws, C)
+        x = self.drop_path.add_to(x, self.attn(windows, relation).view(B, L, C))
         return self.drop_path.add_to(x, self.mlp(self.norm2(x)))
 
 
@@ -395,10 +414,34 @@ class SwinStage(nn.Module):
             SwinBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, drop_path=drop_path[i],
                       **block_kw) for i in range(depth))
         self.downsample = PatchMerging(dim, block_kw.get("norm_eps", 1e-5)) if downsample else None
+        self._moves: dict = {}  # (H, W, device) -> per block (relation, gather), then the gather back
+
+    def _plan(self, grid: tuple[int, int], device) -> tuple[list, tuple | None]:
+        """For a map that needs no padding: per block its relation and the gather ``(perm, inverse)``
+        (None for the identity) taking the stream from the previous block's window order (the grid
+        order for the first) to its own, and the gather back to grid order after the last block."""
+        key = (*grid, str(device))
+        if key not in self._moves:
+            with torch.inference_mode(False):
+                moves, back = [], None  # back: the inverse of the current order (None: grid order)
+                for block in self.blocks:
+                    relation, order, inverse = block.layout(grid, block.effective_shift(grid), device)
+                    perm = order if back is None else back[order]
+                    moves.append((relation, _gather(perm)))
+                    back = inverse
+                self._moves[key] = moves, _gather(back)
+        return self._moves[key]
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-        for block in self.blocks:
-            x = block(x, grid)
+        ws = self.blocks[0].window_size if self.blocks else 1
+        if grid[0] % ws or grid[1] % ws:  # padded windows: each block pads and gathers on its own
+            for block in self.blocks:
+                x = block(x, grid)
+        else:  # the residual stream stays in window order: one gather between blocks, not two per block
+            moves, back = self._plan(grid, x.device)
+            for block, (relation, move) in zip(self.blocks, moves):
+                x = block.forward_windows(_Permute.apply(x, *move) if move else x, relation)
+            x = _Permute.apply(x, *back) if back else x
         if self.downsample is not None:
             x, grid = self.downsample(x, grid), ((grid[0] + 1) // 2, (grid[1] + 1) // 2)
         return x, grid
