@@ -63,6 +63,29 @@ def test_eager_without_autograd_equals_eager_with_it(with_bias, mode):
         assert torch.equal(t.detach(), b)
 
 
+@pytest.mark.parametrize("Hkv", [4, 2])
+def test_eager_inference_in_batch_tiles_equals_the_whole_batch(monkeypatch, Hkv):
+    """Without autograd, eager runs a few batch rows at a time (score tiles of at most
+    EAGER_TILE_BYTES): the same output as the whole-batch computation, with per-row masks
+    (segments with dead rows), a shared bias and grouped-query heads, the last tile short."""
+    B, H, L = 5, 4, 12
+    seg = torch.randint(0, 3, (B, L), generator=torch.Generator().manual_seed(0))
+    seg[:, -2:] = -1  # padding rows: no key to attend
+    rb = RelativeBias(H, 4)
+    with torch.no_grad():
+        rb.table.normal_()
+    rel = Documents(seg) & rb
+    q, k, v = make_qkv(B, H, L, L, 8, Hkv=Hkv, requires_grad=False)
+    with torch.no_grad():
+        whole = relformer.attend(q, k, v, rel, backend="eager")  # 5*4*12*12*4 bytes: one tile
+        monkeypatch.setattr(B_, "EAGER_TILE_BYTES", 2 * H * L * L * 4)  # two rows per tile: 2 + 2 + 1
+        tiled = relformer.attend(q, k, v, rel, backend="eager")
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+    assert (tiled[:, :, -2:] == 0).all()
+    recorded = relformer.attend(q.clone().requires_grad_(True), k, v, rel, backend="eager")
+    torch.testing.assert_close(tiled, recorded.detach(), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("backend", ALL)
 def test_low_precision_does_not_overflow(dtype, backend):

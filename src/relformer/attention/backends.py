@@ -51,25 +51,62 @@ def _blocked(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tu
     return relation.cached(key, build)
 
 
+def _score_parts(relation: Relation | None, B: int, H: int, Lq: int, Lk: int, device):
+    """What turns raw scores into logits: the bias, the blocked pairs and the dead rows, each in
+    its own broadcast shape ``(B|1, H|1, ...)`` or None."""
+    bias = blocked = dead = None
+    if relation is not None and relation.has_bias:
+        # bias and mask apart: no third score-sized tensor when their broadcast shapes differ
+        bias = relation.dense_parts(B, H, Lq, Lk, device, with_mask=False)[0]
+    if relation is not None and relation.has_mask:
+        blocked, dead = _blocked(relation, B, H, Lq, Lk, device)
+    return bias, blocked, dead
+
+
+def _probs(q: Tensor, k: Tensor, parts: tuple, scale: float) -> Tensor:
+    """Softmax of ``q k^T * scale`` with ``parts`` (:func:`_score_parts`) applied in place on the
+    score tensor (the matmul backward does not read its output)."""
+    bias, blocked, dead = parts
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale)  # (B, H, Lq, Lk)
+    if bias is not None:
+        scores = scores.add_(bias)
+    if blocked is not None:
+        scores = scores.masked_fill_(blocked, float("-inf"))
+    return _softmax(scores, dead)  # only a mask can empty a row: biases are finite
+
+
 def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: float) -> Tensor:
     """fp32 attention probabilities ``(B, H, Lq, Lk)`` (after any ``prob_mod``), materialised.
-    Scale, bias and mask act on the score tensor in place (the matmul backward does not read its
-    output), so training holds two score-sized tensors (scores, probabilities) and inference one."""
+    Training holds two score-sized tensors (scores, probabilities), inference one."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     k = repeat_kv(k, H // k.shape[1])
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale)  # (B, H, Lq, Lk)
-    dead = None
-    if relation is not None and relation.has_bias:
-        # bias and mask apart: no third score-sized tensor when their broadcast shapes differ
-        scores = scores.add_(relation.dense_parts(B, H, Lq, Lk, q.device, with_mask=False)[0])
-    if relation is not None and relation.has_mask:
-        blocked, dead = _blocked(relation, B, H, Lq, Lk, q.device)
-        scores = scores.masked_fill_(blocked, float("-inf"))
-    probs = _softmax(scores, dead)  # only a mask can empty a row: biases are finite
+    probs = _probs(q, k, _score_parts(relation, B, H, Lq, Lk, q.device), scale)
     if relation is not None and relation.has_prob:
         probs = probs * relation.dense_prob(B, H, Lq, Lk, q.device)
     return probs
+
+
+EAGER_TILE_BYTES = 1 << 20  # inference: score tiles of at most this many bytes (cache-resident, reused)
+
+
+def _tiled_eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float) -> Tensor:
+    """Eager attention without autograd, a slice of the batch at a time, so that each score tile
+    (at most :data:`EAGER_TILE_BYTES`) is computed, softmaxed and multiplied by ``v`` while it is
+    still in cache, and its memory is reused by the next slice instead of one (B, H, Lq, Lk)
+    block that glibc maps (and the kernel faults in) afresh on every call."""
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    groups = H // k.shape[1]
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    parts = _score_parts(relation, B, H, Lq, Lk, q.device)
+    out = torch.empty(B, H, Lq, v.shape[-1], dtype=torch.float32, device=q.device)
+    step = max(1, EAGER_TILE_BYTES // (4 * H * Lq * Lk))
+    for b in range(0, B, step):
+        rows = slice(b, b + step)
+        tile = tuple(t[rows] if t is not None and t.shape[0] == B else t for t in parts)
+        torch.matmul(_probs(q[rows], k[rows], tile, scale), v[rows].float(), out=out[rows])
+    return out.to(q.dtype)
 
 
 def dropout(x: Tensor, p: float) -> Tensor:
@@ -83,7 +120,13 @@ def dropout(x: Tensor, p: float) -> Tensor:
 
 
 def eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
-    """The plain-PyTorch reference: materialises ``(B, H, Lq, Lk)`` scores, bias and probabilities."""
+    """The plain-PyTorch reference: materialises ``(B, H, Lq, Lk)`` scores, bias and probabilities
+    (without autograd, a batch slice at a time: :func:`_tiled_eager`)."""
+    recorded = torch.is_grad_enabled() and (any(t.requires_grad for t in (q, k, v))
+                                            or (relation is not None and bool(relation.grad_tensors())))
+    if (not recorded and dropout_p == 0.0 and (relation is None or not relation.has_prob)
+            and q.shape[0] > 1 and 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] > EAGER_TILE_BYTES):
+        return _tiled_eager(q, k, v, relation, scale)
     probs = attention_probs(q, k, relation, scale)
     if dropout_p > 0.0:
         probs = dropout(probs, dropout_p)
