@@ -43,8 +43,9 @@ FLEX_MAX_DENSITY = 0.75          # a live Flex tile costs ~1.03x SDPA's (L=2048,
 CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk*tile_cost above which `chunked` beats materialising the scores
 CHUNKED_MIN_PAIRS = 128 * 128    # Lq*Lk below which chunked runs one 64x64-or-smaller tile: no memory saved
 EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (box MLP: 2.6x, Q=1024)
-SMALL_PAIRS = 64 * 64            # CPU at or below this Lq*Lk (and < CHUNKED_MIN_SCORES scores in all): matmul +
-                                 # softmax beat SDPA's kernels, in training and (softmax in place) inference
+SMALL_PAIRS = 64 * 64            # CPU at or below this Lq*Lk (and < CHUNKED_MIN_SCORES scores in all, unless
+                                 # training a learnable bias): matmul + softmax beat SDPA's kernels, in training
+                                 # and (softmax in place) inference
 SMALL_MIN_MATRICES = 64          # ... when there are many of them (B*H): with few (DETR-base's encoder, 4 x 8
                                  # heads of 64 x 64) the fused kernel was level or ahead in training
 
@@ -121,8 +122,9 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
     if dropout_p > 0.0 and dev.type == "cpu":
         return Choice("eager", "attention dropout on CPU: SDPA runs its math kernel and draws the mask with "
                                "bernoulli_; eager draws it with rand_like, ~3.6x cheaper")
-    if (dev.type == "cpu" and Lq * Lk <= SMALL_PAIRS and cost < EXPENSIVE_BIAS
-            and B * H >= SMALL_MIN_MATRICES and B * H * Lq * Lk < CHUNKED_MIN_SCORES):
+    # (a learnable bias sends SDPA to its math kernel, which materialises more than eager does: no cap)
+    if (dev.type == "cpu" and Lq * Lk <= SMALL_PAIRS and cost < EXPENSIVE_BIAS and B * H >= SMALL_MIN_MATRICES
+            and (B * H * Lq * Lk < CHUNKED_MIN_SCORES or (training and rel_grad))):
         return Choice("eager", f"CPU, small score matrices ({Lq}x{Lk}, {B * H} of them): matmul + softmax beat "
                                "SDPA's kernels (ViT-micro 50x50: flash forward ~1.9x, backward ~2x the eager pair)")
     if relation is None or not (relation.has_mask or relation.has_bias):
