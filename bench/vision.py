@@ -400,8 +400,9 @@ def write_report(saved: dict, out_path: Path, elapsed: float | None) -> None:
         f"`GLIBC_TUNABLES={RETAINED_TUNABLES}`) serves every block from a heap that is never trimmed, so "
         "no step pays page faults for memory another step (or peer) gave back. Under `system`, tensors above "
         "glibc's dynamic mmap threshold are fresh mappings, faulted in page by page on first touch; which "
-        "peer pays depends on the heap the others left, and the same code has measured 0.71× and 1.07× "
-        "(ViT-micro inference) in two runs of this page. Both are reported.",
+        "peer pays depends on the heap the others left: the same code measured 1.07×, 0.71× and 0.70× "
+        "(ViT-micro inference, before eager attention without autograd ran in batch tiles) in three runs "
+        "of this page. Both are reported.",
     ]
     conditions = [m for m in MALLOCS if any(r.get("malloc", "system") == m for r in rows)]
     diffs, target_lines, met, total = {}, [], 0, 0
