@@ -405,7 +405,7 @@ def write_report(saved: dict, out_path: Path, elapsed: float | None) -> None:
         "of this page. Both are reported.",
     ]
     conditions = [m for m in MALLOCS if any(r.get("malloc", "system") == m for r in rows)]
-    diffs, target_lines, met, total = {}, [], 0, 0
+    diffs, target_lines = {}, []
     for malloc in conditions:
         lines += _table(malloc, rows, diffs, target_lines)
     lines += ["", "Cases (registered variants, 10-class head):", ""]

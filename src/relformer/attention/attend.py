@@ -96,20 +96,12 @@ def _check(q: Tensor, k: Tensor, v: Tensor, relation, backend: str, scale, dropo
         relation.check(B, H, Lq, k.shape[2])
 
 
-def _needs_grad(q, k, v, relation) -> tuple[bool, bool]:
-    """(any input needs grad, the relation itself has trainable tensors)."""
-    if not torch.is_grad_enabled():
-        return False, False
-    rel_grad = relation is not None and bool(relation.grad_tensors())
-    return rel_grad or q.requires_grad or k.requires_grad or v.requires_grad, rel_grad
-
-
 def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, dropout_p: float = 0.0) -> Choice:
     """Which backend ``backend="auto"`` picks for these inputs, and why."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     dev = q.device
-    training, rel_grad = _needs_grad(q, k, v, relation)
+    training, rel_grad = _b.needs_grad(q, k, v, relation)
     # score-sized temporaries the bias needs per pair (1 for a table lookup, ~25 for Relation-DETR's MLP)
     cost = relation.tile_cost if relation is not None else 1.0
     # many small score matrices (Swin's 49x49 windows) are one tile each: nothing to gain from tiling

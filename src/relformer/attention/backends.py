@@ -24,10 +24,19 @@ def repeat_kv(x: Tensor, groups: int) -> Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
+def needs_grad(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None) -> tuple[bool, bool]:
+    """(autograd records this call: any input needs grad, the relation itself has trainable tensors)."""
+    if not torch.is_grad_enabled():
+        return False, False
+    rel_grad = relation is not None and bool(relation.grad_tensors())
+    return rel_grad or q.requires_grad or k.requires_grad or v.requires_grad, rel_grad
+
+
 def _softmax(scores: Tensor, dead: Tensor | None) -> Tensor:
-    """fp32 softmax over the last dim of a score tensor this module owns; ``dead`` rows (no key to
-    attend, all ``-inf``) give zeros and zero grads, not NaN. Without an autograd graph to keep
-    the scores for, it is computed in place: no second score-sized tensor."""
+    """fp32 softmax over the last dim of a score tensor this module owns (under autocast the
+    matmul gives bf16/fp16 scores); ``dead`` rows (no key to attend, all ``-inf``) give zeros and
+    zero grads, not NaN. Without an autograd graph to keep the scores for, it is computed in
+    place: no second score-sized tensor."""
     scores = scores.float()
     if dead is not None:
         scores = scores.masked_fill_(dead, 0.0)
@@ -122,9 +131,7 @@ def dropout(x: Tensor, p: float) -> Tensor:
 def eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
     """The plain-PyTorch reference: materialises ``(B, H, Lq, Lk)`` scores, bias and probabilities
     (without autograd, a batch slice at a time: :func:`_tiled_eager`)."""
-    recorded = torch.is_grad_enabled() and (any(t.requires_grad for t in (q, k, v))
-                                            or (relation is not None and bool(relation.grad_tensors())))
-    if (not recorded and dropout_p == 0.0 and (relation is None or not relation.has_prob)
+    if (not needs_grad(q, k, v, relation)[0] and dropout_p == 0.0 and (relation is None or not relation.has_prob)
             and q.shape[0] > 1 and 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] > EAGER_TILE_BYTES):
         return _tiled_eager(q, k, v, relation, scale)
     probs = attention_probs(q, k, relation, scale)
