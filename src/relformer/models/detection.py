@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import MLP, Decoder, Encoder
+from ..nn import MLP, Decoder, Encoder, Linear
 from ..relations import BoxRelationBias, Documents
 from ..relations.geometry import sine_embed
 from .registry import builds, register_model
@@ -230,7 +230,7 @@ class BoxHead(nn.Module):
     def __init__(self, dim: int, out: int = 4, num_layers: int = 3) -> None:
         super().__init__()
         widths = [dim] * num_layers + [out]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):
@@ -254,7 +254,7 @@ class DETR(nn.Module):
         self.decoder = Decoder(c.dim, c.decoder_layers, c.num_heads, mlp_hidden=c.decoder_mlp, **common)
         self.decoder_norm = nn.LayerNorm(c.dim)
         self.query_embed = nn.Embedding(c.num_queries * c.num_groups, c.dim)
-        self.class_head = nn.Linear(c.dim, c.num_classes + 1)
+        self.class_head = Linear(c.dim, c.num_classes + 1)
         self.box_head = BoxHead(c.dim)
         self.box_relation = BoxRelationBias(c.num_heads, c.relation_embed_dim) if c.box_relation else None
 

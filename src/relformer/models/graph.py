@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..attention import Relation, attend
 from ..data.graph import GraphBatch, check_graph, ptr_from_batch
 from ..data.packed import Packed, Rows, plan_rows
-from ..nn import MLP, Attention, Encoder, TokenBatchNorm, laplacian_eigenvectors, random_sign_flip, random_walk_encoding
+from ..nn import MLP, Attention, Encoder, Linear, TokenBatchNorm, laplacian_eigenvectors, random_sign_flip, random_walk_encoding
 from ..relations import Documents, EdgeBias, EdgePathBias, GraphAdjacency, ShortestPathBias
 from ..relations.graph import dense_shortest_path_edges, dense_shortest_paths, edge_id_matrix, node_layout
 from .registry import builds, register_model
@@ -168,8 +168,8 @@ class GINE(nn.Module):
     def __init__(self, dim: int, mlp: nn.Module | None = None, edge_dim: int | None = None, eps: float = 0.0,
                  train_eps: bool = False) -> None:
         super().__init__()
-        self.mlp = mlp if mlp is not None else nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
-        self.lin = nn.Linear(edge_dim, dim) if edge_dim is not None else None
+        self.mlp = mlp if mlp is not None else nn.Sequential(Linear(dim, dim), nn.ReLU(), Linear(dim, dim))
+        self.lin = Linear(edge_dim, dim) if edge_dim is not None else None
         eps_t = torch.tensor([float(eps)])
         if train_eps:
             self.eps = nn.Parameter(eps_t)
@@ -269,16 +269,16 @@ class GraphTransformerLayer(nn.Module):
         if attention not in ("sparse", "dense"):
             raise ValueError(f"attention must be 'sparse' or 'dense', got {attention!r}")
         self.num_heads, self.attention, self.backend, self.row_len = num_heads, attention, backend, int(row_len)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)  # [Q; K; V]
-        self.out_h = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)  # [Q; K; V]
+        self.out_h = Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
         self.norm1_h, self.norm2_h = _norm(norm, dim), _norm(norm, dim)
         self.ffn_h = MLP(dim, 2 * dim, act=nn.ReLU, dropout=dropout)
         self.edge_proj = self.out_e = self.norm1_e = self.norm2_e = self.ffn_e = None
         if edge_features:
-            self.edge_proj = nn.Linear(dim, dim, bias=qkv_bias)
+            self.edge_proj = Linear(dim, dim, bias=qkv_bias)
         if edge_features and update_edges:
-            self.out_e = nn.Linear(dim, dim)
+            self.out_e = Linear(dim, dim)
             self.norm1_e, self.norm2_e = _norm(norm, dim), _norm(norm, dim)
             self.ffn_e = MLP(dim, 2 * dim, act=nn.ReLU, dropout=dropout)
         self.edge_bias = EdgeBias(num_heads)  # the dense form's gating term
@@ -327,7 +327,7 @@ class FeatureEncoder(nn.Module):
             self.embed = nn.Embedding(self.num_types * self.in_dim, dim)
             self.register_buffer("offsets", torch.arange(self.in_dim) * self.num_types, persistent=False)
         else:
-            self.linear = nn.Linear(self.in_dim, dim)
+            self.linear = Linear(self.in_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         cols = x.view(-1, 1) if x.dim() == 1 else x
@@ -508,8 +508,8 @@ class _GraphModel(nn.Module):
         self.node_encoder = FeatureEncoder(c.dim, c.node_types, c.node_in_dim, "x")
         self.edge_encoder = (FeatureEncoder(edge_width or c.dim, c.edge_types, c.edge_in_dim, "edge_attr", "edge_types")
                              if c.edge_in_dim else None)
-        self.lap = nn.Linear(c.lap_k, c.dim) if c.lap_k else None
-        self.rwse = nn.Linear(c.rwse_k, c.dim) if c.rwse_k else None
+        self.lap = Linear(c.lap_k, c.dim) if c.lap_k else None
+        self.rwse = Linear(c.rwse_k, c.dim) if c.rwse_k else None
         self.head = MLP(c.dim, c.dim, out=c.num_outputs, act=nn.ReLU)
 
     def _encoding(self, graph: GraphBatch, name: str, k: int) -> Tensor:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..attention import Relation
 from ..data import Packed, Rows
-from ..nn import MLP, Encoder, RotaryEmbedding
+from ..nn import MLP, Encoder, Linear, RotaryEmbedding
 from ..relations import ALiBi, Causal, T5Bias
 from .registry import builds, register_model
 
@@ -245,7 +245,7 @@ class TextEncoder(nn.Module):
         self.embeddings = TextEmbeddings(c)
         self.encoder = _layers(c)
         self.rel_bias = _relative_bias(c)
-        self.pooler = nn.Linear(c.dim, c.dim) if c.pooler else None
+        self.pooler = Linear(c.dim, c.dim) if c.pooler else None
         self.apply(_init_weights)
 
     def layout(self, packed: Packed, positions: Tensor, row_len: int | None = None) -> TextLayout:
@@ -549,7 +549,7 @@ class CausalLM(nn.Module):
         self.config = c = config
         self.embeddings = TextEmbeddings(c)
         self.encoder = _layers(c)
-        self.lm_head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.lm_head = Linear(c.dim, c.vocab_size, bias=False)
         self.apply(_init_weights)
         if c.tie_embeddings:
             self.lm_head.weight = self.embeddings.word.weight

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import Relation
-from ..nn import MLP, Attention, DropPath, Encoder, RotaryEmbedding2D, grid_positions
+from ..nn import MLP, Attention, DropPath, Encoder, Linear, RotaryEmbedding2D, grid_positions
 from ..relations import GridRelativeBias, ShiftedWindowRegions
 from .registry import builds, register_model
 
@@ -202,8 +202,8 @@ class ViT(_Classifier):
         self.rel_bias = nn.ModuleList(
             GridRelativeBias(c.num_heads, c.grid_size, c.grid_size, self.num_prefix_tokens) for _ in range(c.depth)
         ) if c.rel_pos_bias else None
-        self.pooler = nn.Linear(c.dim, c.dim) if c.pooler else None
-        self.head = nn.Linear(c.dim, c.num_classes) if c.num_classes > 0 else None
+        self.pooler = Linear(c.dim, c.dim) if c.pooler else None
+        self.head = Linear(c.dim, c.num_classes) if c.num_classes > 0 else None
         self.apply(_init_weights)
         for p in (self.cls_token, self.pos_embed):
             if p is not None:
@@ -392,7 +392,7 @@ class PatchMerging(nn.Module):
     def __init__(self, dim: int, norm_eps: float = 1e-5) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(4 * dim, eps=norm_eps)
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
 
     def forward(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         B, _, C = x.shape
@@ -525,7 +525,7 @@ class Swin(_Classifier):
             start += depth
         self.stages = nn.ModuleList(stages)
         self.norm = nn.LayerNorm(c.num_features, eps=c.norm_eps)
-        self.head = nn.Linear(c.num_features, c.num_classes) if c.num_classes > 0 else None
+        self.head = Linear(c.num_features, c.num_classes) if c.num_classes > 0 else None
         self.apply(_init_weights)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -1,6 +1,7 @@
 """relformer.nn: norms, MLPs, positional encodings, attention blocks and layer stacks."""
 from .blocks import LAYER_TYPES, Attention, Block, CrossBlock, Decoder, DropPath, Encoder, LayerScale
 from .convert import NORMS, PreNormTransformer, to_pre_crmsnorm, to_pre_rmsnorm
+from .gemm import Linear, linear, set_linear_kernel
 from .mlp import MLP, SwiGLU
 from .norms import CRMSNorm, LayerNorm, RMSNorm, TokenBatchNorm, UnifiedNorm
 from .posenc import (LearnedPositions, RotaryEmbedding, RotaryEmbedding2D, grid_positions, laplacian_eigenvectors,
@@ -8,6 +9,7 @@ from .posenc import (LearnedPositions, RotaryEmbedding, RotaryEmbedding2D, grid_
 
 __all__ = [
     "LayerNorm", "RMSNorm", "CRMSNorm", "TokenBatchNorm", "UnifiedNorm",
+    "Linear", "linear", "set_linear_kernel",
     "MLP", "SwiGLU",
     "sinusoidal_encoding", "LearnedPositions", "RotaryEmbedding", "RotaryEmbedding2D", "grid_positions",
     "laplacian_eigenvectors", "random_sign_flip", "random_walk_encoding",

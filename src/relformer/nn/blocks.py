@@ -16,11 +16,11 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..attention import Relation, attend
 from ..attention.backends import attention_probs
+from .gemm import Linear, linear
 from .mlp import MLP
 
 __all__ = ["Attention", "Block", "CrossBlock", "Encoder", "Decoder", "DropPath", "LayerScale", "LAYER_TYPES"]
@@ -64,12 +64,12 @@ class Attention(nn.Module):
         self.backend, self.attn_dropout, self.cross = backend, float(attn_dropout), bool(cross)
         q_dim, kv_dim = num_heads * head_dim, num_kv_heads * head_dim
         if cross:
-            self.q = nn.Linear(dim, q_dim, bias=qkv_bias)
-            self.kv = nn.Linear(dim if context_dim is None else context_dim, 2 * kv_dim, bias=qkv_bias)
+            self.q = Linear(dim, q_dim, bias=qkv_bias)
+            self.kv = Linear(dim if context_dim is None else context_dim, 2 * kv_dim, bias=qkv_bias)
         else:
-            self.qkv = nn.Linear(dim, q_dim + 2 * kv_dim, bias=qkv_bias)
+            self.qkv = Linear(dim, q_dim + 2 * kv_dim, bias=qkv_bias)
         self.rope = rope
-        self.proj = nn.Linear(q_dim, dim, bias=proj_bias)
+        self.proj = Linear(q_dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_dropout)
 
     def _heads(self, x: Tensor, heads: int) -> Tensor:
@@ -90,14 +90,14 @@ class Attention(nn.Module):
             else:  # keys see the positions, values do not
                 w_k, w_v = self.kv.weight.split(kv_dim)
                 b_k, b_v = self.kv.bias.split(kv_dim) if self.kv.bias is not None else (None, None)
-                k, v = F.linear(context + context_pos, w_k, b_k), F.linear(context, w_v, b_v)
+                k, v = linear(context + context_pos, w_k, b_k), linear(context, w_v, b_v)
             return q, k, v
         if context is not None or context_pos is not None:
             raise ValueError("this Attention is a self-attention (cross=False): it takes no context")
         w_qk, w_v = self.qkv.weight.split((q_dim + kv_dim, kv_dim))
         b_qk, b_v = self.qkv.bias.split((q_dim + kv_dim, kv_dim)) if self.qkv.bias is not None else (None, None)
-        q, k = F.linear(x + pos, w_qk, b_qk).split((q_dim, kv_dim), dim=-1)
-        return q, k, F.linear(x, w_v, b_v)
+        q, k = linear(x + pos, w_qk, b_qk).split((q_dim, kv_dim), dim=-1)
+        return q, k, linear(x, w_v, b_v)
 
     def _qkv(self, x, context, positions, context_positions, pos, context_pos,
              rows=None) -> tuple[Tensor, Tensor, Tensor]:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..attention import Relation
 from .blocks import Block
+from .gemm import Linear
 from .mlp import MLP
 from .norms import CRMSNorm, RMSNorm
 from .posenc import LearnedPositions
@@ -68,14 +69,14 @@ class PreNormTransformer(nn.Module):
                          mlp_layer=mlp_layer, eps=eps, backend=backend)
         self.norm_kind, self.dim, self.eps, self.norm_affine = norm, dim, eps, norm_affine
         width = dim - 1 if norm == "crmsnorm" else dim  # residual-stream channels
-        self.embed = nn.Embedding(vocab_or_in_dim, width) if tokens else nn.Linear(vocab_or_in_dim, width)
+        self.embed = nn.Embedding(vocab_or_in_dim, width) if tokens else Linear(vocab_or_in_dim, width)
         self.pos = LearnedPositions(max_len, width) if max_len is not None else None
         self.blocks = nn.ModuleList(
             Block(width, heads, norm_layer=self._norm, mlp_layer=mlp_layer, head_dim=dim // heads,
                   mlp_hidden=int(dim * mlp_ratio), backend=backend)
             for _ in range(depth))
         self.norm = self._norm(width)
-        self.head = nn.Linear(width, out_dim)
+        self.head = Linear(width, out_dim)
 
     def _norm(self, width: int) -> nn.Module:
         if self.norm_kind == "layernorm":

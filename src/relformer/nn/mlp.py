@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .gemm import Linear
+
 __all__ = ["MLP", "SwiGLU"]
 
 
@@ -23,9 +25,9 @@ class MLP(nn.Module):
                  dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
         out = dim if out is None else out
-        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc1 = Linear(dim, hidden, bias=bias)
         self.act = act()
-        self.fc2 = nn.Linear(hidden, out, bias=bias)
+        self.fc2 = Linear(hidden, out, bias=bias)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -50,8 +52,8 @@ class SwiGLU(nn.Module):
         super().__init__()
         out = dim if out is None else out
         self.hidden = int(hidden)
-        self.fc1 = nn.Linear(dim, 2 * hidden, bias=bias)
-        self.fc2 = nn.Linear(hidden, out, bias=bias)
+        self.fc1 = Linear(dim, 2 * hidden, bias=bias)
+        self.fc2 = Linear(hidden, out, bias=bias)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,0 +1,101 @@
+"""Linear layers on the faster of PyTorch's two CPU GEMMs.
+
+PyTorch's fp32 ``F.linear`` on CPU calls the BLAS it was built with (MKL's sgemm in the x86
+wheels). The same wheels carry oneDNN, whose matmul ``torch.compile``'s CPU backend emits for
+linear layers (``torch.ops.mkldnn._linear_pointwise``). On the AMD EPYC (AVX-512) this project is
+measured on, oneDNN runs the projections of ViT/Swin at 2-2.5x MKL's rate
+(``bench/linear.py`` -> ``bench/results/linear.md``), so :func:`linear` sends large fp32 CPU
+products there; everything else (other devices and dtypes, autocast, ``torch.compile``, products
+under :data:`MIN_MACS`, where a oneDNN call's fixed cost dominates) stays on ``F.linear``.
+
+Training: the forward and the input gradient run on oneDNN, the weight gradient
+``dW = dY^T X`` (a reduction over the tokens) on ``torch.mm``.
+
+``RELFORMER_LINEAR=torch`` in the environment, or :func:`set_linear_kernel("torch")`, turns the
+oneDNN path off (``"onednn"`` allows it on any platform, ``"auto"``, the default, on x86-64).
+"""
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Linear", "linear", "set_linear_kernel", "linear_kernel", "LINEAR_KERNELS"]
+
+LINEAR_KERNELS = ("auto", "torch", "onednn")
+MIN_MACS = 1 << 22  # below ~4M multiply-adds a oneDNN call's fixed ~20 us is not won back
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+_kernel = "auto"
+
+
+def set_linear_kernel(name: str) -> None:
+    """Choose the CPU GEMM of :func:`linear`: ``"auto"`` (oneDNN on x86-64), ``"onednn"``, ``"torch"``."""
+    global _kernel
+    if name not in LINEAR_KERNELS:
+        raise ValueError(f"unknown linear kernel {name!r}; expected one of {LINEAR_KERNELS}")
+    _kernel = name
+
+
+def linear_kernel() -> str:
+    return _kernel
+
+
+set_linear_kernel(os.environ.get("RELFORMER_LINEAR", "auto"))
+
+
+def _onednn(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+def _use_onednn(x: Tensor, w: Tensor) -> bool:
+    if _kernel == "torch" or (_kernel == "auto" and not _X86):
+        return False
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+            and x.numel() * w.shape[0] >= MIN_MACS and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``y = x W^T + b`` on oneDNN; backward: ``dX = dY W`` on oneDNN, ``dW = dY^T X``, ``db = sum dY``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _onednn(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        grad2 = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn(grad2, weight.t().contiguous(), None).view(x.shape)
+        if ctx.needs_input_grad[1]:
+            grad_w = grad2.t().mm(x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad2.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, ``(..., in) -> (..., out)``, on oneDNN where that is faster (module doc)."""
+    if not _use_onednn(x, weight):
+        return F.linear(x, weight, bias)
+    weight = weight.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _OneDNNLinear.apply(x, weight, bias)
+    return _onednn(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, state dict and init) whose forward is :func:`linear`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
