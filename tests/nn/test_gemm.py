@@ -42,10 +42,10 @@ def _big(*lead, k=96):
 @needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("layout", ["2d", "3d", "4d", "transposed"])
-def test_forward_backward_equal_f_linear(calls, bias, layout):
-    k, n = 96, 288
-    x = {"2d": lambda: _big(2048), "3d": lambda: _big(4, 512), "4d": lambda: _big(2, 4, 256),
-         "transposed": lambda: _big(512, 4).transpose(0, 1)}[layout]()  # non-contiguous (4, 512, k)
+@pytest.mark.parametrize("k, n", [(96, 288), (96, 384), (384, 96)])  # weight grad: torch.mm, oneDNN both ways
+def test_forward_backward_equal_f_linear(calls, bias, layout, k, n):
+    x = {"2d": lambda: _big(2048, k=k), "3d": lambda: _big(4, 512, k=k), "4d": lambda: _big(2, 4, 256, k=k),
+         "transposed": lambda: _big(512, 4, k=k).transpose(0, 1)}[layout]()  # non-contiguous (4, 512, k)
     w = torch.randn(n, k) * k ** -0.5
     b = torch.randn(n) if bias else None
     x_ref, w_ref = x.clone().requires_grad_(), w.clone().requires_grad_()
@@ -61,7 +61,8 @@ def test_forward_backward_equal_f_linear(calls, bias, layout):
     _close(w.grad, w_ref.grad)
     if bias:
         _close(b.grad, b_ref.grad)
-    assert len(calls) == 2  # forward and input gradient ran on oneDNN
+    wide = max(k, n) >= linear_mod.WIDE_WEIGHT_GRAD
+    assert len(calls) == (3 if wide else 2)  # forward, input gradient (and weight gradient) ran on oneDNN
 
 
 @needs_onednn

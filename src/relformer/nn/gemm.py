@@ -8,8 +8,9 @@ measured on, oneDNN runs the projections of ViT/Swin at 2-2.5x MKL's rate
 products there; everything else (other devices and dtypes, autocast, ``torch.compile``, products
 under :data:`MIN_MACS`, where a oneDNN call's fixed cost dominates) stays on ``F.linear``.
 
-Training: the forward and the input gradient run on oneDNN, the weight gradient
-``dW = dY^T X`` (a reduction over the tokens) on ``torch.mm``.
+Training: the forward and the input gradient run on oneDNN; the weight gradient
+``dW = dY^T X`` (a reduction over the tokens) too when the layer is at least
+:data:`WIDE_WEIGHT_GRAD` wide, else on ``torch.mm``.
 
 ``RELFORMER_LINEAR=torch`` in the environment, or :func:`set_linear_kernel("torch")`, turns the
 oneDNN path off (``"onednn"`` allows it on any platform, ``"auto"``, the default, on x86-64).
@@ -27,6 +28,7 @@ __all__ = ["Linear", "linear", "set_linear_kernel", "linear_kernel", "LINEAR_KER
 
 LINEAR_KERNELS = ("auto", "torch", "onednn")
 MIN_MACS = 1 << 22  # below ~4M multiply-adds a oneDNN call's fixed ~20 us is not won back
+WIDE_WEIGHT_GRAD = 384  # weight gradients of layers this wide (in or out) are faster on oneDNN
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
 _kernel = "auto"
 
@@ -59,8 +61,21 @@ def _use_onednn(x: Tensor, w: Tensor) -> bool:
             and not torch.compiler.is_compiling())
 
 
+def _weight_grad(grad: Tensor, x: Tensor) -> Tensor:
+    """``dW = grad^T x``, ``(N, out), (N, in) -> (out, in)``: on oneDNN when the wider side is at least
+    :data:`WIDE_WEIGHT_GRAD`, given to it as oneDNN's output columns (the faster orientation), else
+    on ``torch.mm`` (faster for narrow layers). Both read the transposed views in place."""
+    out_features, in_features = grad.shape[1], x.shape[1]
+    if max(out_features, in_features) < WIDE_WEIGHT_GRAD:
+        return grad.t().mm(x)
+    if in_features >= out_features:
+        return _onednn(grad.t(), x.t(), None)
+    return _onednn(x.t(), grad.t(), None).t()
+
+
 class _OneDNNLinear(torch.autograd.Function):
-    """``y = x W^T + b`` on oneDNN; backward: ``dX = dY W`` on oneDNN, ``dW = dY^T X``, ``db = sum dY``."""
+    """``y = x W^T + b`` on oneDNN; backward: ``dX = dY W`` on oneDNN, ``dW = dY^T X`` (:func:`_weight_grad`),
+    ``db = sum dY``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -77,7 +92,7 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _onednn(grad2, weight.t().contiguous(), None).view(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_w = grad2.t().mm(x.reshape(-1, x.shape[-1]))
+            grad_w = _weight_grad(grad2, x.reshape(-1, x.shape[-1]))
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad2.sum(0)
         return grad_x, grad_w, grad_b
