@@ -131,3 +131,17 @@ def test_environment_turns_it_off():
     out = subprocess.run([sys.executable, "-c", "from relformer.nn.gemm import linear_kernel; print(linear_kernel())"],
                          env={"RELFORMER_LINEAR": "torch", "PATH": ""}, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "torch"
+
+
+@needs_onednn
+def test_double_backward_is_refused_not_wrong(calls):
+    """The oneDNN path is once-differentiable: create_graph through it raises instead of giving a wrong
+    second derivative; the ``torch`` kernel gives the second derivative."""
+    x, w = _big(2048).requires_grad_(), torch.randn(288, 96, requires_grad=True)
+    (gx,) = torch.autograd.grad(linear(x, w).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        gx.sum().backward()
+    set_linear_kernel("torch")
+    (gx,) = torch.autograd.grad(linear(x, w).square().sum(), x, create_graph=True)
+    gx.sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()

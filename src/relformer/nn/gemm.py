@@ -12,6 +12,9 @@ Training: the forward and the input gradient run on oneDNN; the weight gradient
 ``dW = dY^T X`` (a reduction over the tokens) too when the layer is at least
 :data:`WIDE_WEIGHT_GRAD` wide, else on ``torch.mm``.
 
+The oneDNN path has no double backward (``create_graph=True`` through it raises); gradient
+penalties and other higher-order uses need ``set_linear_kernel("torch")``.
+
 ``RELFORMER_LINEAR=torch`` in the environment, or :func:`set_linear_kernel("torch")`, turns the
 oneDNN path off (``"onednn"`` allows it on any platform, ``"auto"``, the default, on x86-64).
 """
