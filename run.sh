@@ -56,7 +56,7 @@ case "$cmd" in
 
 Report: $out/report.md (metrics.csv, plots/, tb/ and checkpoints/ beside it).
 That was a 3-epoch schedule of the vit-fashion-mnist recipe (about 3.5 minutes on 2 cores).
-The full recipe (12 epochs, about 12 minutes on 2 cores; results in bench/results/vision.md):
+The full recipe (12 epochs, about 11 minutes on 2 cores; results in bench/results/vision.md):
   $VENV/bin/relformer train vit-fashion-mnist
 the Swin recipe:
   $VENV/bin/relformer train swin-fashion-mnist
