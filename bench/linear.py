@@ -19,6 +19,7 @@ import datetime
 import json
 import platform
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -137,7 +138,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "linear.md")
     args = ap.parse_args(argv)
-    args.argv = argv if argv is not None else __import__("sys").argv[1:]
+    args.argv = argv if argv is not None else sys.argv[1:]
     args.reps = args.reps or (3 if args.quick else 15)
     gemm.set_linear_kernel("onednn")  # measure the kernel itself, whatever platform "auto" would pick
     write_report(run(args), args)

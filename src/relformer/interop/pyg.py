@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..models.graph import GINE, GPSLayer
+from ..nn import Linear
 
 __all__ = ["from_pyg", "to_pyg"]
 
@@ -31,9 +32,10 @@ def _require(ok: bool, what: str) -> None:
         raise NotImplementedError(f"from_pyg: {what}")
 
 
-def _linear(src: nn.Module) -> nn.Linear:
-    """A torch ``nn.Linear`` with the weights of a torch or PyG ``Linear``."""
-    out = nn.Linear(src.in_channels if hasattr(src, "in_channels") else src.in_features,
+def _linear(src: nn.Module) -> Linear:
+    """A relformer :class:`~relformer.nn.Linear` (what :class:`GINE` builds itself) with the weights of a
+    torch or PyG ``Linear``."""
+    out = Linear(src.in_channels if hasattr(src, "in_channels") else src.in_features,
                     src.out_channels if hasattr(src, "out_channels") else src.out_features,
                     bias=src.bias is not None)
     out.load_state_dict(src.state_dict())

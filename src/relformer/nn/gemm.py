@@ -33,6 +33,7 @@ LINEAR_KERNELS = ("auto", "torch", "onednn")
 MIN_MACS = 1 << 22  # below ~4M multiply-adds a oneDNN call's fixed ~20 us is not won back
 WIDE_WEIGHT_GRAD = 384  # weight gradients of layers this wide (in or out) are faster on oneDNN
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
+_ONEDNN_BUILT = torch.backends.mkldnn.is_available()  # a property of the build: checked once
 _kernel = "auto"
 
 
@@ -59,9 +60,8 @@ def _use_onednn(x: Tensor, w: Tensor) -> bool:
     if _kernel == "torch" or (_kernel == "auto" and not _X86):
         return False
     return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and x.numel() * w.shape[0] >= MIN_MACS and torch.backends.mkldnn.is_available()
-            and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling())
+            and x.numel() * w.shape[0] >= MIN_MACS and _ONEDNN_BUILT and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
 def _weight_grad(grad: Tensor, x: Tensor) -> Tensor:
