@@ -1,10 +1,10 @@
-"""relformer's ``linear`` (oneDNN) vs torch's ``F.linear`` (MKL sgemm) on the layers of ViT-T and Swin-T.
+"""relformer's ``linear`` (oneDNN) vs torch's ``F.linear`` (MKL sgemm) on the layers of the vision models.
 
     python bench/linear.py                  # -> bench/results/linear.md (+ linear.jsonl)
     python bench/linear.py --quick --out /tmp/linear.md
 
 Shapes are the projections of the vision models at batch 64 (``tokens x in -> out``: Swin-T
-stage 1 and 3, its patch merging, ViT-T's block) plus small products on both sides of
+stage 1 and 3, its patch merging, ViT-T's block, the 28x28 models' layers) plus small products on both sides of
 ``MIN_MACS``, where :func:`relformer.nn.linear` switches kernels. Passes: ``forward`` under
 ``inference_mode``; ``train`` = forward + backward of ``(y * g).sum()`` with input and weight
 gradients. The two peers alternate within each repetition (order rotating); the report gives
@@ -41,9 +41,15 @@ SHAPES = [
     ("Swin-T stage 3 proj", 12544, 384, 384),
     ("Swin-T stage 3 fc1", 12544, 384, 1536),
     ("Swin-T stage 3 fc2", 12544, 1536, 384),
+    ("ViT-T proj", 12608, 192, 192),
     ("ViT-T qkv", 12608, 192, 576),
     ("ViT-T fc1", 12608, 192, 768),
     ("ViT-T fc2", 12608, 768, 192),
+    ("Swin-micro stage 1 qkv", 12544, 48, 144),
+    ("Swin-micro stage 1 fc1", 12544, 48, 96),
+    ("Swin-micro stage 2 qkv", 3136, 96, 288),
+    ("Swin-micro stage 2 fc2", 3136, 192, 96),
+    ("ViT-micro fc1", 3200, 64, 128),
     ("small, 2x MIN_MACS", 2048, 64, 64),
     ("small, 1/2 MIN_MACS", 512, 64, 64),
     ("head", 64, 768, 10),
@@ -71,7 +77,8 @@ def make_steps(tokens: int, k: int, n: int, mode: str, g: torch.Generator):
         grad = torch.randn(tokens, n, generator=g)
 
         def step(fn):
-            return [fn(x, w, b).detach(), *torch.autograd.grad(fn(x, w, b), (x, w, b), grad)]
+            y = fn(x, w, b)
+            return [y.detach(), *torch.autograd.grad(y, (x, w, b), grad)]
     ref, ours = step(fns["torch"]), step(fns["relformer"])
     err = max(_rel_err(o, r) for o, r in zip(ours, ref))
     del ref, ours
@@ -114,7 +121,8 @@ def write_report(rows: list[dict], args) -> None:
         f"{args.reps} interleaved repetitions after {args.warmup} warm-ups. `paired` = per-repetition "
         "ratio torch time / relformer time, median [95% bootstrap interval] (> 1: relformer faster). "
         f"`path`: relformer's kernel (oneDNN at or above `MIN_MACS` = {gemm.MIN_MACS:,} multiply-adds; "
-        f"the weight gradient on oneDNN when in or out >= {gemm.WIDE_WEIGHT_GRAD}).",
+        f"the weight gradient on oneDNN when in or out >= {gemm.WIDE_WEIGHT_GRAD}, summed over slices of at most "
+        f"{gemm.WEIGHT_GRAD_ROWS} tokens).",
         "",
         "| layer | tokens x in -> out | pass | path | torch GFLOP/s | relformer GFLOP/s | paired [95% CI] | max rel err |",
         "|---|---|---|---|---|---|---|---|",

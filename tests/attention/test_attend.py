@@ -47,7 +47,7 @@ def test_fully_masked_rows_are_zero_with_zero_grads(backend, with_bias):
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_eager_without_autograd_equals_eager_with_it(with_bias, mode):
-    """Without a graph, eager scales, biases, masks and softmaxes its score tensor in place: the
+    """Without a graph, eager scales, biases and masks its score tensor in place: the
     same output as the recorded path (dead rows zero), and q, k, v and the relation untouched."""
     H, Lq, Lk = 2, 10, 7
     rel = _dead_rows_relation(H, Lq, Lk, with_bias)

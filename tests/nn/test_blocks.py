@@ -110,6 +110,20 @@ def test_grouped_query_attention_equals_mha_with_repeated_kv_weights():
         Attention(DIM, HEADS, num_kv_heads=3)
 
 
+@pytest.mark.parametrize("used", [(0, 1, 2), (1, 2)])
+def test_split_heads_backward_is_the_split_transpose_backward(used):
+    """The fused projection's head views write their gradients into one buffer (no cat): first and
+    second derivatives equal the finite-difference ones, also with a head view left unused (zero)."""
+    from relformer.nn.blocks import _SplitHeads
+
+    qkv = torch.randn(2, 3, (2 + 2 * 1) * 4, dtype=torch.float64, requires_grad=True)
+    fn = lambda t: tuple(_SplitHeads.apply(t, 2, 1, 4)[i] for i in used)
+    assert torch.autograd.gradcheck(fn, (qkv,)) and torch.autograd.gradgradcheck(fn, (qkv,))
+    q, k, v = _SplitHeads.apply(qkv, 2, 1, 4)
+    assert q.shape == (2, 2, 3, 4) and k.shape == v.shape == (2, 1, 3, 4)
+    assert torch.equal(v, qkv[..., 12:].view(2, 3, 1, 4).transpose(1, 2))
+
+
 def test_detr_positions_go_to_queries_and_keys_only():
     attn = Attention(DIM, HEADS)
     mha = nn.MultiheadAttention(DIM, HEADS, batch_first=True)

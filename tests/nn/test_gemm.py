@@ -41,11 +41,12 @@ def _big(*lead, k=96):
 
 @needs_onednn
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("layout", ["2d", "3d", "4d", "transposed"])
-@pytest.mark.parametrize("k, n", [(96, 288), (96, 384), (384, 96)])  # weight grad: torch.mm, oneDNN both ways
+@pytest.mark.parametrize("layout", ["2d", "3d", "4d", "transposed", "long"])
+@pytest.mark.parametrize("k, n", [(96, 96), (96, 288), (384, 96)])  # weight grad: torch.mm, oneDNN both ways
 def test_forward_backward_equal_f_linear(calls, bias, layout, k, n):
     x = {"2d": lambda: _big(2048, k=k), "3d": lambda: _big(4, 512, k=k), "4d": lambda: _big(2, 4, 256, k=k),
-         "transposed": lambda: _big(512, 4, k=k).transpose(0, 1)}[layout]()  # non-contiguous (4, 512, k)
+         "transposed": lambda: _big(512, 4, k=k).transpose(0, 1),  # non-contiguous (4, 512, k)
+         "long": lambda: _big(3, 3001, k=k)}[layout]()  # 9003 tokens: the weight gradient sums 3 slices
     w = torch.randn(n, k) * k ** -0.5
     b = torch.randn(n) if bias else None
     x_ref, w_ref = x.clone().requires_grad_(), w.clone().requires_grad_()
@@ -61,8 +62,10 @@ def test_forward_backward_equal_f_linear(calls, bias, layout, k, n):
     _close(w.grad, w_ref.grad)
     if bias:
         _close(b.grad, b_ref.grad)
-    wide = max(k, n) >= linear_mod.WIDE_WEIGHT_GRAD
-    assert len(calls) == (3 if wide else 2)  # forward, input gradient (and weight gradient) ran on oneDNN
+    tokens = x.numel() // k
+    slices = -(-tokens // linear_mod.WEIGHT_GRAD_ROWS) if max(k, n) >= linear_mod.WIDE_WEIGHT_GRAD else 0
+    assert slices == {(96, 96): 0, (96, 288): 1 + 2 * (layout == "long"), (384, 96): 1 + 2 * (layout == "long")}[k, n]
+    assert len(calls) == 2 + slices  # forward, input gradient (and each weight-gradient slice) ran on oneDNN
 
 
 @needs_onednn
@@ -80,7 +83,7 @@ def test_only_the_needed_gradient(calls, which):
         assert w.grad is None and len(calls) == 2
     else:
         _close(w.grad, ref_w.grad)
-        assert x.grad is None and len(calls) == 1  # no input-gradient product
+        assert x.grad is None and len(calls) == 2  # forward and weight gradient; no input-gradient product
 
 
 @needs_onednn

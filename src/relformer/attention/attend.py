@@ -45,7 +45,7 @@ CHUNKED_MIN_PAIRS = 128 * 128    # Lq*Lk below which chunked runs one 64x64-or-s
 EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (box MLP: 2.6x, Q=1024)
 SMALL_PAIRS = 64 * 64            # CPU at or below this Lq*Lk (and < CHUNKED_MIN_SCORES scores in all, unless
                                  # training a learnable bias): matmul + softmax beat SDPA's kernels, in training
-                                 # and (softmax in place) inference
+                                 # and inference
 SMALL_MIN_MATRICES = 64          # ... when there are many of them (B*H): with few (DETR-base's encoder, 4 x 8
                                  # heads of 64 x 64) the fused kernel was level or ahead in training
 

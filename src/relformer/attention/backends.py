@@ -35,16 +35,16 @@ def needs_grad(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None) -> tu
 def _softmax(scores: Tensor, dead: Tensor | None) -> Tensor:
     """fp32 softmax over the last dim of a score tensor this module owns (under autocast the
     matmul gives bf16/fp16 scores); ``dead`` rows (no key to attend, all ``-inf``) give zeros and
-    zero grads, not NaN. Without an autograd graph to keep the scores for, it is computed in
-    place: no second score-sized tensor."""
+    zero grads, not NaN. The softmax writes a new tensor even without autograd: with its output
+    aliasing its input, torch's CPU softmax runs at half the speed (0.49 vs 0.95 ms on 256 x 2 heads
+    of 49 x 49)."""
     scores = scores.float()
     if dead is not None:
         scores = scores.masked_fill_(dead, 0.0)
-    if scores.requires_grad:
-        probs = torch.softmax(scores, dim=-1)
-        return probs.masked_fill(dead, 0.0) if dead is not None else probs
-    probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)  # row by row: in place is exact
-    return probs.masked_fill_(dead, 0.0) if dead is not None else probs
+    probs = torch.softmax(scores, dim=-1)
+    if dead is None:
+        return probs
+    return probs.masked_fill(dead, 0.0) if probs.requires_grad else probs.masked_fill_(dead, 0.0)
 
 
 def _blocked(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tuple[Tensor, Tensor | None]:
@@ -73,10 +73,13 @@ def _score_parts(relation: Relation | None, B: int, H: int, Lq: int, Lk: int, de
 
 
 def _probs(q: Tensor, k: Tensor, parts: tuple, scale: float) -> Tensor:
-    """Softmax of ``q k^T * scale`` with ``parts`` (:func:`_score_parts`) applied in place on the
-    score tensor (the matmul backward does not read its output)."""
+    """Softmax of ``(q * scale) k^T`` with ``parts`` (:func:`_score_parts`) applied in place on the
+    score tensor (the matmul backward does not read its output). The scale goes on ``q``, not on
+    the scores: a pass over ``(B, H, Lq, D)`` instead of ``(B, H, Lq, Lk)`` forward and backward,
+    where it also stays clear of the near-zero (subnormal) score gradients of far-apart pairs,
+    which make an elementwise pass several times slower on x86."""
     bias, blocked, dead = parts
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)).mul_(scale)  # (B, H, Lq, Lk)
+    scores = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))  # (B, H, Lq, Lk)
     if bias is not None:
         scores = scores.add_(bias)
     if blocked is not None:
@@ -86,7 +89,7 @@ def _probs(q: Tensor, k: Tensor, parts: tuple, scale: float) -> Tensor:
 
 def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: float) -> Tensor:
     """fp32 attention probabilities ``(B, H, Lq, Lk)`` (after any ``prob_mod``), materialised.
-    Training holds two score-sized tensors (scores, probabilities), inference one."""
+    Training holds two score-sized tensors (scores, probabilities), inference two while the softmax runs."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     k = repeat_kv(k, H // k.shape[1])

@@ -10,7 +10,8 @@ under :data:`MIN_MACS`, where a oneDNN call's fixed cost dominates) stays on ``F
 
 Training: the forward and the input gradient run on oneDNN; the weight gradient
 ``dW = dY^T X`` (a reduction over the tokens) too when the layer is at least
-:data:`WIDE_WEIGHT_GRAD` wide, else on ``torch.mm``.
+:data:`WIDE_WEIGHT_GRAD` wide, in slices of at most :data:`WEIGHT_GRAD_ROWS` tokens summed
+(oneDNN reduces a long token axis at a fraction of its rate on a short one), else on ``torch.mm``.
 
 The oneDNN path has no double backward (``create_graph=True`` through it raises); gradient
 penalties and other higher-order uses need ``set_linear_kernel("torch")``.
@@ -31,7 +32,8 @@ __all__ = ["Linear", "linear", "set_linear_kernel", "linear_kernel", "LINEAR_KER
 
 LINEAR_KERNELS = ("auto", "torch", "onednn")
 MIN_MACS = 1 << 22  # below ~4M multiply-adds a oneDNN call's fixed ~20 us is not won back
-WIDE_WEIGHT_GRAD = 384  # weight gradients of layers this wide (in or out) are faster on oneDNN
+WIDE_WEIGHT_GRAD = 128  # weight gradients of layers this wide (in or out) are faster on oneDNN
+WEIGHT_GRAD_ROWS = 4096  # ... when its reduction over the tokens is cut into slices of at most this many
 _X86 = platform.machine().lower() in ("x86_64", "amd64")
 _ONEDNN_BUILT = torch.backends.mkldnn.is_available()  # a property of the build: checked once
 _kernel = "auto"
@@ -66,12 +68,24 @@ def _use_onednn(x: Tensor, w: Tensor) -> bool:
 
 def _weight_grad(grad: Tensor, x: Tensor) -> Tensor:
     """``dW = grad^T x``, ``(N, out), (N, in) -> (out, in)``: on oneDNN when the wider side is at least
-    :data:`WIDE_WEIGHT_GRAD`, given to it as oneDNN's output columns (the faster orientation), else
-    on ``torch.mm`` (faster for narrow layers). Both read the transposed views in place."""
+    :data:`WIDE_WEIGHT_GRAD`, as a sum over equal slices of at most :data:`WEIGHT_GRAD_ROWS` tokens,
+    else on ``torch.mm`` (faster for narrow layers). Every product reads transposed views in place."""
     out_features, in_features = grad.shape[1], x.shape[1]
     if max(out_features, in_features) < WIDE_WEIGHT_GRAD:
         return grad.t().mm(x)
-    if in_features >= out_features:
+    tokens = grad.shape[0]
+    step = -(-tokens // -(-tokens // WEIGHT_GRAD_ROWS))  # ceil(tokens / number of slices)
+    total = None
+    for start in range(0, tokens, step):
+        part = _wide_first_product(grad[start:start + step], x[start:start + step])
+        total = part if total is None else total.add_(part)
+    return total
+
+
+def _wide_first_product(grad: Tensor, x: Tensor) -> Tensor:
+    """``grad^T x`` on oneDNN with the wider of ``in``/``out`` as its output columns (the faster
+    orientation measured)."""
+    if x.shape[1] >= grad.shape[1]:
         return _onednn(grad.t(), x.t(), None)
     return _onednn(x.t(), grad.t(), None).t()
 
