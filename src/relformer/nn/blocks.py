@@ -26,6 +26,12 @@ from .mlp import MLP
 __all__ = ["Attention", "Block", "CrossBlock", "Encoder", "Decoder", "DropPath", "LayerScale", "LAYER_TYPES"]
 
 
+def _to_heads(x: Tensor, heads: int, head_dim: int) -> Tensor:
+    """``(B, L, heads * head_dim) -> (B, heads, L, head_dim)``, a view."""
+    B, L, _ = x.shape
+    return x.view(B, L, heads, head_dim).transpose(1, 2)
+
+
 class _SplitHeads(torch.autograd.Function):
     """A fused projection ``(B, L, (H + 2 Hkv) D)`` as head views q ``(B, H, L, D)``, k and v ``(B, Hkv, L, D)``.
 
@@ -36,10 +42,9 @@ class _SplitHeads(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv: Tensor, heads: int, kv_heads: int, head_dim: int):
-        B, L, _ = qkv.shape
         ctx.widths = (heads, kv_heads, kv_heads)
         parts = qkv.split(tuple(h * head_dim for h in ctx.widths), dim=-1)
-        return tuple(t.view(B, L, h, head_dim).transpose(1, 2) for t, h in zip(parts, ctx.widths))
+        return tuple(_to_heads(t, h, head_dim) for t, h in zip(parts, ctx.widths))
 
     @staticmethod
     def backward(ctx, *grads: Tensor | None):
@@ -100,9 +105,6 @@ class Attention(nn.Module):
         self.proj = Linear(q_dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_dropout)
 
-    def _heads(self, x: Tensor, heads: int) -> Tensor:
-        B, L, _ = x.shape
-        return x.view(B, L, heads, self.head_dim).transpose(1, 2)  # (B, heads, L, D)
 
     def _project(self, x: Tensor, context: Tensor | None, pos: Tensor | None,
                  context_pos: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,9 +143,9 @@ class Attention(nn.Module):
             q, k, v = self._project(x, context, pos, context_pos)
             if rows is not None:
                 q, k, v = rows.gather(q), rows.gather(k), rows.gather(v)
-            q = self._heads(q, self.num_heads)      # (B, H, Lq, D)
-            k = self._heads(k, self.num_kv_heads)   # (B, Hkv, Lk, D)
-            v = self._heads(v, self.num_kv_heads)   # (B, Hkv, Lk, D)
+            q = _to_heads(q, self.num_heads, self.head_dim)      # (B, H, Lq, D)
+            k = _to_heads(k, self.num_kv_heads, self.head_dim)   # (B, Hkv, Lk, D)
+            v = _to_heads(v, self.num_kv_heads, self.head_dim)   # (B, Hkv, Lk, D)
         if self.rope is not None:
             q = self.rope(q, positions)
             k = self.rope(k, context_positions if self.cross else positions)

@@ -3,8 +3,8 @@
 PyTorch's fp32 ``F.linear`` on CPU calls the BLAS it was built with (MKL's sgemm in the x86
 wheels). The same wheels carry oneDNN, whose matmul ``torch.compile``'s CPU backend emits for
 linear layers (``torch.ops.mkldnn._linear_pointwise``). On the AMD EPYC (AVX-512) this project is
-measured on, oneDNN runs the projections of ViT/Swin at 2-2.5x MKL's rate
-(``bench/linear.py`` -> ``bench/results/linear.md``), so :func:`linear` sends large fp32 CPU
+measured on, oneDNN runs the projections of ViT/Swin at 1.3-2.3x MKL's rate forward (1.1-1.8x
+for forward + both gradients; ``bench/linear.py`` -> ``bench/results/linear.md``), so :func:`linear` sends large fp32 CPU
 products there; everything else (other devices and dtypes, autocast, ``torch.compile``, products
 under :data:`MIN_MACS`, where a oneDNN call's fixed cost dominates) stays on ``F.linear``.
 
@@ -21,6 +21,7 @@ oneDNN path off (``"onednn"`` allows it on any platform, ``"auto"``, the default
 """
 from __future__ import annotations
 
+import math
 import os
 import platform
 
@@ -74,7 +75,7 @@ def _weight_grad(grad: Tensor, x: Tensor) -> Tensor:
     if max(out_features, in_features) < WIDE_WEIGHT_GRAD:
         return grad.t().mm(x)
     tokens = grad.shape[0]
-    step = -(-tokens // -(-tokens // WEIGHT_GRAD_ROWS))  # ceil(tokens / number of slices)
+    step = math.ceil(tokens / math.ceil(tokens / WEIGHT_GRAD_ROWS))  # equal slices, the last one shorter
     total = None
     for start in range(0, tokens, step):
         part = _wide_first_product(grad[start:start + step], x[start:start + step])
