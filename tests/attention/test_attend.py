@@ -63,6 +63,58 @@ def test_eager_without_autograd_equals_eager_with_it(with_bias, mode):
         assert torch.equal(t.detach(), b)
 
 
+def _fused_heads(B, H, L, D, seed=0, dtype=torch.float32):
+    """q, k, v as the strided head views of one fused projection ``(B, L, 3 H D)`` (a leaf)."""
+    qkv = torch.randn(B, L, 3 * H * D, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    qkv.requires_grad_(True)
+    return qkv, qkv.view(B, L, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def test_eager_matches_the_textbook_formula_forward_and_backward():
+    """Eager's score product (the scale on k's head copy, its own backward) and its additive mask
+    (no masked_fill, an identity backward) give what ``softmax(masked_fill(q k^T * scale + bias))
+    v`` gives through autograd: output, the fused projection's gradient and the bias table's, with
+    strided head views, a learned bias, a per-row mask and rows with no key at all."""
+    B, H, L, D = 3, 2, 11, 8
+    seg = torch.randint(0, 3, (B, L), generator=torch.Generator().manual_seed(1))
+    seg[:, -2:] = -1  # dead rows
+    rb = RelativeBias(H, 4)
+    with torch.no_grad():
+        rb.table.normal_()
+    rel = Documents(seg) & rb
+    cot = torch.randn(B, H, L, D, generator=torch.Generator().manual_seed(2))
+
+    qkv, (q, k, v) = _fused_heads(B, H, L, D)
+    out = relformer.attend(q, k, v, rel, backend="eager")
+    (out * cot).sum().backward()
+    got = out.detach(), qkv.grad.clone(), rb.table.grad.clone()
+
+    rb.table.grad = None
+    qkv, (q, k, v) = _fused_heads(B, H, L, D)
+    bias, mask = rel.dense_parts(B, H, L, L)
+    scores = (q @ k.transpose(-1, -2) * D ** -0.5 + bias).masked_fill(~mask, float("-inf"))
+    dead = ~mask.any(-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(dead, 0.0), -1).masked_fill(dead, 0.0)
+    ref = probs @ v
+    (ref * cot).sum().backward()
+    for g, r in zip(got, (ref.detach(), qkv.grad, rb.table.grad)):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+    assert (got[0][:, :, -2:] == 0).all()
+
+
+def test_eager_score_product_is_twice_differentiable():
+    """``q k^T`` with its own backward (k's gradient laid out like k): gradcheck and gradgradcheck
+    in float64, from strided head views of a fused projection."""
+    B, H, L, D = 2, 3, 5, 4
+    qkv, _ = _fused_heads(B, H, L, D, dtype=torch.float64)
+
+    def fn(x):
+        q, k, _ = x.view(B, L, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+        return B_._ScoreProduct.apply(q.reshape(B * H, L, D), k.reshape(B * H, L, D), (B, H, L, L))
+
+    assert torch.autograd.gradcheck(fn, (qkv,)) and torch.autograd.gradgradcheck(fn, (qkv,))
+
+
 @pytest.mark.parametrize("Hkv", [4, 2])
 def test_eager_inference_in_batch_tiles_equals_the_whole_batch(monkeypatch, Hkv):
     """Without autograd, eager runs a few batch rows at a time (score tiles of at most
