@@ -63,11 +63,17 @@ def test_eager_without_autograd_equals_eager_with_it(with_bias, mode):
         assert torch.equal(t.detach(), b)
 
 
+def _head_views(qkv, H, D):
+    """q, k, v ``(B, H, L, D)``: the strided head views of a fused projection ``(B, L, 3 H D)``."""
+    B, L, _ = qkv.shape
+    return qkv.view(B, L, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 def _fused_heads(B, H, L, D, seed=0, dtype=torch.float32):
-    """q, k, v as the strided head views of one fused projection ``(B, L, 3 H D)`` (a leaf)."""
+    """A fused projection ``(B, L, 3 H D)`` (a leaf) and its :func:`_head_views`."""
     qkv = torch.randn(B, L, 3 * H * D, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     qkv.requires_grad_(True)
-    return qkv, qkv.view(B, L, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+    return qkv, _head_views(qkv, H, D)
 
 
 def test_eager_matches_the_textbook_formula_forward_and_backward():
@@ -109,7 +115,7 @@ def test_eager_score_product_is_twice_differentiable():
     qkv, _ = _fused_heads(B, H, L, D, dtype=torch.float64)
 
     def fn(x):
-        q, k, _ = x.view(B, L, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, _ = _head_views(x, H, D)
         return B_._ScoreProduct.apply(q.reshape(B * H, L, D), k.reshape(B * H, L, D), (B, H, L, L))
 
     assert torch.autograd.gradcheck(fn, (qkv,)) and torch.autograd.gradgradcheck(fn, (qkv,))

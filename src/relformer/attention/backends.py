@@ -47,7 +47,7 @@ def _softmax(scores: Tensor, dead: Tensor | None) -> Tensor:
     return probs.masked_fill(dead, 0.0) if probs.requires_grad else probs.masked_fill_(dead, 0.0)
 
 
-def _blocked(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tuple[Tensor, Tensor | None]:
+def _mask_term(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tuple[Tensor, Tensor | None]:
     """The relation's mask as an additive score term, ``-inf`` on the pairs it blocks and 0 elsewhere
     ``(B|1, H|1, Lq, Lk)``, and its rows with no key at all ``(B|1, H|1, Lq, 1)`` (None when there
     are none; on accelerators never checked, no host sync), from the mask's own broadcast shape --
@@ -57,23 +57,23 @@ def _blocked(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tu
     def build():
         mask = relation.dense_mask(B, H, Lq, Lk, device)
         dead = ~mask.any(-1, keepdim=True)
-        blocked = torch.zeros(mask.shape, device=device).masked_fill_(~mask, float("-inf"))
-        return blocked, (None if dead.device.type == "cpu" and not dead.any() else dead)
+        term = torch.zeros(mask.shape, device=device).masked_fill_(~mask, float("-inf"))
+        return term, (None if dead.device.type == "cpu" and not dead.any() else dead)
 
-    key = ("blocked", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled())
+    key = ("mask_term", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled())
     return relation.cached(key, build)
 
 
 def _score_parts(relation: Relation | None, B: int, H: int, Lq: int, Lk: int, device):
     """What turns raw scores into logits: the bias, the mask's additive term (``-inf`` on blocked
     pairs) and the dead rows, each in its own broadcast shape ``(B|1, H|1, ...)`` or None."""
-    bias = blocked = dead = None
+    bias = mask_term = dead = None
     if relation is not None and relation.has_bias:
         # bias and mask apart: no third score-sized tensor when their broadcast shapes differ
         bias = relation.dense_parts(B, H, Lq, Lk, device, with_mask=False)[0]
     if relation is not None and relation.has_mask:
-        blocked, dead = _blocked(relation, B, H, Lq, Lk, device)
-    return bias, blocked, dead
+        mask_term, dead = _mask_term(relation, B, H, Lq, Lk, device)
+    return bias, mask_term, dead
 
 
 class _ScoreProduct(torch.autograd.Function):
@@ -114,12 +114,12 @@ def _scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
 def _probs(q: Tensor, k: Tensor, parts: tuple, scale: float) -> Tensor:
     """Softmax of ``scale * q k^T`` (:func:`_scores`) with ``parts`` (:func:`_score_parts`) applied in
     place on the score tensor (the matmul backward does not read its output)."""
-    bias, blocked, dead = parts
+    bias, mask_term, dead = parts
     scores = _scores(q, k, scale)  # (B, H, Lq, Lk)
     if bias is not None:
         scores = scores.add_(bias)
-    if blocked is not None:
-        scores = scores.add_(blocked)
+    if mask_term is not None:
+        scores = scores.add_(mask_term)
     return _softmax(scores, dead)  # only a mask can empty a row: biases are finite
 
 
