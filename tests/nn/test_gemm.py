@@ -3,8 +3,10 @@
 Tolerance: fp32, outputs and gradients within 1e-5 relative to the largest reference entry
 (oneDNN and MKL sum the products in different orders; nothing else differs).
 """
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,3 +150,203 @@ def test_double_backward_is_refused_not_wrong(calls):
     (gx,) = torch.autograd.grad(linear(x, w).square().sum(), x, create_graph=True)
     gx.sum().backward()
     assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+# --- the choice by measurement (policy "auto") and the policies that force it ---------------------------
+
+@pytest.fixture
+def auto(monkeypatch, tmp_path):
+    """Policy "auto" with an empty process cache and a private disk cache; restored after."""
+    monkeypatch.setenv("RELFORMER_CACHE", str(tmp_path))
+    monkeypatch.setattr(linear_mod, "_ratios", {})
+    monkeypatch.setattr(linear_mod, "_loaded_threads", set())
+    before = linear_mod.linear_kernel()
+    set_linear_kernel("auto")
+    yield tmp_path
+    set_linear_kernel(before)
+
+
+def _fake_measure(monkeypatch, ratios):
+    """Replace the probe by fixed ratios (F.linear time / oneDNN time); returns the list of widths probed."""
+    probed = []
+    monkeypatch.setattr(linear_mod, "_measure_ratios", lambda i, o: probed.append((i, o)) or dict(ratios))
+    return probed
+
+
+def test_forced_policies_need_no_measurement(auto, monkeypatch):
+    probed = _fake_measure(monkeypatch, dict.fromkeys(linear_mod.OPS, 9.0))
+    set_linear_kernel("torch")
+    choice = linear_mod.linear_choice(96, 288)
+    assert choice["ops"] == dict.fromkeys(linear_mod.OPS, "torch") and choice["ratios"] is None
+    set_linear_kernel("onednn")
+    if ONEDNN:
+        assert linear_mod.linear_choice(96, 288)["ops"] == dict.fromkeys(linear_mod.OPS, "onednn")
+        assert linear_mod.linear_choice(96, 96)["ops"]["weight_grad"] == "torch"  # narrower than WIDE_WEIGHT_GRAD
+    assert not probed
+
+
+@needs_onednn
+@pytest.mark.parametrize("ratio", [0.5, 1.0, linear_mod.MARGIN, linear_mod.MARGIN * 1.01, 2.0])
+def test_auto_takes_onednn_only_beyond_the_margin(auto, monkeypatch, ratio):
+    _fake_measure(monkeypatch, {"forward": ratio, "input_grad": 1.0, "weight_grad": 3.0})
+    ops = linear_mod.linear_choice(96, 288)["ops"]
+    assert ops == {"forward": "onednn" if ratio > linear_mod.MARGIN else "torch", "input_grad": "torch",
+                   "weight_grad": "onednn"}
+
+
+@needs_onednn
+def test_auto_measures_each_width_once_per_process(auto, monkeypatch):
+    """The real probe: finite ratios, ops that follow them, the same answer every time, one probe per width,
+    the user's random stream untouched."""
+    probed, real = [], linear_mod._measure_ratios
+    monkeypatch.setattr(linear_mod, "_measure_ratios", lambda i, o: probed.append((i, o)) or real(i, o))
+    rng = torch.get_rng_state()
+    first = linear_mod.linear_choice(96, 288)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert first["source"] == "measured" and set(first["ratios"]) == set(linear_mod.OPS)
+    assert all(r > 0 and r < float("inf") for r in first["ratios"].values())
+    assert first["ops"] == {op: "onednn" if r > linear_mod.MARGIN else "torch" for op, r in first["ratios"].items()}
+    x = _big(2048).requires_grad_()
+    for _ in range(2):
+        Linear(96, 288)(x).sum().backward()
+    again = linear_mod.linear_choice(96, 288)
+    assert (again["ops"], again["ratios"], again["source"]) == (first["ops"], first["ratios"], "process")
+    assert probed == [(96, 288)]
+
+
+@needs_onednn
+def test_choice_is_read_back_from_disk(auto, monkeypatch):
+    probed = _fake_measure(monkeypatch, {"forward": 2.0, "input_grad": 0.5, "weight_grad": 1.5})
+    first = linear_mod.linear_choice(96, 288)
+    monkeypatch.setattr(linear_mod, "_ratios", {})  # a new process
+    monkeypatch.setattr(linear_mod, "_loaded_threads", set())
+    again = linear_mod.linear_choice(96, 288)
+    assert again["source"] == "disk" and again["ops"] == first["ops"] and probed == [(96, 288)]
+    assert linear_mod.linear_choice(96, 288, remeasure=True)["source"] == "measured" and len(probed) == 2
+
+
+@needs_onednn
+@pytest.mark.parametrize("content", [
+    "not json", '{"schema": 1, "cpu": ', "[]", "null",
+    '{"schema": 1, "ratios": {"96x288": {"forward": 2.0, "input_grad": 2.0, "weight_grad": 2.0}}}',  # no key
+    'SAME_KEY {"96x288": {"forward": "fast", "input_grad": 2.0, "weight_grad": 2.0}}',
+    'SAME_KEY {"96x288": {"forward": NaN, "input_grad": 2.0, "weight_grad": 2.0}}',
+    'SAME_KEY {"96x288": {"forward": 2.0}}',
+    'SAME_KEY ["96x288"]',
+])
+def test_corrupted_cache_is_ignored_and_rebuilt(auto, monkeypatch, content):
+    path = linear_mod._cache_file(torch.get_num_threads())
+    if content.startswith("SAME_KEY"):
+        content = json.dumps({"schema": 1, "cpu": linear_mod.cpu_model(), "torch": torch.__version__,
+                              "threads": torch.get_num_threads()})[:-1] + ', "ratios": ' + content[9:] + "}"
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    probed = _fake_measure(monkeypatch, {"forward": 0.5, "input_grad": 0.5, "weight_grad": 0.5})
+    choice = linear_mod.linear_choice(96, 288)
+    assert choice["source"] == "measured" and choice["ops"] == dict.fromkeys(linear_mod.OPS, "torch")
+    assert probed == [(96, 288)]
+    assert json.loads(path.read_text())["ratios"] == {"96x288": dict.fromkeys(linear_mod.OPS, 0.5)}
+
+
+def test_linear_choice_rejects_bad_widths():
+    with pytest.raises(ValueError, match="in_features and out_features"):
+        linear_mod.linear_choice(0, 8)
+
+
+def test_environment_forces_onednn():
+    code = "from relformer.nn import gemm; print(gemm.linear_kernel(), gemm.linear_choice(96, 288)['source'])"
+    src = str(Path(linear_mod.__file__).parents[2])  # the copy of relformer under test
+    out = subprocess.run([sys.executable, "-c", code], env={"RELFORMER_LINEAR": "onednn", "PATH": "", "PYTHONPATH": src},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["onednn", "forced" if ONEDNN else "no oneDNN in this build"]
+
+
+def _check_against_f_linear(bases, views=None, grad=None, tol=1e-5):
+    """Forward and every gradient of ``linear`` against ``F.linear``: each runs on fresh leaves cloned from
+    ``bases`` (x, weight, bias), seen through ``views`` (one function per operand, identity if missing), so a
+    strided operand stays strided and its gradient flows back through the view. ``grad`` None: ``y.sum()``."""
+    views = views or {}
+    outs = []
+    for fn in (linear, F.linear):
+        leaves = [t.detach().clone().requires_grad_() for t in bases]
+        y = fn(*(views.get(name, lambda t: t)(t) for name, t in zip(("x", "weight", "bias"), leaves)))
+        y.sum().backward() if grad is None else y.backward(grad)
+        outs.append([y.detach(), *(t.grad for t in leaves)])
+    for got, ref in zip(*outs):
+        torch.testing.assert_close(got, ref, atol=tol * max(1.0, ref.abs().max().item()), rtol=tol)
+
+
+@needs_onednn
+@pytest.mark.parametrize("pattern", [(2.0, 2.0, 2.0), (2.0, 0.5, 2.0), (0.5, 2.0, 0.5), (0.5, 0.5, 2.0), (0.5,) * 3])
+def test_auto_equals_f_linear_for_every_mix(auto, monkeypatch, calls, pattern):
+    """Each product on either kernel: the same outputs and gradients; oneDNN runs exactly the chosen ones."""
+    set_linear_kernel("auto")  # the calls fixture forced "onednn"
+    _fake_measure(monkeypatch, dict(zip(linear_mod.OPS, pattern)))
+    x, w, b = _big(4, 512), torch.randn(288, 96) * 96 ** -0.5, torch.randn(288)
+    _check_against_f_linear([x, w, b], grad=torch.randn(4, 512, 288))
+    assert len(calls) == sum(p > linear_mod.MARGIN for p in pattern)  # 2048 tokens: one weight-gradient slice
+
+
+# --- operand layouts: every operand reaches oneDNN dense ------------------------------------------------
+
+@pytest.fixture
+def operands(monkeypatch):
+    """Record every tensor handed to oneDNN; the policy is forced to "onednn" and restored after."""
+    seen = []
+    real = linear_mod._onednn
+    monkeypatch.setattr(linear_mod, "_onednn", lambda *a: seen.extend(t for t in a if isinstance(t, torch.Tensor))
+                        or real(*a))
+    before = linear_mod.linear_kernel()
+    set_linear_kernel("onednn")
+    yield seen
+    set_linear_kernel(before)
+
+
+def _dense_or_transposed(t):
+    return t.is_contiguous() or (t.dim() == 2 and t.t().is_contiguous())
+
+
+@needs_onednn
+def test_expanded_gradient_of_a_sum_is_fast_and_right(operands):
+    """``y.sum().backward()`` hands the layer a stride-0 gradient; as a oneDNN weight operand it took ~50 s
+    for this layer (F.linear: 0.1 s). Finishing at all is the speed check; the gradients match F.linear's."""
+    lin, x = Linear(256, 1024), torch.randn(8192, 256, requires_grad=True)
+    ref_lin = nn.Linear(256, 1024)
+    ref_lin.load_state_dict(lin.state_dict())
+    ref_x = x.detach().clone().requires_grad_()
+    lin(x).sum().backward()
+    F.linear(ref_x, ref_lin.weight, ref_lin.bias).sum().backward()
+    for got, ref in [(x.grad, ref_x.grad), (lin.weight.grad, ref_lin.weight.grad), (lin.bias.grad, ref_lin.bias.grad)]:
+        torch.testing.assert_close(got, ref, atol=1e-4 * ref.abs().max().item(), rtol=1e-4)
+    assert len(operands) >= 4 and all(_dense_or_transposed(t) for t in operands)  # forward, dX, 2 dW slices
+
+
+LAYOUTS = {  # (3, 700, 96) -> 288 with one operand a strided view: base shapes and the view taken of each
+    "x transposed": ({"x": (700, 3, 96)}, {"x": lambda t: t.transpose(0, 1)}),
+    "x column slice": ({"x": (3, 700, 200)}, {"x": lambda t: t[..., 50:146]}),
+    "x every other row": ({"x": (3, 1400, 96)}, {"x": lambda t: t[:, ::2]}),
+    "weight transposed": ({"weight": (96, 288)}, {"weight": lambda t: t.t()}),
+    "weight slice": ({"weight": (300, 200)}, {"weight": lambda t: t[5:293, 100:196]}),
+    "bias strided": ({"bias": (576,)}, {"bias": lambda t: t[::2]}),
+    "weight expanded": ({"weight": (1, 96)}, {"weight": lambda t: t.expand(288, 96)}),
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("kind", sorted(LAYOUTS))
+def test_strided_operands_equal_f_linear(operands, kind):
+    shapes, views = LAYOUTS[kind]
+    shapes = {"x": (3, 700, 96), "weight": (288, 96), "bias": (288,), **shapes}
+    bases = [torch.randn(*shapes[name]) * (0.1 if name == "weight" else 1.0) for name in ("x", "weight", "bias")]
+    _check_against_f_linear(bases, views, grad=torch.randn(3, 700, 288))
+    assert len(operands) >= 3 and all(_dense_or_transposed(t) for t in operands)
+
+
+@needs_onednn
+@pytest.mark.parametrize("grad", ["expanded over the batch", "transposed", "expanded scalar"])
+def test_strided_upstream_gradients_equal_f_linear(operands, grad):
+    grad = {"expanded over the batch": lambda: torch.randn(1, 700, 288).expand(3, 700, 288),
+            "transposed": lambda: torch.randn(288, 700, 3).permute(2, 1, 0),
+            "expanded scalar": lambda: torch.tensor(0.3).expand(3, 700, 288)}[grad]()
+    _check_against_f_linear([torch.randn(3, 700, 96), torch.randn(288, 96) * 0.1, torch.randn(288)], grad=grad)
+    assert len(operands) >= 3 and all(_dense_or_transposed(t) for t in operands)

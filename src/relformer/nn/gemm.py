@@ -1,47 +1,74 @@
-"""Linear layers on the faster of PyTorch's two CPU GEMMs.
+"""Linear layers on whichever of PyTorch's two CPU GEMMs is faster on the CPU at hand.
 
 PyTorch's fp32 ``F.linear`` on CPU calls the BLAS it was built with (MKL's sgemm in the x86
 wheels). The same wheels carry oneDNN, whose matmul ``torch.compile``'s CPU backend emits for
-linear layers (``torch.ops.mkldnn._linear_pointwise``). On the AMD EPYC (AVX-512) this project is
-measured on, oneDNN runs the projections of ViT/Swin at 1.3-2.3x MKL's rate forward (1.1-1.8x
-for forward + both gradients; ``bench/linear.py`` -> ``bench/results/linear.md``), so :func:`linear` sends large fp32 CPU
-products there; everything else (other devices and dtypes, autocast, ``torch.compile``, products
-under :data:`MIN_MACS`, where a oneDNN call's fixed cost dominates) stays on ``F.linear``.
+linear layers (``torch.ops.mkldnn._linear_pointwise``). Which of the two is faster depends on the
+CPU (its vendor, vector units and caches), the thread count, the layer's width and the operation:
+oneDNN wins clearly on some CPUs and loses on others, so no rule written down in advance holds on
+every machine (figures: ``bench/linear.py`` -> ``bench/results/linear.md``).
 
-Training: the forward and the input gradient run on oneDNN; the weight gradient
-``dW = dY^T X`` (a reduction over the tokens) too when the layer is at least
-:data:`WIDE_WEIGHT_GRAD` wide, in slices of at most :data:`WEIGHT_GRAD_ROWS` tokens summed
-(oneDNN reduces a long token axis at a fraction of its rate on a short one), else on ``torch.mm``.
+So the kernel is chosen by measurement. The first large fp32 CPU product of a layer width
+``(in, out)`` runs a short probe (:func:`linear_choice`): each of the three products of a training
+step -- forward ``Y = X W^T``, input gradient ``dX = dY W``, weight gradient ``dW = dY^T X`` -- is
+timed on both kernels at that width, on about :data:`PROBE_MACS` multiply-adds, the two kernels
+alternating over :data:`PROBE_REPS` repetitions (paired ratios, median, so a slow moment of the
+machine hits both). oneDNN takes an operation only where it wins by more than :data:`MARGIN`; a
+tie goes to ``F.linear``, which keeps double backward. The decision is cached for the process
+and on disk (JSON under ``relformer.utils.cache_root()``, keyed on CPU model, torch version and
+thread count; a file that does not parse is ignored and rewritten).
+
+Everything else stays on ``F.linear``: other devices and dtypes, autocast, ``torch.compile``,
+products under :data:`MIN_MACS` (a oneDNN call's fixed cost is not won back). Every operand
+reaches oneDNN dense (row-major, or the transpose of a row-major tensor): a strided or expanded
+(stride-0) one -- the gradient of ``y.sum()`` -- sends oneDNN to a path thousands of times slower.
 
 The oneDNN path has no double backward (``create_graph=True`` through it raises); gradient
 penalties and other higher-order uses need ``set_linear_kernel("torch")``.
 
-``RELFORMER_LINEAR=torch`` in the environment, or :func:`set_linear_kernel("torch")`, turns the
-oneDNN path off (``"onednn"`` allows it on any platform, ``"auto"``, the default, on x86-64).
+``RELFORMER_LINEAR`` in the environment, or :func:`set_linear_kernel`, sets the policy:
+``"auto"`` (the default, measured), ``"torch"`` (always ``F.linear``), ``"onednn"`` (oneDNN for
+every large product, the weight gradient only for layers at least :data:`WIDE_WEIGHT_GRAD` wide;
+for benchmarks and tests).
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 import os
 import platform
+import statistics
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Linear", "linear", "set_linear_kernel", "linear_kernel", "LINEAR_KERNELS"]
+from ..utils import atomic_write_text, cache_root
+
+__all__ = ["Linear", "linear", "set_linear_kernel", "linear_kernel", "linear_choice", "cpu_model",
+           "LINEAR_KERNELS", "OPS"]
 
 LINEAR_KERNELS = ("auto", "torch", "onednn")
-MIN_MACS = 1 << 22  # below ~4M multiply-adds a oneDNN call's fixed ~20 us is not won back
-WIDE_WEIGHT_GRAD = 128  # weight gradients of layers this wide (in or out) are faster on oneDNN
-WEIGHT_GRAD_ROWS = 4096  # ... when its reduction over the tokens is cut into slices of at most this many
-_X86 = platform.machine().lower() in ("x86_64", "amd64")
+OPS = ("forward", "input_grad", "weight_grad")  # the three products of a training step
+MIN_MACS = 1 << 22  # below ~4M multiply-adds a oneDNN call's fixed cost is not won back
+WIDE_WEIGHT_GRAD = 128  # "onednn" policy: weight gradients of layers this wide (in or out) on oneDNN
+WEIGHT_GRAD_ROWS = 4096  # oneDNN's weight gradient sums slices of at most this many tokens
+MARGIN = 1.10  # oneDNN takes an operation only when F.linear's time / oneDNN's exceeds this
+PROBE_MACS = 1 << 24  # multiply-adds per probe call: well above MIN_MACS, a fraction of a millisecond
+PROBE_ROWS = (256, WEIGHT_GRAD_ROWS)  # probe token bounds (fewer would over-weigh per-call costs)
+PROBE_REPS = 5  # paired repetitions per operation, after one warm-up of each kernel
+_CACHE_SCHEMA = 1
 _ONEDNN_BUILT = torch.backends.mkldnn.is_available()  # a property of the build: checked once
 _kernel = "auto"
+_ratios: dict[tuple[int, int, int], dict[str, float]] = {}  # (threads, in, out) -> op -> torch/oneDNN time
+_loaded_threads: set[int] = set()  # thread counts whose disk cache has been read
 
 
 def set_linear_kernel(name: str) -> None:
-    """Choose the CPU GEMM of :func:`linear`: ``"auto"`` (oneDNN on x86-64), ``"onednn"``, ``"torch"``."""
+    """Choose the CPU GEMM policy of :func:`linear`: ``"auto"`` (measured), ``"onednn"``, ``"torch"``."""
     global _kernel
     if name not in LINEAR_KERNELS:
         raise ValueError(f"unknown linear kernel {name!r}; expected one of {LINEAR_KERNELS}")
@@ -55,25 +82,39 @@ def linear_kernel() -> str:
 set_linear_kernel(os.environ.get("RELFORMER_LINEAR", "auto"))
 
 
+@functools.lru_cache(maxsize=None)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+# --- the two kernels, each operand dense --------------------------------------------------------------
+
+def _dense(t: Tensor) -> Tensor:
+    """``t`` row-major: a strided or expanded (stride-0) operand sends oneDNN to a pathological path."""
+    return t if t.is_contiguous() else t.contiguous()
+
+
 def _onednn(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    """``x w^T + b`` on oneDNN; callers pass row-major tensors or transposes of row-major ones."""
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
 
 
-def _use_onednn(x: Tensor, w: Tensor) -> bool:
-    if _kernel == "torch" or (_kernel == "auto" and not _X86):
-        return False
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and x.numel() * w.shape[0] >= MIN_MACS and _ONEDNN_BUILT and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+def _input_grad_onednn(grad: Tensor, weight: Tensor) -> Tensor:
+    """``dX = grad W``, ``(N, out), (out, in) -> (N, in)``, both row-major."""
+    return _onednn(grad, weight.t().contiguous(), None)
 
 
-def _weight_grad(grad: Tensor, x: Tensor) -> Tensor:
-    """``dW = grad^T x``, ``(N, out), (N, in) -> (out, in)``: on oneDNN when the wider side is at least
-    :data:`WIDE_WEIGHT_GRAD`, as a sum over equal slices of at most :data:`WEIGHT_GRAD_ROWS` tokens,
-    else on ``torch.mm`` (faster for narrow layers). Every product reads transposed views in place."""
-    out_features, in_features = grad.shape[1], x.shape[1]
-    if max(out_features, in_features) < WIDE_WEIGHT_GRAD:
-        return grad.t().mm(x)
+def _weight_grad_onednn(grad: Tensor, x: Tensor) -> Tensor:
+    """``dW = grad^T x``, ``(N, out), (N, in) -> (out, in)`` (both row-major), as a sum over equal slices
+    of at most :data:`WEIGHT_GRAD_ROWS` tokens (oneDNN reduces a long token axis at a fraction of its
+    rate on a short one); each product reads transposed views of row-major slices in place."""
     tokens = grad.shape[0]
     step = math.ceil(tokens / math.ceil(tokens / WEIGHT_GRAD_ROWS))  # equal slices, the last one shorter
     total = None
@@ -91,39 +132,174 @@ def _wide_first_product(grad: Tensor, x: Tensor) -> Tensor:
     return _onednn(x.t(), grad.t(), None).t()
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    """``y = x W^T + b`` on oneDNN; backward: ``dX = dY W`` on oneDNN, ``dW = dY^T X`` (:func:`_weight_grad`),
-    ``db = sum dY``."""
+# --- the choice -------------------------------------------------------------------------------------
+
+def _probe_pairs(in_features: int, out_features: int) -> dict[str, tuple]:
+    """Per operation, ``(F.linear's way, oneDNN's way)`` on seeded inputs of the layer's width (a private
+    generator: the user's random stream is untouched)."""
+    rows = min(max(math.ceil(PROBE_MACS / (in_features * out_features)), PROBE_ROWS[0]), PROBE_ROWS[1])
+    g = torch.Generator().manual_seed(0)
+    x, grad = torch.randn(rows, in_features, generator=g), torch.randn(rows, out_features, generator=g)
+    w = torch.randn(out_features, in_features, generator=g) * in_features ** -0.5
+    return {"forward": (lambda: F.linear(x, w), lambda: _onednn(x, w, None)),
+            "input_grad": (lambda: grad.mm(w), lambda: _input_grad_onednn(grad, w)),
+            "weight_grad": (lambda: grad.t().mm(x), lambda: _weight_grad_onednn(grad, x))}
+
+
+def _paired_ratio(torch_way, onednn_way, reps: int = PROBE_REPS) -> float:
+    """Median over ``reps`` back-to-back pairs (order alternating) of F.linear's time / oneDNN's."""
+    torch_way(), onednn_way()  # warm-up: first-call allocation and oneDNN primitive creation
+    ratios = []
+    for rep in range(reps):
+        seconds = {}
+        for name, way in (("torch", torch_way), ("onednn", onednn_way))[::1 if rep % 2 else -1]:
+            start = time.perf_counter()
+            way()
+            seconds[name] = time.perf_counter() - start
+        ratios.append(seconds["torch"] / max(seconds["onednn"], 1e-9))
+    return statistics.median(ratios)
+
+
+def _measure_ratios(in_features: int, out_features: int) -> dict[str, float]:
+    """``{op: F.linear time / oneDNN time}`` for the three products at this width."""
+    with torch.no_grad():
+        return {op: _paired_ratio(*ways) for op, ways in _probe_pairs(in_features, out_features).items()}
+
+
+def _cache_file(threads: int) -> Path:
+    key = f"{cpu_model()}|torch {torch.__version__}|{threads} threads"
+    return cache_root() / "linear" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def _valid_ratios(entry) -> bool:
+    return (isinstance(entry, dict) and set(entry) == set(OPS)
+            and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in entry.values()))
+
+
+def _read_cache(threads: int) -> dict[str, dict[str, float]]:
+    """The widths measured before on this CPU, torch and thread count: ``{"in x out": ratios}``; a
+    missing, unreadable or malformed file counts as empty (it is rewritten on the next measurement)."""
+    try:
+        data = json.loads(_cache_file(threads).read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = (isinstance(data, dict) and data.get("schema") == _CACHE_SCHEMA and data.get("cpu") == cpu_model()
+          and data.get("torch") == torch.__version__ and data.get("threads") == threads
+          and isinstance(data.get("ratios"), dict) and all(_valid_ratios(v) for v in data["ratios"].values()))
+    return data["ratios"] if ok else {}
+
+
+def _write_cache(threads: int) -> None:
+    ratios = {f"{i}x{o}": r for (t, i, o), r in sorted(_ratios.items()) if t == threads}
+    text = json.dumps({"schema": _CACHE_SCHEMA, "cpu": cpu_model(), "torch": torch.__version__,
+                       "threads": threads, "ratios": ratios}, indent=1, sort_keys=True)
+    try:
+        atomic_write_text(_cache_file(threads), text)
+    except OSError:
+        pass  # a read-only cache folder costs a re-measurement next process, nothing else
+
+
+def _load_cache(threads: int) -> None:
+    if threads in _loaded_threads:
+        return
+    _loaded_threads.add(threads)
+    for width, ratios in _read_cache(threads).items():
+        i, o = width.split("x")
+        _ratios.setdefault((threads, int(i), int(o)), ratios)
+
+
+def _measured(in_features: int, out_features: int, remeasure: bool = False) -> tuple[dict[str, float], str]:
+    """This width's ratios and where they came from (``"process"``, ``"disk"``, ``"measured"``)."""
+    key = (torch.get_num_threads(), in_features, out_features)
+    if key in _ratios and not remeasure:
+        return _ratios[key], "process"
+    _load_cache(key[0])  # once per thread count; a re-measurement keeps the other widths on disk
+    if key in _ratios and not remeasure:
+        return _ratios[key], "disk"
+    _ratios[key] = _measure_ratios(in_features, out_features)
+    _write_cache(key[0])
+    return _ratios[key], "measured"
+
+
+def linear_choice(in_features: int, out_features: int, remeasure: bool = False) -> dict:
+    """The kernel of each product of a ``Linear(in_features, out_features)`` on a large fp32 CPU input
+    under the current policy: ``{"policy", "source", "ops": {op: "onednn" | "torch"}, "ratios": {op:
+    F.linear time / oneDNN time} or None, "cpu", "threads"}``. Under ``"auto"`` it measures the width
+    the first time (module doc); the answer then stays the same for the process, unless ``remeasure``
+    (for benchmarks: measure now, on a quiet machine, and replace the cached answer)."""
+    if not (isinstance(in_features, int) and isinstance(out_features, int) and in_features > 0 and out_features > 0):
+        raise ValueError(f"in_features and out_features must be positive ints, got {in_features!r}, {out_features!r}")
+    if not _ONEDNN_BUILT or _kernel == "torch":
+        ratios, source, flags = None, "forced" if _ONEDNN_BUILT else "no oneDNN in this build", (False,) * 3
+    else:
+        ratios, source = (None, "forced") if _kernel == "onednn" else _measured(in_features, out_features, remeasure)
+        flags = _onednn_ops(in_features, out_features)
+    ops = {op: "onednn" if on else "torch" for op, on in zip(OPS, flags)}
+    return {"policy": _kernel, "source": source, "ops": ops, "ratios": ratios, "cpu": cpu_model(),
+            "threads": torch.get_num_threads()}
+
+
+def _onednn_ops(in_features: int, out_features: int) -> tuple[bool, bool, bool]:
+    """``(forward, input_grad, weight_grad)`` on oneDNN? -- :func:`linear_choice` without its report (the
+    hot path), for a policy other than ``"torch"``."""
+    if _kernel == "onednn":
+        return True, True, max(in_features, out_features) >= WIDE_WEIGHT_GRAD
+    ratios = _ratios.get((torch.get_num_threads(), in_features, out_features))
+    if ratios is None:
+        ratios = _measured(in_features, out_features)[0]
+    return tuple(ratios[op] > MARGIN for op in OPS)
+
+
+# --- the layer --------------------------------------------------------------------------------------
+
+def _eligible(x: Tensor, w: Tensor) -> bool:
+    """A product oneDNN may take: large fp32 on CPU, outside autocast and compile."""
+    return (_kernel != "torch" and _ONEDNN_BUILT and x.device.type == "cpu" and x.dtype == torch.float32
+            and w.dtype == torch.float32 and x.numel() * w.shape[0] >= MIN_MACS and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
+
+
+class _ChosenLinear(torch.autograd.Function):
+    """``y = x W^T + b``, each of the three products on the kernel chosen for it (``ops``, a
+    ``(forward, input_grad, weight_grad)`` tuple of "on oneDNN?"); ``db = sum dY``. ``x`` and ``W``
+    arrive row-major; the upstream gradient is made row-major here."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, ops: tuple[bool, bool, bool]) -> Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return _onednn(x, weight, bias)
+        ctx.has_bias, ctx.ops = bias is not None, ops
+        return _onednn(x, weight, bias) if ops[0] else F.linear(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        grad2 = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        grad2 = _dense(grad.reshape(-1, grad.shape[-1]))  # (N, out); expanded by y.sum() -> materialised
+        x2 = x.view(-1, x.shape[-1])  # (N, in)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _onednn(grad2, weight.t().contiguous(), None).view(x.shape)
+            grad_x = (_input_grad_onednn(grad2, weight) if ctx.ops[1] else grad2.mm(weight)).view(x.shape)
         if ctx.needs_input_grad[1]:
-            grad_w = _weight_grad(grad2, x.reshape(-1, x.shape[-1]))
+            grad_w = _weight_grad_onednn(grad2, x2) if ctx.ops[2] else grad2.t().mm(x2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad2.sum(0)
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, ``(..., in) -> (..., out)``, on oneDNN where that is faster (module doc)."""
-    if not _use_onednn(x, weight):
+    """``F.linear(x, weight, bias)``, ``(..., in) -> (..., out)``, each product on the kernel chosen for
+    this CPU and width (module doc)."""
+    if not _eligible(x, weight):
         return F.linear(x, weight, bias)
-    weight = weight.contiguous()
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
-        return _OneDNNLinear.apply(x, weight, bias)
+    ops = _onednn_ops(weight.shape[1], weight.shape[0])
+    training = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                            or (bias is not None and bias.requires_grad))
+    if not (any(ops) if training else ops[0]):
+        return F.linear(x, weight, bias)
+    x, weight = _dense(x), _dense(weight)
+    bias = None if bias is None else _dense(bias)
+    if training:
+        return _ChosenLinear.apply(x, weight, bias, ops)
     return _onednn(x, weight, bias)
 
 
