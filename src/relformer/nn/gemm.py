@@ -10,17 +10,18 @@ every machine (figures: ``bench/linear.py`` -> ``bench/results/linear.md``).
 So the kernel is chosen by measurement. The first large fp32 CPU product of a layer width
 ``(in, out)`` runs a short probe (:func:`linear_choice`): each of the three products of a training
 step -- forward ``Y = X W^T``, input gradient ``dX = dY W``, weight gradient ``dW = dY^T X`` -- is
-timed on both kernels at that width, on about :data:`PROBE_MACS` multiply-adds, the two kernels
-alternating over :data:`PROBE_REPS` repetitions (paired ratios, median, so a slow moment of the
-machine hits both). oneDNN takes an operation only where it wins by more than :data:`MARGIN`; a
-tie goes to ``F.linear``, which keeps double backward. The decision is cached for the process
+timed on both kernels at that width on about :data:`PROBE_MACS` multiply-adds, the kernels
+alternating over :data:`PROBE_REPS` repetitions so a slow moment of the machine hits both; the
+lower of the median paired ratio and the ratio of the fastest runs counts. oneDNN takes a product
+only where it wins by more than :data:`MARGIN` (noise must not buy it a layer it loses); anything
+closer goes to ``F.linear``, which also keeps double backward. The answer is kept for the process
 and on disk (JSON under ``relformer.utils.cache_root()``, keyed on CPU model, torch version and
-thread count; a file that does not parse is ignored and rewritten).
+thread count; a file that does not parse or validate is ignored and rewritten).
 
 Everything else stays on ``F.linear``: other devices and dtypes, autocast, ``torch.compile``,
 products under :data:`MIN_MACS` (a oneDNN call's fixed cost is not won back). Every operand
 reaches oneDNN dense (row-major, or the transpose of a row-major tensor): a strided or expanded
-(stride-0) one -- the gradient of ``y.sum()`` -- sends oneDNN to a path thousands of times slower.
+(stride-0) one -- the gradient of ``y.sum()`` -- sends oneDNN to a path orders of magnitude slower.
 
 The oneDNN path has no double backward (``create_graph=True`` through it raises); gradient
 penalties and other higher-order uses need ``set_linear_kernel("torch")``.
@@ -58,7 +59,7 @@ WIDE_WEIGHT_GRAD = 128  # "onednn" policy: weight gradients of layers this wide 
 WEIGHT_GRAD_ROWS = 4096  # oneDNN's weight gradient sums slices of at most this many tokens
 MARGIN = 1.10  # oneDNN takes an operation only when F.linear's time / oneDNN's exceeds this
 PROBE_MACS = 1 << 24  # multiply-adds per probe call: well above MIN_MACS, a fraction of a millisecond
-PROBE_ROWS = (256, WEIGHT_GRAD_ROWS)  # probe token bounds (fewer would over-weigh per-call costs)
+PROBE_ROWS = (64, WEIGHT_GRAD_ROWS)  # probe token bounds
 PROBE_REPS = 5  # paired repetitions per operation, after one warm-up of each kernel
 _CACHE_SCHEMA = 1
 _ONEDNN_BUILT = torch.backends.mkldnn.is_available()  # a property of the build: checked once
@@ -135,29 +136,32 @@ def _wide_first_product(grad: Tensor, x: Tensor) -> Tensor:
 # --- the choice -------------------------------------------------------------------------------------
 
 def _probe_pairs(in_features: int, out_features: int) -> dict[str, tuple]:
-    """Per operation, ``(F.linear's way, oneDNN's way)`` on seeded inputs of the layer's width (a private
-    generator: the user's random stream is untouched)."""
+    """Per product, ``(F.linear's way, oneDNN's way)`` on seeded inputs of the layer's width (a private
+    generator: the user's random stream is untouched). The input gradient's transposed weight copy is
+    made outside the timing: once per backward, it is amortised over a real batch's tokens."""
     rows = min(max(math.ceil(PROBE_MACS / (in_features * out_features)), PROBE_ROWS[0]), PROBE_ROWS[1])
     g = torch.Generator().manual_seed(0)
     x, grad = torch.randn(rows, in_features, generator=g), torch.randn(rows, out_features, generator=g)
     w = torch.randn(out_features, in_features, generator=g) * in_features ** -0.5
+    w_t = w.t().contiguous()  # (in, out)
     return {"forward": (lambda: F.linear(x, w), lambda: _onednn(x, w, None)),
-            "input_grad": (lambda: grad.mm(w), lambda: _input_grad_onednn(grad, w)),
+            "input_grad": (lambda: grad.mm(w), lambda: _onednn(grad, w_t, None)),
             "weight_grad": (lambda: grad.t().mm(x), lambda: _weight_grad_onednn(grad, x))}
 
 
 def _paired_ratio(torch_way, onednn_way, reps: int = PROBE_REPS) -> float:
-    """Median over ``reps`` back-to-back pairs (order alternating) of F.linear's time / oneDNN's."""
+    """F.linear's time / oneDNN's over ``reps`` back-to-back pairs (order alternating): the lower of the
+    median per-pair ratio and the ratio of the fastest runs (noise only adds time), so oneDNN must win
+    on both counts."""
     torch_way(), onednn_way()  # warm-up: first-call allocation and oneDNN primitive creation
-    ratios = []
+    seconds = {"torch": [], "onednn": []}
     for rep in range(reps):
-        seconds = {}
         for name, way in (("torch", torch_way), ("onednn", onednn_way))[::1 if rep % 2 else -1]:
             start = time.perf_counter()
             way()
-            seconds[name] = time.perf_counter() - start
-        ratios.append(seconds["torch"] / max(seconds["onednn"], 1e-9))
-    return statistics.median(ratios)
+            seconds[name].append(max(time.perf_counter() - start, 1e-9))
+    paired = statistics.median(t / o for t, o in zip(seconds["torch"], seconds["onednn"]))
+    return min(paired, min(seconds["torch"]) / min(seconds["onednn"]))
 
 
 def _measure_ratios(in_features: int, out_features: int) -> dict[str, float]:
