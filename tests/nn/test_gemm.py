@@ -173,15 +173,15 @@ def _fake_measure(monkeypatch, ratios):
     return probed
 
 
+@needs_onednn
 def test_forced_policies_need_no_measurement(auto, monkeypatch):
     probed = _fake_measure(monkeypatch, dict.fromkeys(linear_mod.OPS, 9.0))
     set_linear_kernel("torch")
     choice = linear_mod.linear_choice(96, 288)
     assert choice["ops"] == dict.fromkeys(linear_mod.OPS, "torch") and choice["ratios"] is None
     set_linear_kernel("onednn")
-    if ONEDNN:
-        assert linear_mod.linear_choice(96, 288)["ops"] == dict.fromkeys(linear_mod.OPS, "onednn")
-        assert linear_mod.linear_choice(96, 96)["ops"]["weight_grad"] == "torch"  # narrower than WIDE_WEIGHT_GRAD
+    assert linear_mod.linear_choice(96, 288)["ops"] == dict.fromkeys(linear_mod.OPS, "onednn")
+    assert linear_mod.linear_choice(96, 96)["ops"]["weight_grad"] == "torch"  # narrower than WIDE_WEIGHT_GRAD
     assert not probed
 
 
