@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from ..nn import MLP, Decoder, Encoder, Linear
 from ..relations import BoxRelationBias, Documents
 from ..relations.geometry import sine_embed
+from .checks import check_rate
 from .registry import builds, register_model
 
 __all__ = ["DETRConfig", "DETR", "DetectionOutput", "ResNetBackbone", "FrozenBatchNorm2d", "sine_positions"]
@@ -170,9 +171,9 @@ class DETRConfig:
     Transformer: ``dim``, ``num_heads``, ``encoder_layers``, ``decoder_layers``, ``encoder_mlp`` /
     ``decoder_mlp`` (FFN widths), ``dropout`` (DETR: 0.1), ``attn_dropout``, ``num_queries``.
     ``aux_loss``: predictions of every decoder layer. ``box_relation`` (Relation-DETR) with
-    ``relation_embed_dim``; ``num_groups`` (Group DETR). ``implementation="hf"`` builds HF's
-    ``DetrForObjectDetection`` instead, with the weights this config's :class:`DETR` gets for the
-    same seed (:class:`relformer.interop.transformers.HFDETR`; the baseline of the benchmarks).
+    ``relation_embed_dim``; ``num_groups`` (Group DETR). HF's ``DetrForObjectDetection`` with the
+    same initial weights, the benchmarks' baseline, is a peer built in
+    :mod:`relformer.interop.transformers` (``hf_detr_fashion``).
     """
 
     num_classes: int = 10
@@ -198,7 +199,6 @@ class DETRConfig:
     relation_embed_dim: int = 16
     num_groups: int = 1
     backend: str = "auto"
-    implementation: Literal["relformer", "hf"] = "relformer"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -215,13 +215,10 @@ class DETRConfig:
         if self.dim % self.num_heads or self.dim % 4:
             raise ValueError(f"{name}.dim ({self.dim}) must be divisible by num_heads ({self.num_heads}) and by 4 "
                              "(sine positions)")
-        for key, options in (("block", ("basic", "bottleneck")), ("backbone_norm", ("batch", "frozen")),
-                             ("implementation", ("relformer", "hf"))):
+        for key, options in (("block", ("basic", "bottleneck")), ("backbone_norm", ("batch", "frozen"))):
             if getattr(self, key) not in options:
                 raise ValueError(f"{name}.{key} must be one of {options}, got {getattr(self, key)!r}")
-        for key in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ValueError(f"{name}.{key} must be in [0, 1), got {getattr(self, key)!r}")
+        check_rate(self, "dropout", "attn_dropout")
 
 
 class BoxHead(nn.Module):
@@ -238,6 +235,7 @@ class BoxHead(nn.Module):
         return x
 
 
+@builds(DETRConfig)
 class DETR(nn.Module):
     """DETR / Relation-DETR / Group DETR (see the module docstring).
     ``forward(images (B, C, H, W), pixel_mask (B, H, W) | None) -> DetectionOutput``."""
@@ -281,6 +279,26 @@ class DETR(nn.Module):
     def _predict(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.class_head(h), self.box_head(h).sigmoid()
 
+    def _decode_with_box_relation(self, h: Tensor, self_rel, decode: dict) -> tuple[list, list]:
+        """Relation-DETR's decoder: layer ``l + 1``'s self-attention relation is the box relation of the
+        (detached) boxes layer ``l`` predicted from its normed output. -> per layer the normed output
+        ``(B, Q, C)`` and its ``(logits, boxes)``."""
+        states, outputs = [], []
+
+        def predict(h: Tensor) -> None:
+            states.append(self.decoder_norm(h))
+            outputs.append(self._predict(states[-1]))
+
+        def relation(i: int, h: Tensor):
+            if i == 0:
+                return self_rel
+            predict(h)  # the output of layer i - 1
+            boxes = self.box_relation.bind(boxes=outputs[-1][1].detach())
+            return boxes if self_rel is None else self_rel & boxes
+
+        predict(self.decoder(h, relation, **decode))
+        return states, outputs
+
     def forward(self, images: Tensor, pixel_mask: Tensor | None = None) -> DetectionOutput:
         c = self.config
         x, pos, mask = self._features(images, pixel_mask)
@@ -288,43 +306,26 @@ class DETR(nn.Module):
         keys = mask.flatten(1)  # (B, hw)
         # padded positions attend nothing and are attended by nothing (None: no padding, no mask)
         enc_rel = None if bool(keys.all()) else Documents(keys.long() - 1)  # ids: 0 real, -1 padding
-        for layer in self.encoder.layers:
-            x = layer(x, enc_rel, pos=pos)
+        x = self.encoder(x, enc_rel, pos=pos)
         groups = c.num_groups if self.training else 1
         Q = c.num_queries * groups
         query_pos = self.query_embed.weight[:Q].unsqueeze(0).expand(B, -1, -1)  # (B, Q, C)
         group_ids = torch.arange(groups, device=x.device).repeat_interleave(c.num_queries).expand(B, -1)
         self_rel = Documents(group_ids) if groups > 1 else None
         cross_rel = None if enc_rel is None else Documents(torch.zeros_like(group_ids), enc_rel.segment_ids)
+        decode = dict(context=x, context_relation=cross_rel, pos=query_pos, context_pos=pos)
         h = torch.zeros_like(query_pos)
-        states, outputs = [], []  # per layer: the decoder output (normed for Relation-DETR); (logits, boxes)
-        for layer in self.decoder.layers:
-            rel = self_rel
-            if self.box_relation is not None and outputs:
-                boxes = self.box_relation.bind(boxes=outputs[-1][1].detach())
-                rel = boxes if rel is None else rel & boxes
-            h = layer(h, x, rel, cross_rel, pos=query_pos, context_pos=pos)
-            if self.box_relation is not None:  # the next layer's relation needs this layer's boxes
-                states.append(self.decoder_norm(h))
-                outputs.append(self._predict(states[-1]))
-            else:
-                states.append(h)
-        if self.box_relation is None:  # the norm and heads of every layer in one call on (L, B, Q, C)
-            states = self.decoder_norm(torch.stack(states if c.aux_loss else states[-1:]))
+        if self.box_relation is not None:
+            states, outputs = self._decode_with_box_relation(h, self_rel, decode)
+        else:  # the norm and heads of every layer in one call on (L, B, Q, C)
+            stack = self.decoder(h, self_rel, return_hidden=c.aux_loss, **decode)
+            states = self.decoder_norm(torch.stack(stack[1][1:]) if c.aux_loss else stack[None])
             outputs = list(zip(*(t.unbind(0) for t in self._predict(states))))
         logits, boxes = outputs[-1]
         aux = [{"logits": a, "pred_boxes": b} for a, b in outputs[:-1]] if c.aux_loss else []
         return DetectionOutput(logits, boxes, aux, states[-1], x)
 
 
-@builds(DETRConfig)
-def build_detr(config: DETRConfig) -> nn.Module:
-    """:class:`DETR`, or for ``implementation="hf"`` HF's model with the same initial weights."""
-    if config.implementation == "hf":
-        from ..interop.transformers import HFDETR
-
-        return HFDETR(config)
-    return DETR(config)
 
 
 # ---------------------------------------------------------------------------------------------
