@@ -301,13 +301,19 @@ class BlockSpec:
         option raises ``TypeError``."""
         return dataclasses.replace(spec if spec is not None else cls(), **options)
 
-    def attention(self, dim: int, num_heads: int, cross: bool = False) -> Attention:
-        return Attention(dim, num_heads, self.num_kv_heads, qkv_bias=self.qkv_bias, backend=self.backend,
+    def attention_branch(self, dim: int, num_heads: int, cross: bool = False) -> tuple[nn.Module, Attention, nn.Module]:
+        """An attention residual branch: ``(norm, attention, output wrapper)``; a cross-attention
+        (to a context of width ``context_dim``) has no RoPE."""
+        norm = self.norm_layer(dim)
+        attn = Attention(dim, num_heads, self.num_kv_heads, qkv_bias=self.qkv_bias, backend=self.backend,
                          rope=None if cross else self.rope, head_dim=self.head_dim, attn_dropout=self.attn_dropout,
                          proj_dropout=self.dropout, cross=cross, context_dim=self.context_dim if cross else None)
+        return norm, attn, self.branch(dim)
 
-    def mlp(self, dim: int) -> nn.Module:
-        return self.mlp_layer(dim, int(dim * self.mlp_ratio) if self.mlp_hidden is None else self.mlp_hidden)
+    def mlp_branch(self, dim: int) -> tuple[nn.Module, nn.Module, nn.Dropout, nn.Module]:
+        """The MLP residual branch: ``(norm, mlp, its output dropout, output wrapper)``."""
+        hidden = int(dim * self.mlp_ratio) if self.mlp_hidden is None else self.mlp_hidden
+        return self.norm_layer(dim), self.mlp_layer(dim, hidden), nn.Dropout(self.dropout), self.branch(dim)
 
     def branch(self, dim: int) -> nn.Sequential:
         """What wraps a residual branch's output: optional LayerScale, then DropPath."""
@@ -348,13 +354,8 @@ class Block(_Residual):
         super().__init__()
         s = BlockSpec.of(spec, options)
         self.pre_norm = bool(s.pre_norm)
-        self.norm1 = s.norm_layer(dim)
-        self.attn = s.attention(dim, num_heads)
-        self.branch1 = s.branch(dim)
-        self.norm2 = s.norm_layer(dim)
-        self.mlp = s.mlp(dim)
-        self.mlp_drop = nn.Dropout(s.dropout)
-        self.branch2 = s.branch(dim)
+        self.norm1, self.attn, self.branch1 = s.attention_branch(dim, num_heads)
+        self.norm2, self.mlp, self.mlp_drop, self.branch2 = s.mlp_branch(dim)
 
     def forward(self, x: Tensor, relation: Relation | None = None, positions: Tensor | None = None,
                 pos: Tensor | None = None, rows=None, kv_cache=None) -> Tensor:
@@ -381,16 +382,9 @@ class CrossBlock(_Residual):
         super().__init__()
         s = BlockSpec.of(spec, options)
         self.pre_norm = bool(s.pre_norm)
-        self.norm1 = s.norm_layer(dim)
-        self.self_attn = s.attention(dim, num_heads)
-        self.branch1 = s.branch(dim)
-        self.norm2 = s.norm_layer(dim)
-        self.cross_attn = s.attention(dim, num_heads, cross=True)
-        self.branch2 = s.branch(dim)
-        self.norm3 = s.norm_layer(dim)
-        self.mlp = s.mlp(dim)
-        self.mlp_drop = nn.Dropout(s.dropout)
-        self.branch3 = s.branch(dim)
+        self.norm1, self.self_attn, self.branch1 = s.attention_branch(dim, num_heads)
+        self.norm2, self.cross_attn, self.branch2 = s.attention_branch(dim, num_heads, cross=True)
+        self.norm3, self.mlp, self.mlp_drop, self.branch3 = s.mlp_branch(dim)
 
     def forward(self, x: Tensor, context: Tensor, relation: Relation | None = None,
                 context_relation: Relation | None = None, positions: Tensor | None = None,
