@@ -129,7 +129,6 @@ def _bert_config(model: nn.Module, num_classes: int) -> TextConfig:
     return bert_text_config(model.config.to_dict(), pooler=model.pooler is not None)
 
 
-
 def _detr_config(model: nn.Module, num_classes: int) -> DETRConfig:
     c = model.config
     b = c.backbone_config

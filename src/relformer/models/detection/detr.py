@@ -52,7 +52,6 @@ class DetectionOutput:
     encoder_last_hidden_state: Tensor | None = None
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Config and model
 # ---------------------------------------------------------------------------------------------
@@ -219,8 +218,6 @@ class DETR(nn.Module):
         logits, boxes = outputs[-1]
         aux = [{"logits": a, "pred_boxes": b} for a, b in outputs[:-1]] if c.aux_loss else []
         return DetectionOutput(logits, boxes, aux, states[-1], x)
-
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ class KVCache:
         return None if k is None else k.shape[0]
 
 
-
 class CausalLM(nn.Module):
     """Decoder-only language model (Radford et al. 2019, GPT-2 layout with ``pre_norm=True``):
     embeddings, blocks under a :class:`~relformer.relations.Causal` relation, final norm, LM head

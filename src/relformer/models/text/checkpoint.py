@@ -93,7 +93,6 @@ def max_length(folder: Path, config: TextConfig) -> int:
     return min(int(length), config.max_position) if config.position == "absolute" else int(length)
 
 
-
 def load_bert_folder(folder: Path) -> TextEncoder:
     """The :class:`TextEncoder` of a local HF BERT folder (``config.json`` + ``model.safetensors``;
     a ``pooler.*`` is loaded when present), in eval mode. Nothing is downloaded."""

@@ -93,7 +93,6 @@ class TextConfig:
         return self.dim // self.num_heads
 
 
-
 @dataclass
 class TextOutput:
     """``last_hidden_state``: after the final norm, in the input's layout: ``(B, L, C)`` for padded
@@ -106,14 +105,12 @@ class TextOutput:
     hidden_states: tuple[Tensor | Packed, ...] | None = None
 
 
-
 def init_weights(module: nn.Module) -> None:
     """BERT's init: normal(0.02) linear and embedding weights, zero biases (LayerNorms keep 1 / 0)."""
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
-
 
 
 def check_ids(name: str, ids, upper: int) -> Tensor:
@@ -125,7 +122,6 @@ def check_ids(name: str, ids, upper: int) -> Tensor:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= upper):
         raise ValueError(f"{name} must lie in [0, {upper}), got values in [{int(ids.min())}, {int(ids.max())}]")
     return ids
-
 
 
 class TextEmbeddings(nn.Module):
@@ -156,7 +152,6 @@ class TextEmbeddings(nn.Module):
         return self.drop(self.norm(x))
 
 
-
 def relative_bias(c: TextConfig) -> Relation | None:
     """The position relation shared by every layer (``alibi`` / ``t5``), else None."""
     if c.position == "alibi":
@@ -164,7 +159,6 @@ def relative_bias(c: TextConfig) -> Relation | None:
     if c.position == "t5":
         return T5Bias(c.num_heads, c.t5_num_buckets, c.t5_max_distance, bidirectional=not c.causal)
     return None
-
 
 
 def layer_stack(c: TextConfig) -> Encoder:
@@ -177,7 +171,6 @@ def layer_stack(c: TextConfig) -> Encoder:
                    attn_dropout=c.attn_dropout, final_norm=c.pre_norm)
 
 
-
 @contextlib.contextmanager
 def evaluating(module: nn.Module):
     """Eval mode and inference mode for the block; the module's training flag is restored after."""
@@ -188,7 +181,6 @@ def evaluating(module: nn.Module):
             yield
     finally:
         module.train(was_training)
-
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ class TextLayout:
     positions: Tensor | None
 
 
-
 class TextEncoder(nn.Module):
     """BERT-style encoder: ``input_ids -> TextOutput``, called like HF ``BertModel``.
 

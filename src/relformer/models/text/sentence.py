@@ -47,7 +47,6 @@ def pool(hidden: Packed, mode: str = "mean") -> Tensor:
     raise ValueError(f"pooling must be one of {POOLINGS}, got {mode!r}")
 
 
-
 class SentenceEncoder(nn.Module):
     """Sentence embeddings (Reimers & Gurevych 2019, "Sentence-BERT"): a :class:`TextEncoder` over
     packed tokens, then mean / cls / max pooling and (by default) L2 normalisation.

@@ -332,8 +332,6 @@ class Swin(Classifier):
         return maps[:, :grid[0], :grid[1]]
 
 
-
-
 @register_model
 def swin_tiny() -> SwinConfig:
     """Swin-T (Liu et al. 2021): 28M parameters at 224x224, windows of 7."""

@@ -186,7 +186,6 @@ class ViT(Classifier):
         return maps.reshape(maps.shape[0], Gh, -1)
 
 
-
 @register_model
 def vit_tiny() -> ViTConfig:
     """ViT-Ti/16 (DeiT-Tiny, Touvron et al. 2021): 5.7M parameters at 224x224."""
