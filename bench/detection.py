@@ -7,7 +7,8 @@ Training step = forward, the set-prediction loss (Hungarian matching, CE + L1 + 
 and every auxiliary decoder output), backward, AdamW step. relformer: :class:`relformer.models.DETR`
 + :class:`relformer.tasks.set_prediction.SetCriterion`; HF: ``DetrForObjectDetection`` (HF ResNet
 backbone, ``auxiliary_loss=True``) called with ``labels``, its own matcher and loss. Both start from
-the same weights (HF's is loaded with the relformer model's, ``DETRConfig(implementation="hf")``);
+the same weights (HF's is loaded with the relformer model's: :class:`relformer.interop.transformers.HFDETR`,
+the ``hf_detr_fashion`` variant);
 the backbone is trainable in both (HF's ``unfreeze_backbone``), BatchNorms frozen as in DETR.
 
 * ``fashion``: the ``detr_fashion`` variant (3 + 3 layers of 128, 25 queries) on 32 real 128 x 128

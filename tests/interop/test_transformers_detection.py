@@ -125,7 +125,7 @@ def test_unsupported_detr_configs_are_named():
 
 
 def test_hf_baseline_starts_from_relformer_weights():
-    """``DETRConfig(implementation="hf")`` -- the benchmark baseline -- is HF's model with the weights the
+    """``hf_detr_micro`` (``HFDETRConfig``) -- the benchmark baseline -- is HF's model with the weights the
     relformer DETR gets for the same seed: equal outputs; with aux_loss, one auxiliary output per
     decoder layer but the last; every backbone parameter trainable."""
     from relformer.interop.transformers import HFDETR
@@ -134,7 +134,7 @@ def test_hf_baseline_starts_from_relformer_weights():
     torch.manual_seed(0)
     ours = create_model("detr_micro", backbone_norm="frozen", aux_loss=False).eval()
     torch.manual_seed(0)
-    hf = create_model("detr_micro", backbone_norm="frozen", aux_loss=False, implementation="hf").eval()
+    hf = create_model("hf_detr_micro", backbone_norm="frozen", aux_loss=False).eval()
     assert isinstance(hf, HFDETR)
     x, mask = images_and_mask()
     with torch.no_grad():
@@ -142,11 +142,11 @@ def test_hf_baseline_starts_from_relformer_weights():
     torch.testing.assert_close(out.logits, ref.logits, rtol=0, atol=ATOL)
     torch.testing.assert_close(out.pred_boxes, ref.pred_boxes, rtol=0, atol=ATOL)
     torch.manual_seed(0)
-    hf = create_model("detr_micro", backbone_norm="frozen", implementation="hf").train()
+    hf = create_model("hf_detr_micro", backbone_norm="frozen").train()
     assert len(hf(x).aux_outputs) == hf.config.decoder_layers - 1
     assert all(p.requires_grad for p in hf.parameters())
     with pytest.raises(NotImplementedError, match="Group DETR"):
-        create_model("detr_micro", backbone_norm="frozen", num_groups=2, implementation="hf")
+        create_model("hf_detr_micro", backbone_norm="frozen", num_groups=2)
 
 
 def test_hf_baseline_with_trainable_batch_norms():
@@ -157,7 +157,7 @@ def test_hf_baseline_with_trainable_batch_norms():
     torch.manual_seed(0)
     ours = create_model("detr_micro", dropout=0.0).train()
     torch.manual_seed(0)
-    hf = create_model("detr_micro", dropout=0.0, implementation="hf").train()
+    hf = create_model("hf_detr_micro", dropout=0.0).train()
     assert not any(type(m).__name__ == "DetrFrozenBatchNorm2d" for m in hf.modules())
     x, _ = images_and_mask()
     out, ref = ours(x), hf(x)

@@ -10,10 +10,10 @@ import warnings
 
 import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
-from relformer.interop.transformers import bert_state_dict, from_hf  # noqa: E402
-from relformer.models import SentenceEncoder, TextEncoder  # noqa: E402
+from relformer.interop.transformers import bert_state_dict, from_hf
+from relformer.models import SentenceEncoder, TextEncoder
 
 ATOL = 1e-5
 BERT_CONFIGS = [

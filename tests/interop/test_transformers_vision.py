@@ -7,10 +7,10 @@ import copy
 
 import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
-from relformer.interop.transformers import from_hf  # noqa: E402
-from relformer.models import Swin, ViT  # noqa: E402
+from relformer.interop.transformers import from_hf
+from relformer.models import Swin, ViT
 
 ATOL = 1e-4
 VIT_CONFIGS = [

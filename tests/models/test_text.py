@@ -290,3 +290,20 @@ def test_causal_lm_errors():
         model(torch.zeros(2, 1, dtype=torch.long), [])
     with pytest.raises(ValueError, match="layers"):
         KVCache(3, cache)
+
+
+# ---- bad options and texts: the reproductions of issue 19 (item 11) ----------------------------
+def test_lone_surrogate_text_names_its_index():
+    enc = _sentence_encoder()
+    with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode: surrogates not allowed at character 2"):
+        enc.encode(["a dog", "ab\ud800c"])
+    with pytest.raises(ValueError, match=r"texts\[0\]"):
+        enc.encode("\udfff")
+    assert enc.encode(["caf\u00e9 \U0001F355"]).shape == (1, 64)  # valid non-ASCII text passes
+
+
+@pytest.mark.parametrize("option, value", [("norm_eps", -1.0), ("dropout", -0.1), ("attn_dropout", 1.0),
+                                           ("depth", 0), ("vocab_size", -3)])
+def test_bad_text_options_fail_when_the_config_is_made(option, value):
+    with pytest.raises(ValueError, match=rf"TextConfig\.{option} .*{value}"):
+        create_model("text_micro", **{option: value})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from relformer.models import Swin, SwinConfig, ViT, ViTConfig, create_model, list_models, model_config
-from relformer.models.vision import SwinStage, window_partition, window_reverse
+from relformer.models.vision import SwinStage, window_partition
 from tests.equivalence import assert_trains_and_round_trips
 
 SMALL = {  # registered variants shrunk in depth so every one runs in CI
@@ -117,7 +117,8 @@ def test_window_partition_round_trip():
     w = window_partition(x, 4)
     assert w.shape == (2 * 2 * 3, 16, 3)
     torch.testing.assert_close(w[1].view(4, 4, 3), x[0, :4, 4:8])  # second window of the first row
-    torch.testing.assert_close(window_reverse(w, 4, 8, 12), x)
+    back = w.view(2, 2, 3, 4, 4, 3).permute(0, 1, 3, 2, 4, 5).reshape(2, 8, 12, 3)  # every pixel once
+    torch.testing.assert_close(back, x, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("grid", [(8, 8), (8, 12), (4, 4)])
@@ -205,7 +206,47 @@ def test_inference_mode_first_then_training(name):
     model.train()
     out = model(x).logits
     out.sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert sum(p.grad.abs().sum() for p in model.parameters()) > 0
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, expected, rtol=0, atol=1e-5)
+
+
+# ---- bad options and inputs: the reproductions of issue 19 (item 11) ---------------------------
+@pytest.mark.parametrize("name", ["vit_micro", "swin_micro"])
+@pytest.mark.parametrize("option, value, match", [
+    ("norm_eps", -1.0, "norm_eps"), ("norm_eps", float("nan"), "norm_eps"), ("num_classes", -3, "num_classes"),
+    ("drop_path", -0.1, r"drop_path must be a number in \[0, 1\), got -0\.1$"), ("dropout", 1.0, "dropout"),
+])
+def test_bad_options_fail_when_the_config_is_made(name, option, value, match):
+    with pytest.raises(ValueError, match=match):
+        create_model(name, **{option: value})
+
+
+def test_model_names_must_be_strings():
+    with pytest.raises(TypeError, match="name must be a str, got int"):
+        create_model(123)
+    with pytest.raises(TypeError, match="name must be a str"):
+        model_config(None)
+
+
+def test_vit_rejects_images_smaller_than_a_patch():
+    model = create_model("vit_micro", depth=1)
+    with pytest.raises(ValueError, match=r"pixel_values is \(3, 2\) pixels, smaller than one \(4, 4\) patch"):
+        model(torch.randn(1, 1, 3, 2))
+    with pytest.raises(ValueError, match="pixel_values has 3 channels, the model expects 1"):
+        model(torch.randn(1, 3, 28, 28))
+
+
+@pytest.mark.parametrize("name", ["vit_micro", "swin_micro"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_other_float_precisions_are_cast_to_the_model_dtype_as_hf_vit(name, dtype):
+    """HF ViTModel casts pixel_values to its weights' dtype; so do ViT and Swin (fp32 model here)."""
+    model = create_model(name, depth=1) if name == "vit_micro" else create_model(name, depths=(2, 2))
+    x = torch.randn(2, 1, 28, 28).to(dtype)
+    with torch.no_grad():
+        out = model.eval()(x).logits
+        ref = model(x.float()).logits
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)

@@ -15,15 +15,19 @@ HF's separate q / k / v projections are fused into relformer's ``qkv`` (cross-at
 """
 from __future__ import annotations
 
+import dataclasses
 import re
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
-import torch
 from torch import Tensor, nn
 
 from ..models import DETR, DETRConfig, DetectionOutput, SwinConfig, TextConfig, ViTConfig, build_model
+from ..models.detection import detr_fashion, detr_micro
+from ..models.keymap import KeyMap, convert_state, load_into
+from ..models.registry import builds, register_model
+from ..models.text.checkpoint import BERT_KEYMAP, bert_state_dict, bert_text_config
 
-__all__ = ["from_hf", "SUPPORTED", "bert_text_config", "bert_state_dict", "hf_detr_config", "HFDETR"]
+__all__ = ["from_hf", "SUPPORTED", "bert_text_config", "bert_state_dict", "hf_detr_config", "HFDETR", "HFDETRConfig"]
 
 
 def _require(ok: bool, what: str) -> None:
@@ -85,19 +89,6 @@ _SWIN_KEYS = [
     (r"layernorm\.(\w+)", r"norm.\1"),
     (r"classifier\.(\w+)", r"head.\1"),
 ]
-_BERT_LAYER = r"encoder\.layer\.(\d+)\."
-_BERT_KEYS = [
-    (r"embeddings\.word_embeddings\.weight", "embeddings.word.weight"),
-    (r"embeddings\.position_embeddings\.weight", "embeddings.position.weight"),
-    (r"embeddings\.token_type_embeddings\.weight", "embeddings.token_type.weight"),
-    (r"embeddings\.LayerNorm\.(\w+)", r"embeddings.norm.\1"),
-    (_BERT_LAYER + r"attention\.output\.dense\.(\w+)", r"encoder.layers.\1.attn.proj.\2"),
-    (_BERT_LAYER + r"attention\.output\.LayerNorm\.(\w+)", r"encoder.layers.\1.norm1.\2"),
-    (_BERT_LAYER + r"intermediate\.dense\.(\w+)", r"encoder.layers.\1.mlp.fc1.\2"),
-    (_BERT_LAYER + r"output\.dense\.(\w+)", r"encoder.layers.\1.mlp.fc2.\2"),
-    (_BERT_LAYER + r"output\.LayerNorm\.(\w+)", r"encoder.layers.\1.norm2.\2"),
-    (r"pooler\.dense\.(\w+)", r"pooler.\1"),
-]
 _BACKBONE = r"model\.backbone\.model\."
 _UNIT = _BACKBONE + r"encoder\.stages\.(\d+)\.layers\.(\d+)\."
 _ENC, _DEC = r"model\.encoder\.layers\.(\d+)\.", r"model\.decoder\.layers\.(\d+)\."
@@ -125,109 +116,17 @@ _DETR_KEYS = [
     (r"class_labels_classifier\.(\w+)", r"class_head.\1"),
     (r"bbox_predictor\.layers\.(\d+)\.(\w+)", r"box_head.layers.\1.\2"),
 ]
-# (module prefix, "q" / "k" / "v" as the first letter of group 2, parameter)
-_QKV = re.compile(r"(.*)attention\.([qkv])_proj\.(\w+)$")
 _DETR_QKV = re.compile(r"(.*)self_attn\.([qkv])_proj\.(\w+)$")
 _DETR_KV = re.compile(r"(.*)encoder_attn\.([kv])_proj\.(\w+)$")
-_BERT_QKV = re.compile(r"(.*)attention\.self\.(query|key|value)\.(\w+)$")
-_IGNORED = re.compile(r".*relative_position_index$|embeddings\.(position_ids|token_type_ids)$")
-
-
-def _attention_prefix(hf_prefix: str, keys: list[tuple[str, str]], out_proj: str) -> str:
-    """The relformer module path of the attention whose HF keys start with ``hf_prefix``."""
-    probe = _rename(hf_prefix + out_proj, keys)
-    return probe[: -len("proj.weight")]
-
-
-def _rename(key: str, keys: list[tuple[str, str]]) -> str:
-    for pattern, template in keys:
-        if re.fullmatch(pattern, key):
-            return re.sub(pattern, template, key)
-    raise NotImplementedError(f"from_hf: no relformer parameter for HF weight {key!r}")
 
 
 class _Family(NamedTuple):
-    make_config: object  # (HF model, num_classes) -> relformer config
-    prefix: str  # removed from HF keys
-    keys: list[tuple[str, str]]
-    qkv: re.Pattern = _QKV
-    out_proj: str = "attention.o_proj.weight"  # an attention's output projection, after its prefix
-    kv: re.Pattern | None = None  # cross-attention k / v projections, fused into ``kv``
-    kv_out_proj: str = ""
-
-
-def _plan(keys, family: _Family) -> dict[str, list[str]]:
-    """relformer key -> the HF keys whose tensors it concatenates along dim 0 (one for a rename;
-    q, k, v for a fused ``qkv``; k, v for a cross-attention's ``kv``)."""
-    plan: dict[str, list[str]] = {}
-    fused: dict[tuple[str, str, str], dict[str, str]] = {}  # (target name, HF prefix, param) -> parts
-    prefix = family.prefix
-    for full in keys:
-        key = full[len(prefix):] if prefix and full.startswith(prefix) else full
-        if _IGNORED.fullmatch(key):
-            continue
-        for pattern, name in ((family.qkv, "qkv"), (family.kv, "kv")):
-            m = pattern.fullmatch(key) if pattern is not None else None
-            if m:
-                fused.setdefault((name, m.group(1), m.group(3)), {})[m.group(2)[0]] = full
-                break
-        else:
-            plan[_rename(key, family.keys)] = [full]
-    for (name, hf_prefix, kind), parts in fused.items():
-        out_proj = family.out_proj if name == "qkv" else family.kv_out_proj
-        plan[_attention_prefix(hf_prefix, family.keys, out_proj) + f"{name}.{kind}"] = [parts[c] for c in name]
-    return plan
-
-
-def _convert_state(state: dict[str, Tensor], family: _Family) -> dict[str, Tensor]:
-    """HF state dict -> relformer state dict (see :func:`_plan`)."""
-    return {k: torch.cat([state[h] for h in hf]) if len(hf) > 1 else state[hf[0]]
-            for k, hf in _plan(state, family).items()}
-
-
-def _load_into_hf(hf_model: nn.Module, state: dict[str, Tensor], family: _Family) -> None:
-    """The inverse of :func:`_convert_state`: relformer weights ``state`` into ``hf_model``."""
-    hf_state = hf_model.state_dict()
-    new: dict[str, Tensor] = {}
-    for key, hf_keys in _plan(hf_state, family).items():
-        if len(hf_keys) == 1:  # a rename (0-d buffers such as num_batches_tracked included)
-            new[hf_keys[0]] = state[key]
-        else:
-            new.update(zip(hf_keys, state[key].split([hf_state[h].shape[0] for h in hf_keys])))
-    missing = set(hf_state) - set(new)
-    if missing:
-        raise RuntimeError(f"relformer weights do not cover HF weights {sorted(missing)}")
-    hf_model.load_state_dict(new)
-
-
-def bert_text_config(config: dict, pooler: bool = True) -> TextConfig:
-    """A BERT ``config.json`` (or ``BertConfig.to_dict()``) -> :class:`~relformer.models.TextConfig`."""
-    _require(config.get("hidden_act", "gelu") == "gelu",
-             f"hidden_act={config.get('hidden_act')!r} (only exact 'gelu' is supported)")
-    _require(config.get("position_embedding_type", "absolute") == "absolute",
-             f"position_embedding_type={config.get('position_embedding_type')!r} (only 'absolute')")
-    _require(not config.get("is_decoder", False) and not config.get("add_cross_attention", False),
-             "a BERT decoder / cross-attention")
-    return TextConfig(vocab_size=config["vocab_size"], dim=config["hidden_size"], depth=config["num_hidden_layers"],
-                      num_heads=config["num_attention_heads"], mlp_hidden=config["intermediate_size"],
-                      max_position=config["max_position_embeddings"], type_vocab_size=config["type_vocab_size"],
-                      norm_eps=float(config["layer_norm_eps"]), dropout=float(config["hidden_dropout_prob"]),
-                      attn_dropout=float(config["attention_probs_dropout_prob"]), position="absolute",
-                      pre_norm=False, activation="gelu", pooler=pooler, pad_token_id=config.get("pad_token_id") or 0)
+    make_config: Callable  # (HF model, num_classes) -> relformer config
+    keymap: KeyMap  # HF weight names -> relformer's
 
 
 def _bert_config(model: nn.Module, num_classes: int) -> TextConfig:
     return bert_text_config(model.config.to_dict(), pooler=model.pooler is not None)
-
-
-_BERT = _Family(_bert_config, "bert.", _BERT_KEYS, _BERT_QKV, "attention.output.dense.weight")
-
-
-def bert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """HF BERT weights (``BertModel`` names, with or without a ``bert.`` prefix; task heads such as
-    ``cls.*`` are dropped) -> :class:`~relformer.models.TextEncoder` state dict."""
-    keep = re.compile(r"(bert\.)?(embeddings|encoder|pooler)\..*")
-    return _convert_state({k: v for k, v in state.items() if keep.fullmatch(k)}, _BERT)
 
 
 def _detr_config(model: nn.Module, num_classes: int) -> DETRConfig:
@@ -254,14 +153,14 @@ def _detr_config(model: nn.Module, num_classes: int) -> DETRConfig:
                       aux_loss=False)
 
 
+_DETR_KEYMAP = KeyMap("", _DETR_KEYS, _DETR_QKV, "self_attn.o_proj.weight", _DETR_KV, "encoder_attn.o_proj.weight")
 _FAMILIES = {
-    "ViTModel": _Family(_vit_config, "", _VIT_KEYS),
-    "ViTForImageClassification": _Family(_vit_config, "vit.", _VIT_KEYS),
-    "SwinModel": _Family(_swin_config, "", _SWIN_KEYS),
-    "SwinForImageClassification": _Family(_swin_config, "swin.", _SWIN_KEYS),
-    "BertModel": _BERT,
-    "DetrForObjectDetection": _Family(_detr_config, "", _DETR_KEYS, _DETR_QKV, "self_attn.o_proj.weight",
-                                      _DETR_KV, "encoder_attn.o_proj.weight"),
+    "ViTModel": _Family(_vit_config, KeyMap("", _VIT_KEYS)),
+    "ViTForImageClassification": _Family(_vit_config, KeyMap("vit.", _VIT_KEYS)),
+    "SwinModel": _Family(_swin_config, KeyMap("", _SWIN_KEYS)),
+    "SwinForImageClassification": _Family(_swin_config, KeyMap("swin.", _SWIN_KEYS)),
+    "BertModel": _Family(_bert_config, BERT_KEYMAP),
+    "DetrForObjectDetection": _Family(_detr_config, _DETR_KEYMAP),
 }
 SUPPORTED = tuple(_FAMILIES)
 
@@ -279,7 +178,7 @@ def from_hf(model: nn.Module) -> nn.Module:
     _require(head is None or num_classes > 0, "a classifier that is not a Linear layer")
     config = family.make_config(model, num_classes)
     target = build_model(config)
-    state = _convert_state(model.state_dict(), family)
+    state = convert_state(model.state_dict(), family.keymap)
     missing, unexpected = target.load_state_dict(state, strict=False)
     missing = [k for k in missing if not (k.startswith("pooler.") and getattr(target, "pooler", None) is None)]
     if missing or unexpected:
@@ -316,6 +215,17 @@ def _thaw_batch_norms(module: nn.Module) -> None:
             _thaw_batch_norms(child)
 
 
+@dataclasses.dataclass(frozen=True)
+class HFDETRConfig(DETRConfig):
+    """A :class:`~relformer.models.DETRConfig` that builds :class:`HFDETR`: HF's DETR as the peer
+    baseline of relformer's, registered as ``hf_<variant>`` next to the relformer variant it mirrors."""
+
+    @classmethod
+    def mirror(cls, config: DETRConfig) -> "HFDETRConfig":
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(DETRConfig)})
+
+
+@builds(HFDETRConfig)
 class HFDETR(nn.Module):
     """HF ``DetrForObjectDetection`` built from a relformer :class:`DETRConfig` and initialised with the
     weights :class:`DETR` gets from the same RNG state, its whole backbone trainable (HF freezes the
@@ -333,7 +243,7 @@ class HFDETR(nn.Module):
         self.hf = DetrForObjectDetection(hf_detr_config(config))
         if config.backbone_norm == "batch":
             _thaw_batch_norms(self.hf.model.backbone)
-        _load_into_hf(self.hf, reference.state_dict(), _FAMILIES["DetrForObjectDetection"])
+        load_into(self.hf, reference.state_dict(), _DETR_KEYMAP)
         self.hf.model.unfreeze_backbone()
 
     def _heads(self, h: Tensor) -> dict[str, Tensor]:
@@ -345,3 +255,15 @@ class HFDETR(nn.Module):
         aux = [self._heads(h) for h in out.intermediate_hidden_states[:-1]] if self.config.aux_loss else []
         return DetectionOutput(final["logits"], final["pred_boxes"], aux, out.last_hidden_state,
                                out.encoder_last_hidden_state)
+
+
+@register_model
+def hf_detr_fashion() -> HFDETRConfig:
+    """HF ``DetrForObjectDetection`` shaped as ``detr_fashion``, with its initial weights for a seed."""
+    return HFDETRConfig.mirror(detr_fashion())
+
+
+@register_model
+def hf_detr_micro() -> HFDETRConfig:
+    """HF ``DetrForObjectDetection`` shaped as ``detr_micro`` (tests)."""
+    return HFDETRConfig.mirror(detr_micro())

@@ -50,7 +50,10 @@ def _suggest(name: str, options) -> str:
 
 
 def model_config(name: str, **overrides) -> Any:
-    """The config of variant ``name`` with ``overrides`` applied; unknown names/keys raise ``ValueError``."""
+    """The config of variant ``name`` with ``overrides`` applied; unknown names/keys raise ``ValueError``,
+    a name that is not a str ``TypeError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__} (see list_models())")
     if name not in _VARIANTS:
         raise ValueError(f"unknown model {name!r}{_suggest(name, _VARIANTS)}; known: {', '.join(list_models())}")
     config = _VARIANTS[name]()

@@ -1,19 +1,22 @@
 """Attention, Transformer blocks and layer stacks. All attention goes through :func:`relformer.attend`.
 
 * :class:`Attention` -- multi-head / grouped-query attention, self or cross, optional RoPE.
-* :class:`Block` -- attention + MLP with residuals, pre-norm (GPT-2 / ViT) or post-norm
-  (Vaswani / BERT); ``cross=True`` makes its attention a cross-attention (LoFTR's "cross" layer).
+* :class:`BlockSpec` -- what a block is made of (norm, MLP, heads, dropouts, ...), written once.
+* :class:`Block` -- self-attention + MLP with residuals, pre-norm (GPT-2 / ViT) or post-norm
+  (Vaswani / BERT).
 * :class:`CrossBlock` -- self-attention, cross-attention to a ``context``, MLP (the Transformer
   decoder layer; DETR's decoder layer).
-* :class:`Encoder` / :class:`Decoder` -- stacks built from a declarative schedule
-  ``layer_types``, e.g. LoFTR's ``("self", "cross") * 4``.
+* :class:`Encoder` / :class:`Decoder` -- stacks of Blocks / CrossBlocks built from one spec, with
+  per-layer relations, positions, packed rows, a KV cache and every hidden state on request.
 
 Tokens are ``(B, L, C)``; variable-size items are packed into one row and kept apart with a
 relation such as :class:`relformer.relations.Documents`, not padded.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -23,7 +26,7 @@ from ..attention.backends import attention_probs
 from .gemm import Linear, linear
 from .mlp import MLP
 
-__all__ = ["Attention", "Block", "CrossBlock", "Encoder", "Decoder", "DropPath", "LayerScale", "LAYER_TYPES"]
+__all__ = ["Attention", "BlockSpec", "Block", "CrossBlock", "Encoder", "Decoder", "DropPath", "LayerScale"]
 
 
 def _to_heads(x: Tensor, heads: int, head_dim: int) -> Tensor:
@@ -37,8 +40,8 @@ class _SplitHeads(torch.autograd.Function):
 
     Autograd's own backward of ``split`` + ``transpose`` concatenates the three strided head
     gradients with ``cat``; this one copies each into its slot of one ``(B, L, (H + 2 Hkv) D)``
-    buffer (3x faster on the Swin-micro stage-1 projection, 0.46 vs 1.34 ms), which is also the
-    contiguous layout the projection's backward reads."""
+    buffer: one pass instead of a copy per head view plus the ``cat``, and the contiguous layout
+    the projection's backward reads."""
 
     @staticmethod
     def forward(ctx, qkv: Tensor, heads: int, kv_heads: int, head_dim: int):
@@ -234,12 +237,6 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
-def _branch(dim: int, layer_scale: float | None, drop_path: float) -> nn.Sequential:
-    """What wraps a residual branch's output: optional LayerScale, then DropPath."""
-    layers = [LayerScale(dim, layer_scale)] if layer_scale is not None else []
-    return nn.Sequential(*layers, DropPath(drop_path))
-
-
 def add_residual(x: Tensor, branch: Tensor) -> Tensor:
     """``x + branch``, written into ``branch`` when no autograd graph records it (inference):
     one activation-sized allocation less per residual."""
@@ -250,74 +247,127 @@ def add_residual(x: Tensor, branch: Tensor) -> Tensor:
 
 
 def _add_branch(x: Tensor, wrap: nn.Sequential, branch: Tensor) -> Tensor:
-    """``x + wrap(branch)`` for a :func:`_branch` wrapper, its DropPath fused into the add."""
+    """``x + wrap(branch)`` for a :meth:`BlockSpec.branch` wrapper, its DropPath fused into the add."""
     *scales, drop = wrap
     for layer in scales:
         branch = layer(branch)
     return drop.add_to(x, branch)
 
 
+def _check_rate(name: str, value) -> None:
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """What every layer of a stack is made of, written once (the block factory of :class:`Block`,
+    :class:`CrossBlock` and :class:`Encoder`).
+
+    Args:
+        mlp_ratio: MLP hidden width ``int(dim * mlp_ratio)``, unless ``mlp_hidden`` is given.
+        norm_layer: called as ``norm_layer(dim)``; mlp_layer: called as ``mlp_layer(dim, hidden)``.
+        pre_norm: pre-norm (GPT-2, ViT) or post-norm (Vaswani et al. 2017, BERT) residuals.
+        num_kv_heads, qkv_bias, backend, rope, head_dim: see :class:`Attention`.
+        dropout: on every branch output; attn_dropout: on attention probabilities.
+        layer_scale: LayerScale init (None: off); drop_path: stochastic-depth rate (an
+            :class:`Encoder`'s maximum, reached by its last layer).
+        context_dim: width of a :class:`CrossBlock`'s context (default: the block's width).
+    """
+
+    mlp_ratio: float = 4.0
+    mlp_hidden: int | None = None
+    norm_layer: Callable[[int], nn.Module] = nn.LayerNorm
+    mlp_layer: Callable[[int, int], nn.Module] = MLP
+    pre_norm: bool = True
+    num_kv_heads: int | None = None
+    qkv_bias: bool = True
+    backend: str = "auto"
+    rope: nn.Module | None = None
+    head_dim: int | None = None
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    layer_scale: float | None = None
+    drop_path: float = 0.0
+    context_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            _check_rate(name, getattr(self, name))
+
+    @classmethod
+    def of(cls, spec: "BlockSpec | None", options: dict) -> "BlockSpec":
+        """``spec`` (default: all defaults) with ``options`` replacing its fields; an unknown
+        option raises ``TypeError``."""
+        return dataclasses.replace(spec if spec is not None else cls(), **options)
+
+    def attention_branch(self, dim: int, num_heads: int, cross: bool = False) -> tuple[nn.Module, Attention, nn.Module]:
+        """An attention residual branch: ``(norm, attention, output wrapper)``; a cross-attention
+        (to a context of width ``context_dim``) has no RoPE."""
+        norm = self.norm_layer(dim)
+        attn = Attention(dim, num_heads, self.num_kv_heads, qkv_bias=self.qkv_bias, backend=self.backend,
+                         rope=None if cross else self.rope, head_dim=self.head_dim, attn_dropout=self.attn_dropout,
+                         proj_dropout=self.dropout, cross=cross, context_dim=self.context_dim if cross else None)
+        return norm, attn, self.branch(dim)
+
+    def mlp_branch(self, dim: int) -> tuple[nn.Module, nn.Module, nn.Dropout, nn.Module]:
+        """The MLP residual branch: ``(norm, mlp, its output dropout, output wrapper)``."""
+        hidden = int(dim * self.mlp_ratio) if self.mlp_hidden is None else self.mlp_hidden
+        return self.norm_layer(dim), self.mlp_layer(dim, hidden), nn.Dropout(self.dropout), self.branch(dim)
+
+    def branch(self, dim: int) -> nn.Sequential:
+        """What wraps a residual branch's output: optional LayerScale, then DropPath."""
+        layers = [LayerScale(dim, self.layer_scale)] if self.layer_scale is not None else []
+        return nn.Sequential(*layers, DropPath(self.drop_path))
+
+
 class _Residual(nn.Module):
     """Shared pre-/post-norm residual wiring: ``x + branch(norm(x))`` or ``norm(x + branch(x))``."""
 
     pre_norm: bool
+    takes_context = False  # whether forward needs a ``context`` (cross-attention)
 
     def _residual(self, x: Tensor, norm: nn.Module, wrap: nn.Module, fn: Callable[[Tensor], Tensor]) -> Tensor:
         if self.pre_norm:
             return _add_branch(x, wrap, fn(norm(x)))
         return norm(_add_branch(x, wrap, fn(x)))
 
+    def _mlp_branch(self, x: Tensor, norm: nn.Module, wrap: nn.Module) -> Tensor:
+        return self._residual(x, norm, wrap, lambda h: self.mlp_drop(self.mlp(h)))
+
 
 class Block(_Residual):
-    """Transformer block: attention then MLP, each in a residual branch.
+    """Transformer block: self-attention then MLP, each in a residual branch.
 
     Pre-norm (``pre_norm=True``; GPT-2, ViT): ``x = x + attn(norm1(x)); x = x + mlp(norm2(x))``.
     Post-norm (Vaswani et al. 2017; BERT): ``x = norm1(x + attn(x)); x = norm2(x + mlp(x))``.
 
-    Args:
-        dim, num_heads, num_kv_heads, qkv_bias, backend, rope, head_dim: see :class:`Attention`.
-        mlp_ratio: MLP hidden width ``int(dim * mlp_ratio)``, unless ``mlp_hidden`` is given.
-        norm_layer: called as ``norm_layer(dim)``; mlp_layer: called as ``mlp_layer(dim, hidden)``.
-        dropout: on both branch outputs; attn_dropout: on attention probabilities.
-        layer_scale: LayerScale init (None: off); drop_path: stochastic-depth rate.
-        cross: the attention is a cross-attention to ``context`` (width ``context_dim``).
+    ``Block(dim, num_heads, spec=None, **options)``: the layers are those of ``spec`` (a
+    :class:`BlockSpec`) with ``options`` (its field names) replacing fields.
 
-    ``forward(x, relation=None, positions=None, context=None, ...)``: ``x (B, L, C) -> (B, L, C)``;
-    ``rows`` / ``kv_cache`` are passed to :meth:`Attention.forward` (packed ``x (N, C)`` / decoding).
+    ``forward(x, relation=None, positions=None, pos=None, rows=None, kv_cache=None)``:
+    ``x (B, L, C) -> (B, L, C)``; the keywords are :meth:`Attention.forward`'s (``rows``: packed
+    ``x (N, C)``; ``kv_cache``: decoding).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
-                 mlp_layer: Callable[[int, int], nn.Module] = MLP, pre_norm: bool = True, num_kv_heads: int | None = None,
-                 qkv_bias: bool = True, backend: str = "auto", rope: nn.Module | None = None, head_dim: int | None = None,
-                 mlp_hidden: int | None = None, dropout: float = 0.0, attn_dropout: float = 0.0,
-                 layer_scale: float | None = None, drop_path: float = 0.0, cross: bool = False,
-                 context_dim: int | None = None) -> None:
+    def __init__(self, dim: int, num_heads: int, spec: BlockSpec | None = None, **options) -> None:
         super().__init__()
-        self.pre_norm, self.cross = bool(pre_norm), bool(cross)
-        self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, num_heads, num_kv_heads, qkv_bias=qkv_bias, backend=backend, rope=rope,
-                              head_dim=head_dim, attn_dropout=attn_dropout, proj_dropout=dropout, cross=cross,
-                              context_dim=context_dim)
-        self.branch1 = _branch(dim, layer_scale, drop_path)
-        self.norm2 = norm_layer(dim)
-        self.mlp = mlp_layer(dim, int(dim * mlp_ratio) if mlp_hidden is None else mlp_hidden)
-        self.mlp_drop = nn.Dropout(dropout)
-        self.branch2 = _branch(dim, layer_scale, drop_path)
+        s = BlockSpec.of(spec, options)
+        self.pre_norm = bool(s.pre_norm)
+        self.norm1, self.attn, self.branch1 = s.attention_branch(dim, num_heads)
+        self.norm2, self.mlp, self.mlp_drop, self.branch2 = s.mlp_branch(dim)
 
     def forward(self, x: Tensor, relation: Relation | None = None, positions: Tensor | None = None,
-                context: Tensor | None = None, context_positions: Tensor | None = None,
-                pos: Tensor | None = None, context_pos: Tensor | None = None, rows=None,
-                kv_cache=None) -> Tensor:
+                pos: Tensor | None = None, rows=None, kv_cache=None) -> Tensor:
         x = self._residual(x, self.norm1, self.branch1, lambda h: self.attn(
-            h, relation, context=context, positions=positions, context_positions=context_positions,
-            pos=pos, context_pos=context_pos, rows=rows, kv_cache=kv_cache))
-        return self._residual(x, self.norm2, self.branch2, lambda h: self.mlp_drop(self.mlp(h)))
+            h, relation, positions=positions, pos=pos, rows=rows, kv_cache=kv_cache))
+        return self._mlp_branch(x, self.norm2, self.branch2)
 
 
 class CrossBlock(_Residual):
     """Transformer decoder layer (Vaswani et al. 2017; DETR's decoder layer, Carion et al. 2020):
     self-attention, cross-attention to ``context``, MLP, each a residual branch with its own norm
-    (``norm1``, ``norm2``, ``norm3``); pre- or post-norm as :class:`Block`.
+    (``norm1``, ``norm2``, ``norm3``); pre- or post-norm and built as :class:`Block`.
 
     ``forward(x, context, relation=None, context_relation=None, positions=None,
     context_positions=None, pos=None, context_pos=None)``: ``relation`` masks/biases the
@@ -326,25 +376,15 @@ class CrossBlock(_Residual):
     RoPE, if given, is used by the self-attention only.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
-                 mlp_layer: Callable[[int, int], nn.Module] = MLP, pre_norm: bool = True, num_kv_heads: int | None = None,
-                 qkv_bias: bool = True, backend: str = "auto", rope: nn.Module | None = None, head_dim: int | None = None,
-                 mlp_hidden: int | None = None, dropout: float = 0.0, attn_dropout: float = 0.0,
-                 layer_scale: float | None = None, drop_path: float = 0.0, context_dim: int | None = None) -> None:
+    takes_context = True
+
+    def __init__(self, dim: int, num_heads: int, spec: BlockSpec | None = None, **options) -> None:
         super().__init__()
-        self.pre_norm = bool(pre_norm)
-        attn_kw = dict(qkv_bias=qkv_bias, backend=backend, head_dim=head_dim, attn_dropout=attn_dropout,
-                       proj_dropout=dropout)
-        self.norm1 = norm_layer(dim)
-        self.self_attn = Attention(dim, num_heads, num_kv_heads, rope=rope, **attn_kw)
-        self.branch1 = _branch(dim, layer_scale, drop_path)
-        self.norm2 = norm_layer(dim)
-        self.cross_attn = Attention(dim, num_heads, num_kv_heads, cross=True, context_dim=context_dim, **attn_kw)
-        self.branch2 = _branch(dim, layer_scale, drop_path)
-        self.norm3 = norm_layer(dim)
-        self.mlp = mlp_layer(dim, int(dim * mlp_ratio) if mlp_hidden is None else mlp_hidden)
-        self.mlp_drop = nn.Dropout(dropout)
-        self.branch3 = _branch(dim, layer_scale, drop_path)
+        s = BlockSpec.of(spec, options)
+        self.pre_norm = bool(s.pre_norm)
+        self.norm1, self.self_attn, self.branch1 = s.attention_branch(dim, num_heads)
+        self.norm2, self.cross_attn, self.branch2 = s.attention_branch(dim, num_heads, cross=True)
+        self.norm3, self.mlp, self.mlp_drop, self.branch3 = s.mlp_branch(dim)
 
     def forward(self, x: Tensor, context: Tensor, relation: Relation | None = None,
                 context_relation: Relation | None = None, positions: Tensor | None = None,
@@ -354,106 +394,98 @@ class CrossBlock(_Residual):
                            lambda h: self.self_attn(h, relation, positions=positions, pos=pos))
         x = self._residual(x, self.norm2, self.branch2, lambda h: self.cross_attn(
             h, context_relation, context=context, pos=pos, context_pos=context_pos))
-        return self._residual(x, self.norm3, self.branch3, lambda h: self.mlp_drop(self.mlp(h)))
+        return self._mlp_branch(x, self.norm3, self.branch3)
 
 
-LAYER_TYPES = ("self", "cross", "self_cross")
+# per-layer relations: one for every layer, one per layer, or a function of (layer index, stream)
+LayerRelations = Union[Relation, None, Sequence[Optional[Relation]], Callable[[int, Tensor], Optional[Relation]]]
 
 
 class Encoder(nn.Module):
-    """A stack of layers following a declarative schedule (LoFTR, Sun et al. 2021: ``("self", "cross") * 4``).
+    """A stack of ``depth`` layers of one kind (:class:`Block`; :class:`Decoder`: :class:`CrossBlock`),
+    built from one :class:`BlockSpec`, then a final norm.
 
-    Layer types: ``"self"`` -- :class:`Block` (self-attention + MLP); ``"cross"`` --
-    ``Block(cross=True)`` (cross-attention to the context + MLP); ``"self_cross"`` --
-    :class:`CrossBlock` (self-attention, cross-attention, MLP).
+    ``Encoder(dim, depth, num_heads, spec=None, final_norm=None, **options)``: ``options`` replace
+    fields of ``spec``; ``drop_path`` is the maximum stochastic-depth rate, increased linearly
+    over depth (timm); ``final_norm`` (default ``pre_norm``) adds ``norm_layer(dim)`` after the
+    last layer (else ``norm`` is an identity).
 
-    Args:
-        dim, num_heads: as :class:`Block`.
-        depth: number of layers (``layer_types`` defaults to ``("self",) * depth``).
-        layer_types: the schedule; ``len(layer_types) == depth``.
-        final_norm: a ``norm_layer(dim)`` after the last layer (default: ``pre_norm``).
-        drop_path: maximum stochastic-depth rate, increased linearly over depth (timm).
-        The remaining keyword arguments are :class:`Block`'s (minus ``cross`` / ``drop_path``).
+    ``forward(x, relation=None, *, positions=None, pos=None, rows=None, kv_cache=None,
+    context=None, context_relation=None, context_positions=None, context_pos=None,
+    return_hidden=False)``: ``x (B, L, C)`` (or packed ``(N, C)`` with ``rows``) -> the normed
+    output of the same shape, or with ``return_hidden`` ``(output, hidden)``: ``hidden`` holds
+    ``x`` and every layer's output before the final norm (``depth + 1`` tensors).
 
-    ``forward(x, relation=None, context=None, context_relation=None, positions=None,
-    context_positions=None)``: one stream ``x (B, L, C)``; cross layers attend to ``context``.
-    ``forward_pair(x0, x1, ...)``: two streams (LoFTR / SuperGlue): self layers update each,
-    cross layers update each from the other.
+    * ``relation``: one relation (or None) for every layer, a sequence with one per layer, or a
+      function ``relation(i, x)`` of the layer index and the stream entering layer ``i``
+      (relations refined layer by layer, as Relation-DETR's boxes).
+    * ``kv_cache``: one cache slot per layer (objects with ``update(k, v)``, see :class:`Attention`).
+    * the other keywords go to every layer unchanged (:class:`Block` / :class:`CrossBlock`);
+      ``context`` is required by a :class:`Decoder` and refused by an :class:`Encoder`.
     """
 
-    default_layer_type = "self"
+    block_type: type[_Residual] = Block
 
-    def __init__(self, dim: int, depth: int, num_heads: int, layer_types: Sequence[str] | None = None,
-                 final_norm: bool | None = None, mlp_ratio: float = 4.0,
-                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, mlp_layer: Callable[[int, int], nn.Module] = MLP,
-                 pre_norm: bool = True, num_kv_heads: int | None = None, qkv_bias: bool = True, backend: str = "auto",
-                 rope: nn.Module | None = None, head_dim: int | None = None, mlp_hidden: int | None = None,
-                 dropout: float = 0.0, attn_dropout: float = 0.0, layer_scale: float | None = None,
-                 drop_path: float = 0.0, context_dim: int | None = None) -> None:
+    def __init__(self, dim: int, depth: int, num_heads: int, spec: BlockSpec | None = None,
+                 final_norm: bool | None = None, **options) -> None:
         super().__init__()
-        layer_types = (self.default_layer_type,) * depth if layer_types is None else tuple(layer_types)
-        if len(layer_types) != depth:
-            raise ValueError(f"layer_types has {len(layer_types)} entries, depth is {depth}")
-        unknown = sorted(set(layer_types) - set(LAYER_TYPES))
-        if unknown:
-            raise ValueError(f"unknown layer types {unknown}; known: {LAYER_TYPES}")
-        self.layer_types = layer_types
-        common = dict(mlp_ratio=mlp_ratio, norm_layer=norm_layer, mlp_layer=mlp_layer, pre_norm=pre_norm,
-                      num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, backend=backend, rope=rope, head_dim=head_dim,
-                      mlp_hidden=mlp_hidden, dropout=dropout, attn_dropout=attn_dropout, layer_scale=layer_scale)
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth > 1 else [drop_path] * depth
-        layers = []
-        for kind, rate in zip(layer_types, rates):
-            if kind == "self_cross":
-                layers.append(CrossBlock(dim, num_heads, drop_path=rate, context_dim=context_dim, **common))
-            else:
-                cross = kind == "cross"
-                layers.append(Block(dim, num_heads, drop_path=rate, cross=cross,
-                                    context_dim=context_dim if cross else None, **common))
-        self.layers = nn.ModuleList(layers)
-        self.norm = norm_layer(dim) if (pre_norm if final_norm is None else final_norm) else nn.Identity()
+        if not (isinstance(depth, int) and depth >= 0):
+            raise ValueError(f"depth must be an int >= 0, got {depth!r}")
+        s = BlockSpec.of(spec, options)
+        rates = torch.linspace(0, s.drop_path, depth).tolist() if depth > 1 else [s.drop_path] * depth
+        self.layers = nn.ModuleList(self.block_type(dim, num_heads, dataclasses.replace(s, drop_path=rate))
+                                    for rate in rates)
+        self.norm = s.norm_layer(dim) if (s.pre_norm if final_norm is None else final_norm) else nn.Identity()
 
-    def forward(self, x: Tensor, relation: Relation | None = None, context: Tensor | None = None,
-                context_relation: Relation | None = None, positions: Tensor | None = None,
-                context_positions: Tensor | None = None) -> Tensor:
-        if context is None and any(t != "self" for t in self.layer_types):
-            raise ValueError(f"layer schedule {self.layer_types} has cross layers: pass a context")
-        for kind, layer in zip(self.layer_types, self.layers):
-            if kind == "self":
-                x = layer(x, relation, positions=positions)
-            elif kind == "cross":
-                x = layer(x, context_relation, positions=positions, context=context,
-                          context_positions=context_positions)
-            else:
-                x = layer(x, context, relation, context_relation, positions=positions)
-        return self.norm(x)
+    def _relations(self, relation: LayerRelations) -> Callable[[int, Tensor], Relation | None]:
+        if relation is None or isinstance(relation, Relation):
+            return lambda i, x: relation
+        if isinstance(relation, (nn.ModuleList, list, tuple)):
+            if len(relation) != len(self.layers):
+                raise ValueError(f"relation has {len(relation)} entries, the encoder {len(self.layers)} layers")
+            return lambda i, x: relation[i]
+        if callable(relation):
+            return relation
+        raise TypeError("relation must be a Relation, None, a sequence of one per layer or a function "
+                        f"(layer index, x) -> Relation; got {type(relation).__name__}")
 
-    def forward_pair(self, x0: Tensor, x1: Tensor, relation0: Relation | None = None,
-                     relation1: Relation | None = None, relation01: Relation | None = None,
-                     relation10: Relation | None = None, sequential: bool = True) -> tuple[Tensor, Tensor]:
-        """Two token sets ``x0 (B, L0, C)``, ``x1 (B, L1, C)`` sharing every layer.
+    def _check_context(self, context: Tensor | None, given: dict) -> None:
+        if self.block_type.takes_context and context is None:
+            raise ValueError(f"{type(self).__name__} layers cross-attend: pass a context")
+        if not self.block_type.takes_context:
+            bad = [name for name, value in given.items() if name.startswith("context") and value is not None]
+            if bad:
+                raise ValueError(f"{type(self).__name__} layers do not cross-attend: got {', '.join(bad)}")
 
-        ``relation0`` / ``relation1``: self-attention relations; ``relation01``: queries of x0
-        over keys of x1 ``(L0, L1)``; ``relation10`` the reverse. ``sequential=True`` updates
-        x1 from the already-updated x0 in a cross layer, as LoFTR's ``LocalFeatureTransformer``;
-        ``False`` updates both from the old values (symmetric, as SuperGlue / LightGlue).
-        Only ``"self"`` and ``"cross"`` layers are allowed here.
-        """
-        if "self_cross" in self.layer_types:
-            raise ValueError("forward_pair supports 'self' and 'cross' layers only")
-        for kind, layer in zip(self.layer_types, self.layers):
-            if kind == "self":
-                x0, x1 = layer(x0, relation0), layer(x1, relation1)
-            else:
-                new0 = layer(x0, relation01, context=x1)
-                x1 = layer(x1, relation10, context=new0 if sequential else x0)
-                x0 = new0
-        return self.norm(x0), self.norm(x1)
+    def forward(self, x: Tensor, relation: LayerRelations = None, *, positions: Tensor | None = None,
+                pos: Tensor | None = None, rows=None, kv_cache: Sequence | None = None,
+                context: Tensor | None = None, context_relation: Relation | None = None,
+                context_positions: Tensor | None = None, context_pos: Tensor | None = None,
+                return_hidden: bool = False) -> Tensor | tuple[Tensor, tuple[Tensor, ...]]:
+        given = dict(positions=positions, pos=pos, rows=rows, context=context, context_relation=context_relation,
+                     context_positions=context_positions, context_pos=context_pos)
+        self._check_context(context, given)
+        kw = {name: value for name, value in given.items() if value is not None}
+        if kv_cache is not None and len(kv_cache) != len(self.layers):
+            raise ValueError(f"kv_cache has {len(kv_cache)} slots, the encoder {len(self.layers)} layers")
+        relation_of = self._relations(relation)
+        hidden = [x] if return_hidden else None
+        for i, layer in enumerate(self.layers):
+            if kv_cache is not None:
+                kw["kv_cache"] = kv_cache[i]
+            x = layer(x, relation=relation_of(i, x), **kw)
+            if hidden is not None:
+                hidden.append(x)
+        out = self.norm(x)
+        return (out, tuple(hidden)) if return_hidden else out
+
+
+# the layer kinds of the stacks: Encoder's Block, Decoder's CrossBlock
+LAYER_TYPES = ("self", "self_cross")
 
 
 class Decoder(Encoder):
-    """:class:`Encoder` whose schedule defaults to ``("self_cross",) * depth``: the Transformer
-    decoder (Vaswani et al. 2017) / DETR decoder; ``forward(x, relation, context, ...)`` needs a context.
-    """
+    """:class:`Encoder` of :class:`CrossBlock` layers: the Transformer decoder (Vaswani et al. 2017) /
+    DETR decoder; ``forward(x, relation, context=..., ...)`` needs a context."""
 
-    default_layer_type = "self_cross"
+    block_type = CrossBlock

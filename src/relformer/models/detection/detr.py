@@ -21,7 +21,6 @@ real pixel) marks padding; padded feature positions are masked as keys everywher
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -30,12 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import MLP, Decoder, Encoder, Linear
-from ..relations import BoxRelationBias, Documents
-from ..relations.geometry import sine_embed
-from .registry import builds, register_model
+from ...nn import MLP, Decoder, Encoder, Linear
+from ...relations import BoxRelationBias, Documents
+from ..checks import check_rate
+from ..registry import builds, register_model
+from .backbone import ResNetBackbone, sine_positions
 
-__all__ = ["DETRConfig", "DETR", "DetectionOutput", "ResNetBackbone", "FrozenBatchNorm2d", "sine_positions"]
+__all__ = ["DETRConfig", "DETR", "DetectionOutput", "BoxHead"]
 
 
 @dataclass
@@ -53,111 +53,6 @@ class DetectionOutput:
 
 
 # ---------------------------------------------------------------------------------------------
-# Backbone
-# ---------------------------------------------------------------------------------------------
-class FrozenBatchNorm2d(nn.Module):
-    """BatchNorm2d with fixed statistics and affine parameters (all buffers), DETR's backbone norm:
-    ``x * w / sqrt(var + eps) + (b - mean * w / sqrt(var + eps))``. ``x (B, C, H, W)``."""
-
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
-        super().__init__()
-        self.eps = eps
-        for name, init in (("weight", torch.ones), ("bias", torch.zeros), ("running_mean", torch.zeros),
-                           ("running_var", torch.ones)):
-            self.register_buffer(name, init(num_features))
-
-    def scale_shift(self) -> tuple[Tensor, Tensor]:
-        """``(scale, shift)``, both ``(1, C, 1, 1)``: the norm is ``x * scale + shift``."""
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        return scale[None, :, None, None], (self.bias - self.running_mean * scale)[None, :, None, None]
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale, shift = self.scale_shift()
-        return x * scale + shift
-
-
-class ConvNorm(nn.Module):
-    """``act(norm(conv(x)))``: a bias-free ``k x k`` convolution (padding ``k // 2``), a norm, ReLU or
-    nothing. ``norm``: ``"frozen"`` (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable). The frozen
-    norm and the ReLU work in place on the convolution's output (its backward never reads it): no
-    new activation-sized buffer per layer."""
-
-    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, norm: str = "batch",
-                 act: bool = True) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False)
-        self.norm = FrozenBatchNorm2d(cout) if norm == "frozen" else nn.BatchNorm2d(cout)
-        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        if isinstance(self.norm, FrozenBatchNorm2d):
-            scale, shift = self.norm.scale_shift()
-            return self.act(self.conv(x).mul_(scale).add_(shift))
-        return self.act(self.norm(self.conv(x)))
-
-
-class ResidualUnit(nn.Module):
-    """ResNet's basic block (two 3x3 convs) or bottleneck (1x1 reduce by 4, 3x3, 1x1 expand), He et al.
-    2016, with a projection shortcut when the shape changes. ``stride`` sits on the 3x3 conv of a
-    bottleneck unless ``downsample_in_bottleneck`` (then on its first 1x1), as HF ``ResNet``."""
-
-    def __init__(self, cin: int, cout: int, stride: int, kind: str, norm: str,
-                 downsample_in_bottleneck: bool = False) -> None:
-        super().__init__()
-        self.shortcut = (ConvNorm(cin, cout, 1, stride, norm, act=False) if cin != cout or stride != 1
-                         else nn.Identity())
-        if kind == "basic":
-            self.convs = nn.Sequential(ConvNorm(cin, cout, 3, stride, norm), ConvNorm(cout, cout, 3, 1, norm, act=False))
-        else:
-            mid, first = cout // 4, downsample_in_bottleneck
-            self.convs = nn.Sequential(ConvNorm(cin, mid, 1, stride if first else 1, norm),
-                                       ConvNorm(mid, mid, 3, 1 if first else stride, norm),
-                                       ConvNorm(mid, cout, 1, 1, norm, act=False))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.convs(x).add_(self.shortcut(x)).relu_()
-
-
-class ResNetBackbone(nn.Module):
-    """ResNet feature extractor (He et al. 2016): 7x7 stride-2 stem + 3x3 stride-2 max pool, then
-    ``len(widths)`` stages of residual units (stride 2 at the start of every stage but the first,
-    unless ``downsample_first_stage``). ``x (B, C, H, W) -> (B, widths[-1], H / s, W / s)``,
-    ``s = 4 * 2 ** (len(widths) - 1)`` (x2 with ``downsample_first_stage``)."""
-
-    def __init__(self, in_channels: int, stem_channels: int, widths: tuple[int, ...], depths: tuple[int, ...],
-                 kind: str = "basic", norm: str = "batch", downsample_first_stage: bool = False,
-                 downsample_in_bottleneck: bool = False) -> None:
-        super().__init__()
-        self.stem = ConvNorm(in_channels, stem_channels, 7, 2, norm)
-        self.pool = nn.MaxPool2d(3, 2, padding=1)
-        stages, cin = [], stem_channels
-        for i, (cout, depth) in enumerate(zip(widths, depths)):
-            stride = 2 if (i > 0 or downsample_first_stage) else 1
-            units = [ResidualUnit(cin if k == 0 else cout, cout, stride if k == 0 else 1, kind, norm,
-                                  downsample_in_bottleneck) for k in range(depth)]
-            stages.append(nn.Sequential(*units))
-            cin = cout
-        self.stages = nn.Sequential(*stages)
-        self.out_channels = cin
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.stages(self.pool(self.stem(x)))
-
-
-def sine_positions(mask: Tensor, num_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi) -> Tensor:
-    """DETR's normalised 2-D sine positions of a feature map: ``mask (B, H, W)`` bool (True = real) ->
-    ``(B, H * W, 2 * num_feats)``, the ``y`` features first. Each coordinate is the cumulative count of
-    real positions along its axis, divided by the axis total and times ``scale``."""
-    m = mask.float()
-    y, x = m.cumsum(1), m.cumsum(2)
-    y = y / (y[:, -1:, :] + 1e-6) * scale
-    x = x / (x[:, :, -1:] + 1e-6) * scale
-    k = torch.arange(num_feats, device=mask.device, dtype=torch.float32)
-    dim_t = temperature ** (2 * torch.div(k, 2, rounding_mode="floor") / num_feats)
-    return sine_embed(torch.stack([y, x], -1), dim_t, 1.0).flatten(1, 2)  # (B, HW, 2 * num_feats)
-
-
-# ---------------------------------------------------------------------------------------------
 # Config and model
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -170,9 +65,9 @@ class DETRConfig:
     Transformer: ``dim``, ``num_heads``, ``encoder_layers``, ``decoder_layers``, ``encoder_mlp`` /
     ``decoder_mlp`` (FFN widths), ``dropout`` (DETR: 0.1), ``attn_dropout``, ``num_queries``.
     ``aux_loss``: predictions of every decoder layer. ``box_relation`` (Relation-DETR) with
-    ``relation_embed_dim``; ``num_groups`` (Group DETR). ``implementation="hf"`` builds HF's
-    ``DetrForObjectDetection`` instead, with the weights this config's :class:`DETR` gets for the
-    same seed (:class:`relformer.interop.transformers.HFDETR`; the baseline of the benchmarks).
+    ``relation_embed_dim``; ``num_groups`` (Group DETR). HF's ``DetrForObjectDetection`` with the
+    same initial weights, the benchmarks' baseline, is a peer built in
+    :mod:`relformer.interop.transformers` (``hf_detr_fashion``).
     """
 
     num_classes: int = 10
@@ -198,7 +93,6 @@ class DETRConfig:
     relation_embed_dim: int = 16
     num_groups: int = 1
     backend: str = "auto"
-    implementation: Literal["relformer", "hf"] = "relformer"
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -215,13 +109,10 @@ class DETRConfig:
         if self.dim % self.num_heads or self.dim % 4:
             raise ValueError(f"{name}.dim ({self.dim}) must be divisible by num_heads ({self.num_heads}) and by 4 "
                              "(sine positions)")
-        for key, options in (("block", ("basic", "bottleneck")), ("backbone_norm", ("batch", "frozen")),
-                             ("implementation", ("relformer", "hf"))):
+        for key, options in (("block", ("basic", "bottleneck")), ("backbone_norm", ("batch", "frozen"))):
             if getattr(self, key) not in options:
                 raise ValueError(f"{name}.{key} must be one of {options}, got {getattr(self, key)!r}")
-        for key in ("dropout", "attn_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ValueError(f"{name}.{key} must be in [0, 1), got {getattr(self, key)!r}")
+        check_rate(self, "dropout", "attn_dropout")
 
 
 class BoxHead(nn.Module):
@@ -238,6 +129,7 @@ class BoxHead(nn.Module):
         return x
 
 
+@builds(DETRConfig)
 class DETR(nn.Module):
     """DETR / Relation-DETR / Group DETR (see the module docstring).
     ``forward(images (B, C, H, W), pixel_mask (B, H, W) | None) -> DetectionOutput``."""
@@ -281,6 +173,26 @@ class DETR(nn.Module):
     def _predict(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.class_head(h), self.box_head(h).sigmoid()
 
+    def _decode_with_box_relation(self, h: Tensor, self_rel, decode: dict) -> tuple[list, list]:
+        """Relation-DETR's decoder: layer ``l + 1``'s self-attention relation is the box relation of the
+        (detached) boxes layer ``l`` predicted from its normed output. -> per layer the normed output
+        ``(B, Q, C)`` and its ``(logits, boxes)``."""
+        states, outputs = [], []
+
+        def predict(h: Tensor) -> None:
+            states.append(self.decoder_norm(h))
+            outputs.append(self._predict(states[-1]))
+
+        def relation(i: int, h: Tensor):
+            if i == 0:
+                return self_rel
+            predict(h)  # the output of layer i - 1
+            boxes = self.box_relation.bind(boxes=outputs[-1][1].detach())
+            return boxes if self_rel is None else self_rel & boxes
+
+        predict(self.decoder(h, relation, **decode))
+        return states, outputs
+
     def forward(self, images: Tensor, pixel_mask: Tensor | None = None) -> DetectionOutput:
         c = self.config
         x, pos, mask = self._features(images, pixel_mask)
@@ -288,43 +200,24 @@ class DETR(nn.Module):
         keys = mask.flatten(1)  # (B, hw)
         # padded positions attend nothing and are attended by nothing (None: no padding, no mask)
         enc_rel = None if bool(keys.all()) else Documents(keys.long() - 1)  # ids: 0 real, -1 padding
-        for layer in self.encoder.layers:
-            x = layer(x, enc_rel, pos=pos)
+        x = self.encoder(x, enc_rel, pos=pos)
         groups = c.num_groups if self.training else 1
         Q = c.num_queries * groups
         query_pos = self.query_embed.weight[:Q].unsqueeze(0).expand(B, -1, -1)  # (B, Q, C)
         group_ids = torch.arange(groups, device=x.device).repeat_interleave(c.num_queries).expand(B, -1)
         self_rel = Documents(group_ids) if groups > 1 else None
         cross_rel = None if enc_rel is None else Documents(torch.zeros_like(group_ids), enc_rel.segment_ids)
+        decode = dict(context=x, context_relation=cross_rel, pos=query_pos, context_pos=pos)
         h = torch.zeros_like(query_pos)
-        states, outputs = [], []  # per layer: the decoder output (normed for Relation-DETR); (logits, boxes)
-        for layer in self.decoder.layers:
-            rel = self_rel
-            if self.box_relation is not None and outputs:
-                boxes = self.box_relation.bind(boxes=outputs[-1][1].detach())
-                rel = boxes if rel is None else rel & boxes
-            h = layer(h, x, rel, cross_rel, pos=query_pos, context_pos=pos)
-            if self.box_relation is not None:  # the next layer's relation needs this layer's boxes
-                states.append(self.decoder_norm(h))
-                outputs.append(self._predict(states[-1]))
-            else:
-                states.append(h)
-        if self.box_relation is None:  # the norm and heads of every layer in one call on (L, B, Q, C)
-            states = self.decoder_norm(torch.stack(states if c.aux_loss else states[-1:]))
+        if self.box_relation is not None:
+            states, outputs = self._decode_with_box_relation(h, self_rel, decode)
+        else:  # the norm and heads of every layer in one call on (L, B, Q, C)
+            stack = self.decoder(h, self_rel, return_hidden=c.aux_loss, **decode)
+            states = self.decoder_norm(torch.stack(stack[1][1:]) if c.aux_loss else stack[None])
             outputs = list(zip(*(t.unbind(0) for t in self._predict(states))))
         logits, boxes = outputs[-1]
         aux = [{"logits": a, "pred_boxes": b} for a, b in outputs[:-1]] if c.aux_loss else []
         return DetectionOutput(logits, boxes, aux, states[-1], x)
-
-
-@builds(DETRConfig)
-def build_detr(config: DETRConfig) -> nn.Module:
-    """:class:`DETR`, or for ``implementation="hf"`` HF's model with the same initial weights."""
-    if config.implementation == "hf":
-        from ..interop.transformers import HFDETR
-
-        return HFDETR(config)
-    return DETR(config)
 
 
 # ---------------------------------------------------------------------------------------------

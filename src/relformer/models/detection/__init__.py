@@ -1,0 +1,9 @@
+"""Set-prediction detectors on :func:`relformer.attend`: DETR, Relation-DETR and Group DETR
+(:mod:`.detr`), on a ResNet backbone (:mod:`.backbone`)."""
+from .backbone import ConvNorm, FrozenBatchNorm2d, ResidualUnit, ResNetBackbone, sine_positions
+from .detr import (DETR, BoxHead, DetectionOutput, DETRConfig, detr_fashion, detr_micro, group_detr_fashion,
+                   relation_detr_fashion)
+
+__all__ = ["DETRConfig", "DETR", "DetectionOutput", "BoxHead", "ResNetBackbone", "FrozenBatchNorm2d", "ConvNorm",
+           "ResidualUnit", "sine_positions", "detr_fashion", "relation_detr_fashion", "group_detr_fashion",
+           "detr_micro"]
