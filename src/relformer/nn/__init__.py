@@ -1,5 +1,5 @@
 """relformer.nn: norms, MLPs, positional encodings, attention blocks and layer stacks."""
-from .blocks import LAYER_TYPES, Attention, Block, CrossBlock, Decoder, DropPath, Encoder, LayerScale
+from .blocks import Attention, Block, BlockSpec, CrossBlock, Decoder, DropPath, Encoder, LayerScale
 from .convert import NORMS, PreNormTransformer, to_pre_crmsnorm, to_pre_rmsnorm
 from .gemm import Linear, linear, set_linear_kernel
 from .mlp import MLP, SwiGLU
@@ -13,6 +13,6 @@ __all__ = [
     "MLP", "SwiGLU",
     "sinusoidal_encoding", "LearnedPositions", "RotaryEmbedding", "RotaryEmbedding2D", "grid_positions",
     "laplacian_eigenvectors", "random_sign_flip", "random_walk_encoding",
-    "Attention", "Block", "CrossBlock", "Encoder", "Decoder", "LayerScale", "DropPath", "LAYER_TYPES",
+    "Attention", "Block", "CrossBlock", "Encoder", "Decoder", "LayerScale", "DropPath", "BlockSpec",
     "PreNormTransformer", "NORMS", "to_pre_rmsnorm", "to_pre_crmsnorm",
 ]

@@ -480,10 +480,6 @@ class Encoder(nn.Module):
         return (out, tuple(hidden)) if return_hidden else out
 
 
-# the layer kinds of the stacks: Encoder's Block, Decoder's CrossBlock
-LAYER_TYPES = ("self", "self_cross")
-
-
 class Decoder(Encoder):
     """:class:`Encoder` of :class:`CrossBlock` layers: the Transformer decoder (Vaswani et al. 2017) /
     DETR decoder; ``forward(x, relation, context=..., ...)`` needs a context."""
