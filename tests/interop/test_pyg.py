@@ -152,13 +152,13 @@ def _zinc_like_batch(seed: int) -> GraphBatch:
 
 @pytest.mark.parametrize("train", [False, True])
 def test_pyg_implementation_of_gps_matches(train):
-    """GPSConfig(implementation="pyg") -- the ZINC baseline -- starts from the same weights as the
+    """pyg_gps_micro (PyGGPS, registered by relformer.interop.pyg) -- the ZINC baseline -- starts from the same weights as the
     relformer GPS for a seed, and gives the same predictions and parameter gradients (the largest
     gradients here are ~30: compared within 1e-5 relative + 1e-5 absolute)."""
     torch.manual_seed(0)
     ours = create_model("gps_micro").train(train)
     torch.manual_seed(0)
-    pyg = create_model("gps_micro", implementation="pyg").train(train)
+    pyg = create_model("pyg_gps_micro").train(train)
     assert all(isinstance(layer, GPSConv) for layer in pyg.layers)
     batch = _zinc_like_batch(7)
     torch.manual_seed(1)  # the same LapPE sign flips in training
