@@ -11,7 +11,8 @@ import torch
 from relformer.data.graph import GraphBatch
 from relformer.models import (GPS, GPSConfig, Graphormer, GraphormerConfig, GraphTransformer, GTConfig, create_model,
                               list_models, model_config)
-from relformer.models.graph import GraphLayout
+from relformer.data.graph import ptr_from_batch
+from relformer.models.graph import GINE, GPSLayer, GraphLayout, GraphTransformerLayer, clear_drop_in_layouts, layout
 from tests.equivalence import assert_trains_and_round_trips
 
 SMALL = {  # registered variants shrunk in depth so every one runs in CI
@@ -137,6 +138,103 @@ def test_layout_is_built_once_and_shared():
     assert torch.equal(layout.rows.index[node_row, node_pos], torch.arange(batch.num_nodes))
     # a small batch is not padded to row_len
     assert GraphLayout.build(torch.tensor([0, 3, 5]), torch.zeros(2, 0, dtype=torch.long)).shape == (1, 5)
+
+
+# ---- the PyG-style (drop-in) path: one cached layout per batch --------------------------------------
+def _drop_in_stack(kind: str, depth: int = 3, dim: int = 16):
+    torch.manual_seed(0)
+    if kind == "gps":
+        layers = [GPSLayer(dim, 4, GINE(dim, edge_dim=3)) for _ in range(depth)]
+    else:  # dense attention reads the layout's adjacency, so a stale layout would change its output
+        layers = [GraphTransformerLayer(dim, 4, edge_features=False, attention="dense") for _ in range(depth)]
+    layers = torch.nn.ModuleList(layers).eval()
+
+    def run(x, edge_index, batch, edge_attr, layout=None):
+        for layer in layers:
+            out = layer(x, edge_index, batch, edge_attr=edge_attr, layout=layout) if kind == "gps" else \
+                layer(x, edge_index, None, batch, layout=layout)[0]
+            x = out
+        return x
+    return run
+
+
+def _float_graphs(dim: int = 16):
+    batch = random_graphs()
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(batch.num_nodes, dim, generator=g), batch.edge_index.clone(), batch.batch.clone(),
+            torch.randn(batch.num_edges, 3, generator=g))
+
+
+def _uncached(run, x, edge_index, batch, edge_attr):
+    """The same stack on a layout built for exactly these tensors, bypassing the cache."""
+    fresh = GraphLayout.build(ptr_from_batch(batch, x.shape[0]), edge_index.clone())
+    return run(x, edge_index, batch, edge_attr, layout=fresh)
+
+
+@pytest.mark.parametrize("kind", ["gps", "dense_gt"])
+def test_drop_in_layout_is_shared_by_layers_and_rebuilt_after_in_place_edits(kind, monkeypatch):
+    clear_drop_in_layouts()
+    built = []
+    real_build = GraphLayout.build.__func__
+    monkeypatch.setattr(GraphLayout, "build", classmethod(lambda cls, *a, **k: built.append(1) or real_build(cls, *a, **k)))
+    run = _drop_in_stack(kind)
+    x, edge_index, batch, edge_attr = _float_graphs()
+    with torch.no_grad():
+        out = run(x, edge_index, batch, edge_attr)
+        assert len(built) == 1, "every layer of the stack must reuse the first layer's layout"
+        torch.testing.assert_close(out, _uncached(run, x, edge_index, batch, edge_attr), rtol=0, atol=0)
+        run(x, edge_index, batch, edge_attr)
+        assert len(built) == 2, "a second forward on the same tensors reuses the cached layout (+1: the uncached run)"
+
+        # in place: graphs 1 and 2 become one graph (their edges stay inside it)
+        stale = out
+        batch[batch >= 2] -= 1
+        out = run(x, edge_index, batch, edge_attr)
+        assert len(built) == 3, "an in-place edit of batch must rebuild the layout"
+        torch.testing.assert_close(out, _uncached(run, x, edge_index, batch, edge_attr), rtol=0, atol=0)
+        if kind == "gps":  # global attention sees the merged graph (neighbour attention does not)
+            assert not torch.allclose(out, stale), "merging two graphs must change the attention output"
+
+        # in place: the first edges of the largest graph are rewired to other nodes of that graph
+        g = int(torch.bincount(batch).argmax())
+        inside = ((batch[edge_index[0]] == g) & (batch[edge_index[1]] == g)).nonzero().flatten()[:6]
+        lo = int((batch == g).nonzero()[0])
+        stale = out
+        edge_index[1, inside] = lo + torch.arange(len(inside)) % 3
+        out = run(x, edge_index, batch, edge_attr)
+        assert len(built) == 5, "an in-place edit of edge_index must rebuild the layout"
+        torch.testing.assert_close(out, _uncached(run, x, edge_index, batch, edge_attr), rtol=0, atol=0)
+        assert not torch.allclose(out, stale)
+
+
+def test_drop_in_layout_cache_names_bad_inputs_and_skips_inference_tensors():
+    clear_drop_in_layouts()
+    run = _drop_in_stack("gps", depth=2)
+    x, edge_index, batch, edge_attr = _float_graphs()
+    with torch.no_grad():
+        run(x, edge_index, batch, edge_attr)  # cached now: later calls still check x and edge_attr
+        bad = x.clone()
+        bad[0, 0] = float("nan")
+        with pytest.raises(ValueError, match="x holds NaN"):
+            run(bad, edge_index, batch, edge_attr)
+        with pytest.raises(ValueError, match="edge_attr has"):
+            run(x, edge_index, batch, edge_attr[1:])
+    with torch.inference_mode():  # no version counters: laid out on every call, same result
+        ref = run(x, edge_index, batch, edge_attr)
+        args = [t.clone() for t in (x, edge_index, batch, edge_attr)]
+        torch.testing.assert_close(run(*args), ref, rtol=0, atol=0)
+    assert all(not e.edge_index.is_inference() for e in layout._DROP_IN._entries.values())
+
+
+def test_batch_without_nodes_raises_a_clear_error():
+    empty = GraphBatch(torch.zeros(0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long), torch.tensor([0, 0]),
+                       torch.zeros(0, dtype=torch.long))
+    for name in ("gps_micro", "gt_micro", "graphormer_micro"):
+        with pytest.raises(ValueError, match="graph has no nodes"):
+            create_model(name)(empty)
+    layer = GPSLayer(16, 4, GINE(16))
+    with pytest.raises(ValueError, match="no nodes"):
+        layer(torch.zeros(0, 16), torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
 
 
 # ---- positional encodings ------------------------------------------------------------------------
