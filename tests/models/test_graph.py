@@ -100,7 +100,7 @@ def test_results_do_not_depend_on_row_grouping_or_batch_mates(name):
     overrides = dict(attention="dense") if name == "gt_micro" else {}
     model = create_model(name, **overrides)
     batch = random_graphs()
-    wide, wide_logits = _eval_logits(model, batch)  # rows of 128 slots: all graphs in one row
+    wide, wide_logits = _eval_logits(model, batch, row_len=128)  # rows of 128 slots: all graphs in one row
     narrow, narrow_logits = _eval_logits(model, batch, row_len=31)  # rows as wide as the largest graph (+ token)
     assert GraphLayout.build(batch.ptr, batch.edge_index, 128).shape[0] == 1
     assert GraphLayout.build(batch.ptr, batch.edge_index, 31).shape[0] > 1

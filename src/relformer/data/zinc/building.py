@@ -111,11 +111,11 @@ def _source_id(folder: Path) -> str:
 def build_zinc(variant: str = "12k", root: str | os.PathLike | None = None, seed: int = 0, *,
                limit: tuple[int, int, int] | None = None, source: str | os.PathLike | None = None,
                progress: bool = True, rebuild: bool = False) -> dict[str, "ZincDataset"]:
-    """The ``{"train", "val", "test"}`` splits of the ZINC-like dataset (module docstring), built on
-    the first call (about 10 s for ``12k`` and 90 s for ``100k`` on one core) and loaded from the
-    cache afterwards (milliseconds; no RDKit or molsets needed).
+    """The ``{"train", "val", "test"}`` splits of the ZINC-like dataset (the package's dataset card),
+    built on the first call (RDKit parses and scores every sampled molecule, so ``100k`` takes about
+    ten times as long as ``12k``) and loaded from the cache afterwards (no RDKit or molsets needed).
 
-    ``root``: the cache root (default ``$RELFORMER_CACHE`` or ``~/.cache/relformer``); ``seed``:
+    ``root``: the cache root (default :func:`~relformer.data.zinc.zinc_cache_dir`'s); ``seed``:
     the sampling seed (0 is the documented dataset); ``limit``: other ``(train, val, test)`` sizes
     (e.g. ``(200, 50, 50)`` for tests; cached in a folder of their own); ``source``: a folder with
     MOSES-format ``train.csv.gz`` / ``test.csv.gz`` instead of the molsets package;

@@ -72,9 +72,9 @@ def with_encodings(dataset: ZincDataset | dict[str, ZincDataset], lap_k: int | N
     * ``spd``: hop distances per graph, :func:`relformer.relations.graph.shortest_path_distances`
       (for Graphormer's :class:`~relformer.relations.graph.ShortestPathBias`).
 
-    Each is computed once (one graph at a time, with a progress bar; all three take about 6 s
-    for ``12k`` and 1 min for ``100k`` on one core) and stored beside the split as ``<split>.lap<k>``, ``.rwse<k>`` and
-    ``.spd`` safetensors files, reused while the split's graphs are unchanged. ``None`` or ``0``
+    Each is computed once (one graph at a time, with a progress bar) and stored beside the split as
+    ``<split>.lap<k>``, ``.rwse<k>`` and ``.spd`` safetensors files, reused while the split's graphs
+    are unchanged. ``None`` or ``0``
     skips an encoding. Returns new dataset objects; the input is unchanged.
     """
     if isinstance(dataset, dict):

@@ -10,14 +10,15 @@ from torch import Tensor, nn
 from ...data.graph import GraphBatch
 from ...nn import MLP, Linear, laplacian_eigenvectors, random_sign_flip, random_walk_encoding
 from .layers import NORM_LAYERS, FeatureEncoder
+from .layout import ROW_LEN
 
 __all__ = ["GraphOutput"]
 
 NORMS = tuple(NORM_LAYERS)
 POOLINGS = ("sum", "mean")
 # categorical atom / bond types with room to spare; attention rows of 32 slots: the ZINC-like molecules
-# have at most 27 atoms (+ Graphormer's graph token); a row no wider than needed computes fewer masked
-# scores (32 slots gave faster gps_zinc training steps than 64 on a 2-core CPU)
+# have at most 27 atoms (+ Graphormer's graph token), and a row no wider than needed scores fewer
+# masked pairs (32 slots also gave faster gps_zinc training steps than 64)
 ZINC_INPUTS = dict(node_types=64, edge_types=8, row_len=32)
 # a tiny size for the test variants
 MICRO = dict(node_types=16, edge_types=4, dim=32, depth=2, num_heads=4)
@@ -56,7 +57,7 @@ class _GraphConfig:
     attn_dropout: float = 0.0
     lap_k: int = 0
     rwse_k: int = 0
-    row_len: int = 64
+    row_len: int = ROW_LEN
     backend: str = "auto"
 
     def __post_init__(self) -> None:

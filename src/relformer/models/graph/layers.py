@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ...nn import MLP, Attention, Linear, TokenBatchNorm
 from ...relations import EdgeBias
-from .layout import GraphLayout, drop_in_layout
+from .layout import ROW_LEN, GraphLayout, drop_in_layout
 
 __all__ = ["NORM_LAYERS", "resolve_norm", "edge_softmax", "GINE", "GPSLayer", "GraphTransformerLayer",
            "FeatureEncoder"]
@@ -105,7 +105,7 @@ class GPSLayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, local: nn.Module | None = None, dropout: float = 0.0,
                  attn_dropout: float = 0.0, norm_layer: NormLayer = TokenBatchNorm, act: type[nn.Module] = nn.ReLU,
-                 backend: str = "auto", row_len: int = 64) -> None:
+                 backend: str = "auto", row_len: int = ROW_LEN) -> None:
         super().__init__()
         self.local, self.row_len = local, int(row_len)
         self.attn = Attention(dim, num_heads, backend=backend, attn_dropout=attn_dropout)
@@ -157,7 +157,8 @@ class GraphTransformerLayer(nn.Module):
     def __init__(self, dim: int, num_heads: int, edge_features: bool = True, dropout: float = 0.0,
                  norm_layer: NormLayer = TokenBatchNorm, attention: Literal["sparse", "dense"] = "sparse",
                  backend: str = "auto",
-                 qkv_bias: bool = False, row_len: int = 64, update_edges: bool = True) -> None:
+                 qkv_bias: bool = False, row_len: int = ROW_LEN,
+                 update_edges: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")

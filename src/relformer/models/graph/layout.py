@@ -22,7 +22,14 @@ from ...data.packed import Packed, Rows, plan_rows
 from ...relations import Documents, GraphAdjacency
 from ...relations.graph import edge_id_matrix, node_layout
 
-__all__ = ["GraphLayout", "drop_in_layout", "clear_drop_in_layouts"]
+__all__ = ["GraphLayout", "ROW_LEN", "drop_in_layout", "clear_drop_in_layouts"]
+
+#: default row width. Every slot pair of a row is scored, masked or not, so a row costs ``W^2`` scores:
+#: rows about as wide as the graphs compute the fewest. 32 slots keep one molecule-sized graph (or a
+#: few small ones) per row; a larger graph widens the rows to its size. On ZINC-like batches (9-27
+#: atoms) rows of 64 scored 2.3x as many pairs as PyG's padding, rows of 32 as many (bench/graph.py's
+#: ``scores per head`` column).
+ROW_LEN = 32
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,7 +46,7 @@ class GraphLayout:
     edge_index: Tensor
 
     @classmethod
-    def build(cls, ptr: Tensor, edge_index: Tensor, row_len: int = 64) -> "GraphLayout":
+    def build(cls, ptr: Tensor, edge_index: Tensor, row_len: int = ROW_LEN) -> "GraphLayout":
         """Graphs (``ptr (G + 1,)`` node offsets) into rows of at most ``max(row_len, largest graph)``
         slots by first-fit decreasing (:func:`~relformer.data.plan_rows`); the rows are as wide as
         the fullest one, so a small batch is not padded to ``row_len``. A batch without nodes has
@@ -160,7 +167,7 @@ _DROP_IN = _LayoutCache()
 
 
 def drop_in_layout(x: Tensor, edge_index: Tensor, batch: Tensor | None = None, edge_attr: Tensor | None = None,
-                   row_len: int = 64) -> GraphLayout:
+                   row_len: int = ROW_LEN) -> GraphLayout:
     """The layout of a PyG-style call ``layer(x, edge_index, batch, edge_attr=...)``.
 
     The first layer of a stack validates the graph and builds the layout; the next layers, called
