@@ -233,7 +233,7 @@ def test_batch_without_nodes_raises_a_clear_error():
         with pytest.raises(ValueError, match="graph has no nodes"):
             create_model(name)(empty)
     layer = GPSLayer(16, 4, GINE(16))
-    with pytest.raises(ValueError, match="no nodes"):
+    with pytest.raises(ValueError, match=r"x has no rows \(no nodes\)"):
         layer(torch.zeros(0, 16), torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
 
 

@@ -159,6 +159,8 @@ def _build_checked(x: Tensor, edge_index: Tensor, batch: Tensor | None, edge_att
                    row_len: int) -> GraphLayout:
     """Validate a PyG-style call ``(x, edge_index, batch, edge_attr)`` and lay its graphs out."""
     _check_call(x, edge_index, None)
+    if x.shape[0] == 0:
+        raise ValueError("x has no rows (no nodes): a graph layer needs at least one node")
     ptr = check_graph(x, edge_index, ptr_from_batch(batch, x.shape[0]).to(x.device), edge_attr)
     return GraphLayout.build(ptr, edge_index, row_len)
 
