@@ -219,6 +219,11 @@ def test_drop_in_layout_cache_names_bad_inputs_and_skips_inference_tensors():
             run(bad, edge_index, batch, edge_attr)
         with pytest.raises(ValueError, match="edge_attr has"):
             run(x, edge_index, batch, edge_attr[1:])
+        run(x, edge_index, batch, edge_attr)  # the validated edge_attr is checked once per stack ...
+        edge_attr[2, 1] = float("inf")  # ... until an in-place edit bumps its version
+        with pytest.raises(ValueError, match="edge_attr holds NaN or inf"):
+            run(x, edge_index, batch, edge_attr)
+        edge_attr[2, 1] = 0.0
     with torch.inference_mode():  # no version counters: laid out on every call, same result
         ref = run(x, edge_index, batch, edge_attr)
         args = [t.clone() for t in (x, edge_index, batch, edge_attr)]

@@ -26,6 +26,13 @@ __all__ = ["GraphBatch", "check_features", "check_graph", "check_ptr", "ptr_from
 _INT = (torch.int32, torch.int64)
 
 
+def _all_finite(t: Tensor) -> bool:
+    """No NaN / inf in ``t``: its minimum and maximum are finite (both propagate NaN). One reduction
+    pass without a boolean temporary, several times cheaper than ``isfinite(t).all()``."""
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
 def check_features(name: str, t: Tensor, rows: int | None, what: str) -> None:
     """``t (rows, ...)``: a tensor with 1 or 2 dims, finite if floating point, >= 0 if integer.
     ``what`` names the rows in messages (``"N nodes"``, ``"E edges"``)."""
@@ -36,7 +43,7 @@ def check_features(name: str, t: Tensor, rows: int | None, what: str) -> None:
     if rows is not None and t.shape[0] != rows:
         raise ValueError(f"{name} has {t.shape[0]} rows but there are {rows} {what.split()[-1]}")
     if t.is_floating_point():
-        if t.numel() and not bool(torch.isfinite(t).all()):
+        if t.numel() and not _all_finite(t):
             raise ValueError(f"{name} holds NaN or inf values")
     elif t.dtype in _INT:
         if t.numel() and int(t.min()) < 0:

@@ -107,18 +107,27 @@ def _version(t: Tensor | None) -> int | None:
     return None if t is None else t._version
 
 
-@dataclass(frozen=True, eq=False)
 class _Entry:
-    """A layout and the tensors it was built from (held, so their identity cannot be reused)."""
+    """A layout, the tensors it was built from, and the last ``edge_attr`` validated with it (all held,
+    so their identity cannot be reused; the layers of a stack pass the same ``edge_attr``, which is
+    then checked once)."""
 
-    edge_index: Tensor
-    batch: Tensor | None
-    versions: tuple[int, int | None]
-    layout: GraphLayout
+    def __init__(self, edge_index: Tensor, batch: Tensor | None, edge_attr: Tensor | None,
+                 layout: GraphLayout) -> None:
+        self.edge_index, self.batch, self.layout = edge_index, batch, layout
+        self.versions = (edge_index._version, _version(batch))
+        self.edge_attr, self.edge_attr_version = edge_attr, _version(edge_attr)
 
     def serves(self, edge_index: Tensor, batch: Tensor | None) -> bool:
         return (self.edge_index is edge_index and self.batch is batch
                 and self.versions == (edge_index._version, _version(batch)))
+
+    def check(self, x: Tensor, edge_attr: Tensor | None) -> None:
+        """Validate a later call's ``x`` (every call) and ``edge_attr`` (when not the one validated last)."""
+        known = edge_attr is self.edge_attr and _version(edge_attr) == self.edge_attr_version
+        _check_call(x, self.edge_index, None if known else edge_attr)
+        if not known and _versioned(edge_attr):
+            self.edge_attr, self.edge_attr_version = edge_attr, _version(edge_attr)
 
 
 class _LayoutCache:
@@ -136,12 +145,12 @@ class _LayoutCache:
         key = (id(edge_index), id(batch), x.shape[0] if isinstance(x, Tensor) else None, row_len)
         entry = self._entries.get(key) if cacheable else None
         if entry is not None and entry.serves(edge_index, batch):
-            _check_call(x, edge_index, edge_attr)
+            entry.check(x, edge_attr)
             self._entries.move_to_end(key)
             return entry.layout
         layout = _build_checked(x, edge_index, batch, edge_attr, row_len)
         if cacheable:
-            self._entries[key] = _Entry(edge_index, batch, (edge_index._version, _version(batch)), layout)
+            self._entries[key] = _Entry(edge_index, batch, edge_attr if _versioned(edge_attr) else None, layout)
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return layout
