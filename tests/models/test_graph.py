@@ -383,3 +383,17 @@ def test_bad_inputs_fail_clearly():
         float_model(GraphBatch(torch.randn(batch.num_nodes, 2), batch.edge_index, batch.ptr, batch.edge_attr))
     assert float_model(GraphBatch(torch.randn(batch.num_nodes, 3), batch.edge_index, batch.ptr,
                                   batch.edge_attr)).logits.shape == (batch.num_graphs, 1)
+
+
+def test_layers_take_norm_types_and_configs_name_them_once():
+    from functools import partial
+
+    from relformer.nn import TokenBatchNorm
+
+    layer = GPSLayer(16, 4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-3))
+    assert all(isinstance(n, torch.nn.LayerNorm) and n.eps == 1e-3 for n in (layer.norm1, layer.norm2, layer.norm3))
+    assert isinstance(GraphTransformerLayer(16, 4, norm_layer=torch.nn.Identity).norm1_h, torch.nn.Identity)
+    assert type(GPSLayer(16, 4).norm1) is TokenBatchNorm  # PyG GPSConv's default
+    for kind, cls in (("batch", TokenBatchNorm), ("layer", torch.nn.LayerNorm), ("none", torch.nn.Identity)):
+        assert type(create_model("gps_micro", norm=kind).layers[0].norm3) is cls
+        assert type(create_model("gt_micro", norm=kind).layers[1].norm2_h) is cls

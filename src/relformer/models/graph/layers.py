@@ -136,8 +136,9 @@ class GraphTransformerLayer(nn.Module):
 
     Without edge features (``edge_features=False``) the ``E e_ij`` factor and the edge stream are
     dropped; ``update_edges=False`` keeps the gating but returns no new edge features (a model's last
-    layer, whose edge output no one reads). A node without in-edges gets a zero attention output. FFNs are ``Linear(C, 2C)``, ReLU,
-    ``Linear(2C, C)`` with dropout after each linear (relformer's :class:`~relformer.nn.MLP`).
+    layer, whose edge output no one reads). A node without in-edges gets a zero attention output.
+    FFNs are ``Linear(C, 2C)``, ReLU, ``Linear(2C, C)`` with dropout after each linear (relformer's
+    :class:`~relformer.nn.MLP`); ``norm_layer``: the norm type, called ``norm_layer(dim)``.
 
     ``attention``: ``"sparse"`` (default) computes the softmax over the edge list with
     :func:`edge_softmax` (``scatter_reduce_`` / ``index_add_``): O(E H D) work, and the per-channel
@@ -156,8 +157,7 @@ class GraphTransformerLayer(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, edge_features: bool = True, dropout: float = 0.0,
                  norm_layer: NormLayer = TokenBatchNorm, attention: Literal["sparse", "dense"] = "sparse",
-                 backend: str = "auto",
-                 qkv_bias: bool = False, row_len: int = ROW_LEN,
+                 backend: str = "auto", qkv_bias: bool = False, row_len: int = ROW_LEN,
                  update_edges: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
