@@ -1,6 +1,6 @@
 """GPS layers: relformer (graphs packed into rows) vs PyG ``GPSConv`` (padded per batch), side by side.
 
-    python bench/graph.py                       # -> bench/results/graph-bench.md (+ .json beside it)
+    python bench/graph.py --components          # -> bench/results/graph-bench.md (+ .json beside it)
     python bench/graph.py --quick --out /tmp/graph-quick.md
     python bench/graph.py --reps 2 --no-memory --cases zinc molecules --zinc-limit 10 300 10 --zinc-batches 2 \
         --out /tmp/graph-smoke.md                  # a smoke run (seconds; not a measurement)
@@ -252,6 +252,68 @@ def attention_choice(ours) -> str:
     return f"{ours[0].attn.backend} -> {relformer.explain(q, q, q, layout.documents)}"
 
 
+# ---- where the time goes: one layer's components, forward + backward ---------------------------------
+def component_steps(pyg_layer, our_layer, data) -> dict:
+    """Each component of the first layer alone on one batch (the same input, a dense cotangent):
+    global attention (PyG: ``to_dense_batch`` + ``nn.MultiheadAttention`` with a padding mask;
+    relformer: rows with the block-diagonal mask, on its ``auto`` backend and on SDPA), the GINE
+    message passing, the MLP and one norm."""
+    from torch_geometric.utils import to_dense_batch
+
+    from relformer.data.graph import ptr_from_batch
+    from relformer.models.graph import GraphLayout
+
+    x0, edge_index, batch, edge_attr = data
+    layout = GraphLayout.build(ptr_from_batch(batch, x0.shape[0]), edge_index, our_layer.row_len)
+    x = x0.clone().requires_grad_(True)
+    cot = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    auto = our_layer.attn.backend
+
+    def pyg_attention():
+        h, mask = to_dense_batch(x, batch)
+        h, _ = pyg_layer.attn(h, h, h, key_padding_mask=~mask, need_weights=False)
+        return h[mask]
+
+    def our_attention(backend):
+        def run():
+            our_layer.attn.backend = backend
+            try:
+                return our_layer.attn(x, layout.documents, rows=layout.rows)
+            finally:
+                our_layer.attn.backend = auto
+        return run
+
+    parts = {"attention": (pyg_attention, our_attention(auto)), "attention (SDPA)": (None, our_attention("sdpa")),
+             "GINE": (lambda: pyg_layer.conv(x, edge_index, edge_attr), lambda: our_layer.local(x, edge_index, edge_attr)),
+             "MLP": (lambda: pyg_layer.mlp(x), lambda: our_layer.mlp(x)),
+             "norm": (lambda: pyg_layer.norm1(x), lambda: our_layer.norm1(x))}
+
+    def step(fn):
+        def run():
+            x.grad = None
+            (fn() * cot).sum().backward()
+        return run
+    steps = {}
+    for part, (theirs, ours) in parts.items():
+        if theirs is not None:
+            steps[f"PyG {part}"] = step(theirs)
+        steps[f"relformer {part}"] = step(ours)
+    return steps
+
+
+def profile_components(case: str, pyg, ours, args, reps: int) -> dict:
+    steps = component_steps(pyg[0], ours[0], case_data(case, args)[0])
+    times = time_interleaved(steps, reps, warmup=1)
+    ms = {n: statistics.median(t) * 1e3 for n, t in times.items()}
+    row = {"case": case, "ms": ms}
+    for name in ms:
+        if name.startswith("relformer"):
+            peer = "PyG attention" if "attention" in name else name.replace("relformer", "PyG")
+            median, low, high = paired_speedup(times, name, peer)
+            row[name] = dict(speedup=median, ci=[low, high])
+    return row
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -269,6 +331,8 @@ def main(argv=None) -> None:
     ap.add_argument("--zinc-batches", type=int, default=8, help="ZINC batches of 128 molecules per step")
     ap.add_argument("--zinc-limit", type=int, nargs=3, metavar=("TRAIN", "VAL", "TEST"),
                     help="build a smaller ZINC-like dataset (smoke runs; not the documented 12k)")
+    ap.add_argument("--components", action="store_true",
+                    help="also time one layer's components (attention, GINE, MLP, norm) on zinc and molecules")
     ap.add_argument("--cases", nargs="+", help="only these cases (default: all; --quick: two spreads)")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "graph-bench.md")
     ap.add_argument("--child", nargs=2, metavar=("CASE", "PEER"), help=argparse.SUPPRESS)
@@ -287,14 +351,16 @@ def main(argv=None) -> None:
     for case in cases:
         rows.append(measure(case, pyg, ours, args, reps, memory=not (args.quick or args.no_memory)))
         print(json.dumps(rows[-1]), flush=True)
+    components = [profile_components(case, pyg, ours, args, reps) for case in ("zinc", "molecules")
+                  if args.components and case in cases]
     meta = dict(reps=reps, threads=torch.get_num_threads(), torch=torch.__version__, pyg=torch_geometric.__version__,
                 cpu=cpu_name(), linear_kernel=getattr(gemm, "linear_kernel", lambda: "unknown")(),
                 attention=attention_choice(ours), row_len=ours[0].row_len, zinc_limit=args.zinc_limit,
                 date=datetime.datetime.now().isoformat(timespec="seconds"), elapsed=time.perf_counter() - t_start,
                 command="python bench/graph.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-    write_report(meta, rows, args.out)
+    args.out.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows, components=components), indent=1))
+    write_report(meta, rows, args.out, components)
 
 
 def _mib(x):
@@ -310,7 +376,25 @@ def _speedup(r: dict, path: str) -> str:
     return f"{s['speedup']:.2f}× [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] {s['verdict']}"
 
 
-def write_report(meta: dict, rows: list[dict], out: Path) -> None:
+def component_lines(components: list[dict]) -> list[str]:
+    if not components:
+        return []
+    lines = ["", "## Where the time goes (one layer, forward + backward, first batch of the case)", "",
+             "Each component alone on the same input; speed-up = PyG time / relformer time (paired, 95% interval). "
+             "`attention (SDPA)`: relformer's attention forced onto SDPA, against PyG's attention.", "",
+             "| case | component | PyG ms | relformer ms | speed-up |", "|---|---|---:|---:|---|"]
+    for c in components:
+        for name, s in c.items():
+            if not name.startswith("relformer"):
+                continue
+            part = name[len("relformer "):]
+            peer = "PyG attention" if "attention" in part else f"PyG {part}"
+            lines.append(f"| {c['case']} | {part} | {c['ms'][peer]:.2f} | {c['ms'][name]:.2f} | "
+                         f"{s['speedup']:.2f}× [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}] |")
+    return lines
+
+
+def write_report(meta: dict, rows: list[dict], out: Path, components: list[dict] = ()) -> None:
     zinc = ("the ZINC-like 12k val + test splits" if not meta["zinc_limit"]
             else f"a ZINC-like dataset built with limit={tuple(meta['zinc_limit'])} (a smoke run, not the 12k splits)")
     lines = [
@@ -357,7 +441,7 @@ def write_report(meta: dict, rows: list[dict], out: Path) -> None:
         s = by[case][DROP_IN]
         lines.append(f"- {'MET' if s['speedup'] >= target else 'NOT MET'} {case}: drop-in ≥ {target}× PyG — "
                      f"{s['speedup']:.2f}× [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]")
-    write_lines(lines, out)
+    write_lines(lines + component_lines(list(components)), out)
 
 
 if __name__ == "__main__":
