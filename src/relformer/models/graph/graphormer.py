@@ -120,9 +120,7 @@ class Graphormer(_GraphModel):
         edge_index = node_tok[ei]
         layout = GraphLayout.build(ptr, edge_index, row_len or c.row_len)
         relation = self._relation(graph, layout, tokens, edge_index)
-        for block in self.encoder.layers:
-            x = block(x, relation, rows=layout.rows)
-        x = self.encoder.norm(x)
+        x = self.encoder(x, relation, rows=layout.rows)
         return self._output(x[node_tok], x[tokens])
 
 
