@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from relformer.train import resolve_recipe, train
+from relformer.tasks import resolve_recipe, train
 from relformer.train.logger import read_metrics
 
 from .runs import REPO, cli_command, cli_env, final_weights, run_cli, tiny

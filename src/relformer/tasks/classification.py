@@ -18,7 +18,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError, register_recipe, register_task
+from ..train.report import image_grid
+from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
+from .registry import register_recipe, register_task
 
 __all__ = ["ClassificationTask", "ClassificationRecipe", "FashionMNISTSection", "ClassificationLossSection",
            "ImageBatches", "random_crop_flip", "MEAN", "STD"]
@@ -167,8 +169,6 @@ class ClassificationTask:
 
     @torch.no_grad()
     def report_figures(self, model: nn.Module, run_dir: Path, n: int = 16) -> list[tuple[str, Path]]:
-        from ..train.report import image_grid
-
         images, labels = self.eval_dataset().__getitems__(range(min(n, 16)))
         device = next(model.parameters()).device
         was_training = model.training
