@@ -277,17 +277,21 @@ class CheckpointDir:
         return target
 
     def resume_point(self) -> Path | None:
-        """The checkpoint to resume from: what ``latest`` names if intact, else (with a warning)
-        the newest intact step folder older than it; None when there is no checkpoint at all."""
+        """The checkpoint to resume from: what ``latest`` names if intact; else (with a warning) the
+        newest intact step folder older than it, or any when ``latest`` is unreadable or was never
+        written (a kill between a folder's rename and ``latest``); None when there is none at all."""
         try:
-            return self.latest()
+            latest = self.latest()
+            if latest is not None:
+                return latest
+            problem, limit = f"{self.root / 'latest'} does not exist", None
         except CheckpointError as e:
-            problem = str(e)
-        try:
-            named = self._pointer_target()
-        except CheckpointError:
-            named = None
-        limit = int(named.name[5:]) if named is not None else None
+            problem, limit = str(e), None
+            try:
+                named = self._pointer_target()
+                limit = int(named.name[5:]) if named is not None else None
+            except CheckpointError:
+                pass
         for path in reversed(self.steps()):
             if limit is not None and int(path.name[5:]) >= limit:
                 continue
@@ -297,6 +301,8 @@ class CheckpointDir:
                 continue
             warnings.warn(f"{problem}; resuming from the newest intact checkpoint, {path.name}", stacklevel=2)
             return path
+        if not (self.root / "latest").exists() and not (self.root / "latest").is_symlink():
+            return None  # no checkpoint was ever published
         raise CheckpointError(f"{problem}, and no older intact checkpoint is left in {self.root}")
 
     def has_checkpoints(self) -> bool:
