@@ -193,7 +193,8 @@ def _run(cmd: str, rest: list[str]) -> None:
     elif cmd == "similar":
         _similar(rest)
     else:
-        print(f"relformer: error: unknown command {cmd!r}\n{__doc__}", file=sys.stderr)
+        print(f"relformer: error: unknown command {cmd!r} (one of bench, explain, train, embed, similar; "
+              "relformer --help lists them)", file=sys.stderr)
         raise SystemExit(2)
 
 
