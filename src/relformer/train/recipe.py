@@ -103,10 +103,10 @@ class Recipe:
                         "optim.weight_decay": self.optim.weight_decay, "optim.warmup_epochs": self.optim.warmup_epochs,
                         "optim.clip_grad": self.optim.clip_grad, "optim.eps": self.optim.eps}
         for key, value in positive.items():
-            if not (value > 0 and math.isfinite(value)):
+            if not (value > 0 and _finite(value)):
                 raise RecipeError(f"{key} must be > 0 and finite, got {value!r}")
         for key, value in non_negative.items():
-            if not (value >= 0 and math.isfinite(value)):
+            if not (value >= 0 and _finite(value)):
                 raise RecipeError(f"{key} must be >= 0 and finite, got {value!r}")
         for key in ("lr", "min_lr"):
             if getattr(self.optim, key) > MAX_LR:
@@ -117,6 +117,11 @@ class Recipe:
             raise RecipeError(f"seed must lie in [0, 2**63 - 1], got {self.seed}")
         if self.out_dir is not None and not self.out_dir.strip():
             raise RecipeError("out_dir must not be empty (it would be the current folder); give a folder name")
+
+
+def _finite(value: int | float) -> bool:
+    """An int (any size), or a float that is neither inf nor NaN."""
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def suggest(name: str, options) -> str:
