@@ -196,13 +196,11 @@ class DetectionTask:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recipes: one schedule for all four, so their AP-vs-epoch curves compare (bench/results/detection.md).
-# 8 epochs fit the 30-minute budget of one core: measured 84 (DETR), 81 (Relation-DETR), 85 (HF DETR)
-# and 51 (Group DETR, 4x the decoder queries) training canvases/s on one thread, ~10 s to evaluate
-# val + test. From scratch the backbone needs trainable BatchNorms (DETR freezes them because its
-# backbone is pretrained; frozen at their initial values they are identities), a higher learning rate
-# and looser clipping than DETR's: measured on detr-fashion after 3 epochs, frozen norms with lr 2e-4
-# and clipping at 0.1 reached val AP 0.0007, trainable norms with lr 5e-4 and clipping at 1.0 0.059.
+# Recipes: one schedule for all four, so their AP-vs-epoch curves compare; 8 epochs fit a 30-minute
+# budget of one core. From scratch the backbone needs trainable BatchNorms (DETR freezes them because
+# its backbone is pretrained; frozen at their initial values they are identities), a higher learning
+# rate and looser clipping than DETR's. Throughputs and the runs behind these choices:
+# bench/results/detection.md.
 # ---------------------------------------------------------------------------------------------
 def _detection(name: str, model: str, **options) -> DetectionRecipe:
     return DetectionRecipe(
