@@ -9,6 +9,8 @@ import torch
 import relformer.cli as cli
 from relformer.cli import main
 
+from .tasks.test_search import Boom
+
 
 def one_line_error(capsys, argv, match):
     with pytest.raises(SystemExit) as e:
@@ -103,16 +105,6 @@ def test_a_pickled_cache_is_refused_and_never_run(capsys, tmp_path, monkeypatch)
     evil.write_bytes(pickle.dumps(Boom(str(ran))))
     one_line_error(capsys, ["similar", "q", "--file", str(corpus), "--cache", str(evil)], "refusing to overwrite")
     assert not ran.exists()
-
-
-class Boom:
-    """Unpickling this creates a file: the proof that a loader ran code."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
 
 
 def test_a_bug_still_shows_its_traceback(monkeypatch):
