@@ -30,6 +30,7 @@ __all__ = ["Recipe", "ModelSection", "OptimSection", "RecipeError", "recipe_from
            "recipe_to_dict", "recipe_to_yaml", "apply_overrides", "recipe_diff", "suggest", "MAX_LR", "MAX_SEED"]
 
 MAX_LR = 10.0  # AdamW moves each weight by about lr per step: beyond this no run can converge
+MAX_DEPTH = 32  # a recipe value nests a few levels; deeper is a YAML alias that refers to itself
 MAX_SEED = 2 ** 63 - 1  # torch.manual_seed and numpy's SeedSequence take non-negative 64-bit seeds
 
 
@@ -137,8 +138,20 @@ class _Text(str):
     """A ``--set`` value as typed on the command line, parsed only once its field's type is known."""
 
 
-def _scalar(text: str) -> Any:
+def _check_tree(value: Any, key: str, depth: int = 0) -> Any:
+    """``value`` itself, if it is a finite tree of lists and mappings; a YAML alias that refers to
+    itself (``&a [*a]``) or nesting deeper than ``MAX_DEPTH`` is a :class:`RecipeError`."""
+    if depth > MAX_DEPTH:
+        raise RecipeError(f"{key}: the value is nested more than {MAX_DEPTH} levels deep, or refers to itself")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for child in children:
+        _check_tree(child, key, depth + 1)
+    return value
+
+
+def _scalar(text: str, key: str) -> Any:
     """A command-line value: YAML syntax (``true``, ``null``, ``[1, 2]``), numbers such as ``3e-4``."""
+    text = str(text)  # a plain str: the recipe must stay YAML-representable
     try:
         value = yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
@@ -149,7 +162,7 @@ def _scalar(text: str) -> Any:
                 return number(value)
             except ValueError:
                 pass
-    return value
+    return _check_tree(value, key)
 
 
 def _type_name(tp: Any) -> str:
@@ -162,7 +175,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if isinstance(value, _Text) and tp is not str:
         if origin in (typing.Union, types.UnionType) and str in args and value.strip().lower() not in ("null", "none", "~"):
             return str(value)
-        value = _scalar(value)
+        value = _scalar(value, key)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -241,7 +254,7 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
 
 def recipe_from_dict(data: Any, recipe_type: type) -> Recipe:
     """A validated ``recipe_type`` (a :class:`Recipe` subclass) from a plain mapping."""
-    recipe = _from_dict(recipe_type, data)
+    recipe = _from_dict(recipe_type, _check_tree(data, "recipe"))
     recipe.validate()
     return recipe
 
