@@ -230,8 +230,7 @@ class Trainer:
         fresh start that would clobber a run."""
         if self.dist.is_main:
             _prepare_folder(self.run_dir, resume)
-            self.checkpoints.clean()
-        barrier()
+            self.checkpoints.clean()  # hidden leftovers only: the other ranks may read meanwhile
         if not resume:
             if self.checkpoints.has_checkpoints():
                 raise RecipeError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run, "
