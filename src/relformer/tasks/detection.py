@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data.fashion_detection import build_fashion_detection
+from ..interop import transformers as _hf_baselines  # noqa: F401  (registers the hf_detr_* model variants)
 from ..models import model_config
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
 from .registry import register_recipe, register_task
@@ -229,5 +230,6 @@ def group_detr_fashion() -> DetectionRecipe:
 
 @register_recipe("hf-detr-fashion")
 def hf_detr_fashion() -> DetectionRecipe:
-    """The baseline: HF DetrForObjectDetection with detr-fashion's config, initial weights and schedule."""
-    return _detection("hf-detr-fashion", "detr_fashion", implementation="hf")
+    """The baseline: HF DetrForObjectDetection with detr-fashion's config, initial weights and schedule
+    (model variant ``hf_detr_fashion``, registered by :mod:`relformer.interop.transformers`)."""
+    return _detection("hf-detr-fashion", "hf_detr_fashion")

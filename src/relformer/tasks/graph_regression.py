@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data.zinc import build_zinc, with_encodings
+from ..interop import pyg as _pyg_baselines  # noqa: F401  (registers the pyg_gps_* model variants)
 from ..models import model_config
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
 from .registry import register_recipe, register_task
@@ -165,8 +166,9 @@ def gps_zinc() -> GraphRegressionRecipe:
 
 @register_recipe("pyg-gps-zinc")
 def pyg_gps_zinc() -> GraphRegressionRecipe:
-    """The baseline of gps-zinc: the same model, weights at init and schedule, with PyG's GPSConv layers."""
-    return _zinc("pyg-gps-zinc", "gps_zinc", implementation="pyg")
+    """The baseline of gps-zinc: the same model, weights at init and schedule, with PyG's GPSConv layers
+    (model variant ``pyg_gps_zinc``, registered by :mod:`relformer.interop.pyg`)."""
+    return _zinc("pyg-gps-zinc", "pyg_gps_zinc")
 
 
 @register_recipe("gt-zinc")
