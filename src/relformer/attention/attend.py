@@ -22,6 +22,7 @@ chunked     blockwise online-softmax autograd Function; bias recomputed per tile
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -72,6 +73,10 @@ def _check(q: Tensor, k: Tensor, v: Tensor, relation, backend: str, scale, dropo
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     B, H, Lq, D = q.shape
+    for name, size in (("q's heads H", H), ("k/v's heads Hkv", k.shape[1]), ("the head dim D of q and k", D),
+                       ("v's head dim Dv", v.shape[3])):
+        if size == 0:
+            raise ValueError(f"{name} must be >= 1, got 0 (q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)})")
     if k.shape[0] != B or v.shape[0] != B:
         raise ValueError(f"batch size differs: q {B}, k {k.shape[0]}, v {v.shape[0]}")
     if k.shape[1] != v.shape[1]:
@@ -88,11 +93,13 @@ def _check(q: Tensor, k: Tensor, v: Tensor, relation, backend: str, scale, dropo
         raise ValueError(f"relation must be a relformer Relation or None, got {type(relation).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale) or scale <= 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if relation is not None:
+        relation.check_device(q.device)
         relation.check(B, H, Lq, k.shape[2])
 
 
@@ -169,7 +176,12 @@ def attend(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, ba
         dropout_p: dropout on attention probabilities (not supported by flex/chunked).
 
     Returns:
-        ``(B, H, Lq, Dv)``. Query rows with no key to attend are zero (with zero gradients).
+        ``(B, H, Lq, Dv)``. The same on every backend: query rows with no key to attend are zero
+        (with zero gradients); a NaN a row sees (in q, k, v or the relation's bias) makes that row
+        NaN, while a NaN or inf in a pair the mask blocks does not reach any row (see
+        :func:`relformer.attention.backends.sdpa` for SDPA on accelerators); float64 inputs are
+        computed in float64, everything else in float32 (Flex refuses float64); ``B = 0`` gives an
+        empty output. Bad input raises ``ValueError`` naming the argument.
     """
     _check(q, k, v, relation, backend, scale, dropout_p)
     scale = float(scale) if scale is not None else _b.default_scale(q.shape[-1])
@@ -178,18 +190,27 @@ def attend(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, ba
         backend = choice.backend
         if log.isEnabledFor(logging.DEBUG):
             log.debug("attend %s x %s -> %s", tuple(q.shape), tuple(k.shape), choice)
+    _refuse(backend, q, k, v, relation, dropout_p)
+    if q.shape[0] == 0:
+        return _b.eager(q, k, v, relation, scale, dropout_p)  # nothing to compute: the empty output
     if backend == "eager":
         return _b.eager(q, k, v, relation, scale, dropout_p)
     if backend == "sdpa":
-        if relation is not None and relation.has_prob:
-            raise ValueError(f"backend='sdpa' cannot fuse the post-softmax multiplier of {type(relation).__name__}; "
-                             "use backend='chunked' or 'eager'")
         return _b.sdpa(q, k, v, relation, scale, dropout_p)
+    if backend == "flex":
+        return _b.flex(q, k, v, relation, scale, dropout_p)
+    groups = q.shape[1] // k.shape[1]
+    return chunked_attention(q, _b.repeat_kv(k, groups), _b.repeat_kv(v, groups), relation, scale)
+
+
+def _refuse(backend: str, q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, dropout_p: float) -> None:
+    """``ValueError`` for what the chosen backend cannot run (whatever the batch size)."""
+    if backend == "sdpa" and relation is not None and relation.has_prob:
+        raise ValueError(f"backend='sdpa' cannot fuse the post-softmax multiplier of {type(relation).__name__}; "
+                         "use backend='chunked' or 'eager'")
     if backend == "flex":
         if not _b.flex_available(q.device.type):
             raise ValueError(f"backend='flex' is unavailable on {q.device.type} (needs torch.compile and a C compiler)")
-        return _b.flex(q, k, v, relation, scale, dropout_p)
-    if dropout_p > 0.0:
+        _b.check_flex(q, k, v, relation, dropout_p)
+    if backend == "chunked" and dropout_p > 0.0:
         raise ValueError("backend='chunked' does not support dropout_p > 0; use 'sdpa' or 'eager'")
-    groups = q.shape[1] // k.shape[1]
-    return chunked_attention(q, _b.repeat_kv(k, groups), _b.repeat_kv(v, groups), relation, scale)

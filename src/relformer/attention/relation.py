@@ -17,18 +17,61 @@ backend:
 * ``flex`` passes them to ``flex_attention`` (which vmaps them over scalars), so the
   ``Lq x Lk`` bias is never materialised.
 
-Relations compose: ``a & b`` and ``a + b`` both give a :class:`Compose` that applies
-every part (masks are AND-ed, biases summed, probability multipliers multiplied).
+Relations compose, by one rule each:
+
+* ``a & b`` combines anything: masks are AND-ed, biases summed, probability multipliers
+  multiplied (a :class:`Compose`);
+* ``a + b`` adds biases only: both sides must be bias-only relations (no mask, no multiplier),
+  otherwise ``TypeError`` -- ``Causal() + ALiBi(H)`` would silently AND a mask, so it is refused;
+  ``RelativeBias(H, 8) + ALiBi(H)`` is the sum of the two biases.
+
+Derived forms (dense masks, SDPA masks, Flex block masks) are memoised per relation object by
+:meth:`Relation.cached`, keyed on the layout *and* on the relation's state: every plain attribute
+(``window``, ``offset``...), and every tensor it reads by identity, version counter (in-place edits
+such as ``segment_ids[:] = 0``), dtype, device and shape. Reassigning or editing anything therefore
+rebuilds the form; a stale mask cannot be served. Inference tensors carry no version counter, so
+relations reading them are not memoised.
 """
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Relation", "Compose", "index_grid"]
+__all__ = ["Relation", "Compose", "index_grid", "check_int", "check_float"]
+
+CACHE_SIZE = 32  # layouts memoised per relation object (a long-lived relation, e.g. Causal, sees many)
+
+
+def check_int(name: str, value, minimum: int | None = 1) -> int:
+    """``value`` as an int ``>= minimum`` (any int when None), or ``ValueError`` naming ``name``
+    (bools and floats are refused; numpy integers are ints)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum):
+        raise ValueError(f"{name} must be an int{'' if minimum is None else f' >= {minimum}'}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value, positive: bool = False) -> float:
+    """``value`` as a finite float (``> 0`` when ``positive``), or ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number, got {value!r}")
+    return float(value)
+
+
+def _state(value):
+    """A hashable stand-in for one attribute: what a memoised form of it depends on."""
+    if isinstance(value, Tensor):
+        return (id(value), value._version, value.dtype, value.device, tuple(value.shape))
+    if isinstance(value, (tuple, list)):
+        return tuple(_state(v) for v in value)
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device)):
+        return value
+    return type(value).__name__
 
 
 def index_grid(B: int, H: int, q_idx: Tensor, kv_idx: Tensor, device=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -120,20 +163,54 @@ class Relation(nn.Module):
 
     # ---- composition -----------------------------------------------------------
     def __and__(self, other: "Relation") -> "Compose":
+        """Combine anything: masks AND-ed, biases summed, multipliers multiplied."""
         return Compose(self, other)
 
     def __add__(self, other: "Relation") -> "Compose":
+        """Sum of two bias-only relations; ``TypeError`` when either side has a mask or multiplier."""
+        if not isinstance(other, Relation):
+            return NotImplemented
+        for side in (self, other):
+            if side.has_mask or side.has_prob or not side.has_bias:
+                raise TypeError(f"'+' adds bias-only relations, but {type(side).__name__} has "
+                                f"{'a mask' if side.has_mask else 'a multiplier' if side.has_prob else 'no bias'}; "
+                                "use '&' to combine masks, biases and multipliers")
         return Compose(self, other)
 
     # ---- helpers used by backends ------------------------------------------------
+    def named_tensors(self) -> Iterator[tuple[str, Tensor]]:
+        """``(name, tensor)`` for every tensor the mods may read: parameters, buffers and data
+        attributes, recursively (names as in ``state_dict``, plus the data attributes)."""
+        for prefix, m in self.named_modules():
+            dot = prefix + "." if prefix else ""
+            for k, v in (*m._parameters.items(), *m._buffers.items(), *vars(m).items()):
+                if isinstance(v, Tensor):
+                    yield dot + k, v
+
     def tensors(self) -> Iterator[Tensor]:
         """Every tensor the mods may read: parameters, buffers and data attributes, recursively."""
+        for _, t in self.named_tensors():
+            yield t
+
+    def check_device(self, device: torch.device) -> None:
+        """``ValueError`` naming the tensor when one the mods read lies on another device than ``device``."""
+        for name, t in self.named_tensors():
+            if t.device != device:
+                raise ValueError(f"{type(self).__name__}.{name} is on {t.device} but q is on {device}: "
+                                 "move the relation with .to(q.device)")
+
+    def state_key(self):
+        """What every derived form depends on (see the module docstring), or None when a tensor is an
+        inference tensor (no version counter: such a relation is not memoised)."""
+        key = []
         for m in self.modules():
-            yield from m._parameters.values()
-            yield from m._buffers.values()
-            for v in vars(m).values():
-                if isinstance(v, Tensor):
-                    yield v
+            for k, v in (*m._parameters.items(), *m._buffers.items(), *vars(m).items()):
+                if k.startswith("_") and not isinstance(v, Tensor):
+                    continue  # nn.Module's own bookkeeping (the tensors in it are listed above)
+                if isinstance(v, Tensor) and v.is_inference():
+                    return None
+                key.append((k, _state(v)))
+        return tuple(key)
 
     def grad_tensors(self) -> list[Tensor]:
         """Tensors the relation reads that require grad (learnable tables, or data computed by a module)."""
@@ -178,12 +255,19 @@ class Relation(nn.Module):
         return new
 
     def cached(self, key, build):
-        """Memoise ``build()`` on this relation object (shared by every layer that uses it)."""
-        if key not in self._cache:
-            if len(self._cache) >= 32:  # a long-lived relation (e.g. Causal) sees many layouts
+        """Memoise ``build()`` on this relation object (shared by every layer that uses it), keyed on
+        ``key`` (the layout) and :meth:`state_key`. Each entry holds the tensors it was built from, so
+        their ``id`` cannot be reused by another tensor while the entry lives."""
+        state = self.state_key()
+        if state is None:
+            return build()
+        full = (key, state)
+        hit = self._cache.get(full)
+        if hit is None:
+            if len(self._cache) >= CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = build()
-        return self._cache[key]
+            hit = self._cache[full] = (tuple(self.tensors()), build())
+        return hit[1]
 
 
 def _map_module(m: nn.Module, fn) -> nn.Module:
