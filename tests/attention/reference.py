@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 import torch
 
 import relformer
 
-BACKENDS = ("eager", "sdpa", "chunked", "auto", "flex")
+BACKENDS = ("eager", "sdpa", "chunked", "auto", pytest.param("flex", marks=pytest.mark.slow))  # Flex compiles
 
 
 def reference(q, k, v, relation=None, scale=None):

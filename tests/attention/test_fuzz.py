@@ -17,6 +17,7 @@ examples per property with a fresh seed, and Flex over every relation, for relea
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -199,6 +200,7 @@ def test_fuzz_attend(case):
     _check(case)
 
 
+@pytest.mark.slow  # Flex compiles a kernel per relation
 @FLEX_PROFILE
 @given(cases(backends=("flex",), fixed_shape=(1, 2, 1, 12, 12, 8, 8),
              relation_names=RELATIONS if FUZZ_DEEP else ["SlidingWindow", "ALiBi", "Documents", "URPE"]))

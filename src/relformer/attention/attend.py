@@ -40,10 +40,10 @@ BACKENDS = ("auto", "eager", "sdpa", "flex", "chunked")
 
 # Policy thresholds (from bench/attention.py on 2 CPU cores; see bench/results/attention.md).
 FLEX_MIN_PAIRS = 512 * 512       # below this Flex's per-call overhead is not worth it
-FLEX_MAX_DENSITY = 0.75          # a live Flex tile costs ~1.03x SDPA's (L=2048, no mask): skip >= 25%
+FLEX_MAX_DENSITY = 0.75          # a live Flex tile costs about as much as SDPA's: Flex pays only when it skips tiles
 CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk*tile_cost above which `chunked` beats materialising the scores
 CHUNKED_MIN_PAIRS = 128 * 128    # Lq*Lk below which chunked runs one 64x64-or-smaller tile: no memory saved
-EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (box MLP: 2.6x, Q=1024)
+EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (e.g. the box MLP)
 SMALL_PAIRS = 64 * 64            # CPU at or below this Lq*Lk (and < CHUNKED_MIN_SCORES scores in all, unless
                                  # training a learnable bias): matmul + softmax beat SDPA's kernels, in training
                                  # and inference
@@ -120,12 +120,12 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
         return Choice("eager", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex")
     if dropout_p > 0.0 and dev.type == "cpu":
         return Choice("eager", "attention dropout on CPU: SDPA runs its math kernel and draws the mask with "
-                               "bernoulli_; eager draws it with rand_like, ~3.6x cheaper")
+                               "bernoulli_; eager draws it with rand_like, several times cheaper")
     # (a learnable bias sends SDPA to its math kernel, which materialises more than eager does: no cap)
     if (dev.type == "cpu" and Lq * Lk <= SMALL_PAIRS and cost < EXPENSIVE_BIAS and B * H >= SMALL_MIN_MATRICES
             and (B * H * Lq * Lk < CHUNKED_MIN_SCORES or (training and rel_grad))):
         return Choice("eager", f"CPU, small score matrices ({Lq}x{Lk}, {B * H} of them): matmul + softmax beat "
-                               "SDPA's kernels (ViT-micro 50x50: flash forward ~1.9x, backward ~2x the eager pair)")
+                               "SDPA's kernels, whose per-call overhead dominates tiny matrices")
     if relation is None or not (relation.has_mask or relation.has_bias):
         return Choice("sdpa", "no relation: fused SDPA")
     if cost >= EXPENSIVE_BIAS and big and dropout_p == 0.0:

@@ -190,8 +190,8 @@ def _tiled_eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, sca
 def dropout(x: Tensor, p: float) -> Tensor:
     """``F.dropout(x, p)`` in distribution (zero with probability ``p``, scale the rest by
     ``1 / (1 - p)``), with the mask drawn by ``rand_like``: on CPU ``F.dropout`` draws it with
-    ``bernoulli_``, measured 3.6x slower here (2.16 vs 0.60 ms for a (13, 4, 64, 64) probability
-    tensor, 2 cores; forward + backward 2.30 vs 0.83 ms). Other devices use ``F.dropout``."""
+    ``bernoulli_``, several times slower than ``rand_like`` and a comparison (see
+    ``bench/results/attention.md``). Other devices use ``F.dropout``."""
     if x.device.type != "cpu":
         return F.dropout(x, p)
     return x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p))
@@ -314,8 +314,8 @@ def _blocks(x: Tensor) -> tuple[Tensor, Tensor]:
 def block_summary(relation: Relation, B: int, H: int, Lq: int, Lk: int, device, block: int = FLEX_BLOCK):
     """Per ``block x block`` tile: (any pair attends, every pair attends), each ``(B|1, H|1, nq, nk)``.
 
-    Built from the dense boolean mask with two reductions (milliseconds at L=2048, against
-    0.15-0.46 s for ``create_block_mask``), once per relation object and layout.
+    Built from the dense boolean mask with two reductions (much cheaper than ``create_block_mask``,
+    which evaluates the mask_mod through vmap), once per relation state and layout.
     """
     def build():
         mask = dense_mask_and_dead(relation, B, H, Lq, Lk, device)[0]

@@ -1,6 +1,6 @@
 """The ``chunked`` backend: memory-efficient blockwise attention for CPU training.
 
-SDPA drops to its math kernel (O(L^2) memory, 3-4x slower) as soon as the bias requires
+SDPA drops to its math kernel (O(L^2) memory, several times slower) as soon as the bias requires
 grad, and Flex has no CPU backward. This backend is FlashAttention's algorithm
 (Dao et al. 2022; online softmax in forward, recomputation in backward) written in plain
 PyTorch inside one ``torch.autograd.Function``. The Relation's bias, mask and multiplier

@@ -63,15 +63,55 @@ def check_float(name: str, value, positive: bool = False) -> float:
     return float(value)
 
 
+_SCALARS = frozenset((bool, int, float, str, type(None), torch.dtype, torch.device))
+_BOOKKEEPING = frozenset(k for k in vars(nn.Module()) if k.startswith("_")) | {"_cache"}  # never read by mods
+
+
 def _state(value):
-    """A hashable stand-in for one attribute: what a memoised form of it depends on."""
+    """A hashable stand-in for one attribute: what a memoised form of it depends on (a tensor's
+    ``_version`` raises for inference tensors, see :meth:`Relation.state_key`)."""
     if isinstance(value, Tensor):
-        return (id(value), value._version, value.dtype, value.device, tuple(value.shape))
+        return (id(value), value._version, value.dtype, value.device, value.shape)
+    if type(value) in _SCALARS:
+        return value
     if isinstance(value, (tuple, list)):
         return tuple(_state(v) for v in value)
-    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device)):
-        return value
-    return type(value).__name__
+    return type(value)
+
+
+def _state_of(module: nn.Module, key: list) -> None:
+    """Append the state of every attribute a module tree's mods may read: its parameters, buffers,
+    tensor attributes and public plain attributes (not nn.Module's bookkeeping nor the cache
+    itself), depth first. A plain loop: it runs on every memoised call."""
+    for k, v in module.__dict__.items():
+        if k in _BOOKKEEPING:
+            continue
+        if isinstance(v, Tensor):
+            key.append((k, id(v), v._version, v.dtype, v.device, v.shape))
+        elif k[0] != "_":
+            kind = type(v)
+            if kind in _SCALARS or (kind is tuple and all(type(x) in _SCALARS for x in v)):
+                key.append((k, v))
+            else:
+                key.append((k, _state(v)))
+    for table in (module._parameters, module._buffers):
+        for k, v in table.items():
+            if v is not None:
+                key.append((k, id(v), v._version, v.dtype, v.device, v.shape))
+    for child in module._modules.values():
+        if child is not None:
+            _state_of(child, key)
+
+
+def _tensors_of(module: nn.Module, out: list) -> list:
+    """Every tensor :func:`_state_of` reads, depth first."""
+    out.extend(v for k, v in module.__dict__.items() if k not in _BOOKKEEPING and isinstance(v, Tensor))
+    out.extend(v for v in module._parameters.values() if v is not None)
+    out.extend(v for v in module._buffers.values() if v is not None)
+    for child in module._modules.values():
+        if child is not None:
+            _tensors_of(child, out)
+    return out
 
 
 def index_grid(B: int, H: int, q_idx: Tensor, kv_idx: Tensor, device=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -194,6 +234,11 @@ class Relation(nn.Module):
 
     def check_device(self, device: torch.device) -> None:
         """``ValueError`` naming the tensor when one the mods read lies on another device than ``device``."""
+        for t in _tensors_of(self, []):
+            if t.device != device:
+                break
+        else:
+            return
         for name, t in self.named_tensors():
             if t.device != device:
                 raise ValueError(f"{type(self).__name__}.{name} is on {t.device} but q is on {device}: "
@@ -202,14 +247,11 @@ class Relation(nn.Module):
     def state_key(self):
         """What every derived form depends on (see the module docstring), or None when a tensor is an
         inference tensor (no version counter: such a relation is not memoised)."""
-        key = []
-        for m in self.modules():
-            for k, v in (*m._parameters.items(), *m._buffers.items(), *vars(m).items()):
-                if k.startswith("_") and not isinstance(v, Tensor):
-                    continue  # nn.Module's own bookkeeping (the tensors in it are listed above)
-                if isinstance(v, Tensor) and v.is_inference():
-                    return None
-                key.append((k, _state(v)))
+        key: list = []
+        try:
+            _state_of(self, key)
+        except RuntimeError:  # "Inference tensors do not track version counter"
+            return None
         return tuple(key)
 
     def grad_tensors(self) -> list[Tensor]:

@@ -106,7 +106,7 @@ class RelativeBias(Relation):
     """
 
     has_bias = True
-    flex_bias_fast = True  # one clamp and one gather: 246 ms on Flex vs 300 ms on SDPA (L=2048)
+    flex_bias_fast = True  # one clamp and one gather: cheaper in the kernel than a materialised bias
 
     def __init__(self, num_heads: int, max_distance: int) -> None:
         super().__init__()
@@ -139,7 +139,7 @@ class T5Bias(Relation):
     """
 
     has_bias = True
-    flex_bias_fast = True  # L=2048: Flex 320-335 ms in two runs vs SDPA 316-414 ms (materialising the bias)
+    flex_bias_fast = True  # integer bucket arithmetic and one gather: level with or ahead of a materialised bias
 
     def __init__(self, num_heads: int, num_buckets: int = 32, max_distance: int = 128, bidirectional: bool = True) -> None:
         super().__init__()
