@@ -64,18 +64,21 @@ def dense_mask_and_dead(relation: Relation, B: int, H: int, Lq: int, Lk: int, de
     return relation.cached(("mask", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled()), build)
 
 
-def _mask_term(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> Tensor:
-    """The mask as an additive score term, ``-inf`` on the pairs it blocks and 0 elsewhere, in the
-    mask's own broadcast shape, memoised like the mask. Added, not ``masked_fill``-ed, on CPU:
-    torch's CPU ``masked_fill_`` / ``where`` with a boolean mask run at about a tenth of ``add_``'s
-    speed, and the add's backward is the identity. Adding is only exact while the blocked scores are
-    finite (``inf + -inf`` is NaN): :func:`eager` checks its output and recomputes with
-    :func:`torch.where` when it is not finite."""
+def _eager_mask(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`dense_mask_and_dead` and, on CPU, the mask as an additive score term (``-inf`` on the
+    pairs it blocks, 0 elsewhere, in the mask's broadcast shape), memoised as one entry. Added, not
+    ``masked_fill``-ed, on CPU: torch's CPU ``masked_fill_`` / ``where`` with a boolean mask run at
+    about a tenth of ``add_``'s speed, and the add's backward is the identity. Adding is exact only
+    while the blocked scores are finite (``inf + -inf`` is NaN): :func:`eager` checks its output and
+    recomputes with :func:`torch.where` when it is not finite."""
     def build():
-        mask, _ = dense_mask_and_dead(relation, B, H, Lq, Lk, device)
-        return torch.zeros(mask.shape, device=device).masked_fill_(~mask, float("-inf"))
+        mask, dead = dense_mask_and_dead(relation, B, H, Lq, Lk, device)
+        term = None
+        if torch.device(device).type == "cpu":
+            term = torch.zeros(mask.shape, device=device).masked_fill_(~mask, float("-inf"))
+        return mask, dead, term
 
-    return relation.cached(("mask_term", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled()), build)
+    return relation.cached(("eager_mask", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled()), build)
 
 
 def _score_parts(relation: Relation | None, B: int, H: int, Lq: int, Lk: int, device, dtype, exact: bool):
@@ -87,9 +90,8 @@ def _score_parts(relation: Relation | None, B: int, H: int, Lq: int, Lk: int, de
         # bias and mask apart: no third score-sized tensor when their broadcast shapes differ
         bias = relation.dense_parts(B, H, Lq, Lk, device, dtype=compute_dtype(dtype), with_mask=False)[0]
     if relation is not None and relation.has_mask:
-        mask, dead = dense_mask_and_dead(relation, B, H, Lq, Lk, device)
-        if not exact and torch.device(device).type == "cpu":
-            term = _mask_term(relation, B, H, Lq, Lk, device)
+        mask, dead, term = _eager_mask(relation, B, H, Lq, Lk, device)
+        term = None if exact else term
     return bias, mask, term, dead
 
 
@@ -154,7 +156,7 @@ def _probs(q: Tensor, k: Tensor, parts: tuple, scale: float) -> Tensor:
 def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: float, exact: bool = True) -> Tensor:
     """Attention probabilities ``(B, H, Lq, Lk)`` in :func:`compute_dtype` (after any ``prob_mod``),
     materialised. Training holds two score-sized tensors (scores, probabilities), inference two
-    while the softmax runs. ``exact=False`` allows the additive mask (see :func:`_mask_term`)."""
+    while the softmax runs. ``exact=False`` allows the additive mask (see :func:`_eager_mask`)."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     k = repeat_kv(k, H // k.shape[1])

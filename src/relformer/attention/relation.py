@@ -227,14 +227,13 @@ class Relation(nn.Module):
                 if isinstance(v, Tensor):
                     yield dot + k, v
 
-    def tensors(self) -> Iterator[Tensor]:
+    def tensors(self) -> list[Tensor]:
         """Every tensor the mods may read: parameters, buffers and data attributes, recursively."""
-        for _, t in self.named_tensors():
-            yield t
+        return _tensors_of(self, [])
 
     def check_device(self, device: torch.device) -> None:
         """``ValueError`` naming the tensor when one the mods read lies on another device than ``device``."""
-        for t in _tensors_of(self, []):
+        for t in self.tensors():
             if t.device != device:
                 break
         else:
@@ -308,7 +307,7 @@ class Relation(nn.Module):
         if hit is None:
             if len(self._cache) >= CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
-            hit = self._cache[full] = (tuple(self.tensors()), build())
+            hit = self._cache[full] = (self.tensors(), build())
         return hit[1]
 
 
