@@ -263,7 +263,12 @@ class Relation(nn.Module):
         return out
 
     def map_tensors(self, fn) -> "Relation":
-        """A shallow copy reading ``fn(t)`` for every parameter and tensor attribute (recursively)."""
+        """A shallow copy reading ``fn(t)`` for every parameter and tensor attribute (recursively).
+
+        The copy gets its own ``_parameters`` / ``_modules`` dicts (``nn.Module.__setattr__`` would
+        refuse a plain tensor in a parameter's place, and a shared dict would change the source);
+        ``tests/relations/test_algebra.py`` checks that such copies and :meth:`bind`'s survive
+        ``state_dict``, ``deepcopy``, ``torch.compile`` and DDP."""
         new = copy.copy(self)
         new._parameters = {k: (None if v is None else fn(v)) for k, v in self._parameters.items()}
         new._buffers = dict(self._buffers)
@@ -286,7 +291,10 @@ class Relation(nn.Module):
         return self.detached()
 
     def bind(self, **data) -> "Relation":
-        """A copy that shares this relation's tables but reads new per-batch data (e.g. ``spd=...``)."""
+        """A copy that shares this relation's tables (the same parameter objects: training the copy trains
+        the source, and both have one ``state_dict``) but reads new per-batch data (e.g. ``spd=...``),
+        set as plain attributes on the copy (``object.__setattr__``: a buffer of the source is
+        shadowed, never overwritten)."""
         new = copy.copy(self)
         object.__setattr__(new, "_cache", {})
         for k, v in data.items():
