@@ -117,13 +117,15 @@ def _poison(draw, tensors: list[torch.Tensor]) -> None:
         return
     t = draw(st.sampled_from(floats))
     with torch.no_grad():
-        t.view(-1)[draw(st.integers(0, t.numel() - 1))] = draw(st.sampled_from(SPECIALS))
+        where = torch.unravel_index(torch.tensor(draw(st.integers(0, t.numel() - 1))), t.shape)  # any strides
+        t[where] = draw(st.sampled_from(SPECIALS))
 
 
 @st.composite
-def cases(draw, backends=("eager", "sdpa", "chunked", "auto"), fixed_shape=None, relation_names=RELATIONS):
+def cases(draw, backends=("eager", "sdpa", "chunked", "auto"), fixed_shape=None, relation_names=RELATIONS,
+          dtypes=DTYPES):
     backend = draw(st.sampled_from(backends))
-    dtype = draw(st.sampled_from(DTYPES))
+    dtype = draw(st.sampled_from(dtypes))
     if fixed_shape is None:
         # sizes of 0 now and then (each alone is refused, except B = 0), of 1 often
         B, Hkv, groups = draw(st.sampled_from([0, 1, 1, 2, 2])), draw(st.sampled_from([0] + [1, 2] * 4)), draw(st.integers(1, 2))
@@ -203,6 +205,7 @@ def test_fuzz_attend(case):
 @pytest.mark.slow  # Flex compiles a kernel per relation
 @FLEX_PROFILE
 @given(cases(backends=("flex",), fixed_shape=(1, 2, 1, 12, 12, 8, 8),
-             relation_names=RELATIONS if FUZZ_DEEP else ["SlidingWindow", "ALiBi", "Documents", "URPE"]))
+             relation_names=RELATIONS if FUZZ_DEEP else ["SlidingWindow", "ALiBi", "Documents", "RelativeBias"],
+             dtypes=DTYPES if FUZZ_DEEP else (torch.float32, torch.float32, torch.float32, torch.bfloat16, torch.float64)))
 def test_fuzz_flex(case):
     _check(case)
