@@ -2,8 +2,12 @@
 
 Every backend takes ``q (B, H, Lq, D)``, ``k (B, Hkv, Lk, D)``, ``v (B, Hkv, Lk, Dv)``
 (``H % Hkv == 0``), an optional :class:`Relation`, ``scale`` and ``dropout_p``, and
-returns ``(B, H, Lq, Dv)``. Shared semantics, tested on every backend: softmax runs in
-fp32, a query row with no key to attend gives a zero output and zero gradients.
+returns ``(B, H, Lq, Dv)``. Shared semantics, tested on every backend (``tests/attention``):
+scores and softmax run in fp32 (fp64 for fp64 inputs, see :func:`compute_dtype`); a query row
+with no key to attend gives a zero output and zero gradients; a blocked pair never reaches the
+softmax with what it held (a NaN/inf there reaches no row); a NaN a row does see makes it NaN.
+Mask fill values are ``-inf`` in the compute dtype (every float dtype has it; no finite
+"large negative" that overflows in fp16 or is not small enough in fp64).
 """
 from __future__ import annotations
 
