@@ -97,6 +97,20 @@ def test_non_finite_masked_key_does_not_poison_rows_that_never_see_it(backend, v
     assert torch.isnan(out[:, :, -1]).all()  # q . (inf, ..., inf) mixes signs: the row that sees it is NaN
 
 
+def test_tiled_eager_inference_keeps_a_masked_inf_key_out_of_blind_rows(monkeypatch):
+    """The batch-tiled no-grad eager path (:func:`backends._tiled_eager`) follows the same rule."""
+    from relformer.attention import backends as B_
+    monkeypatch.setattr(B_, "EAGER_TILE_BYTES", 64)
+    q, k, v = _qkv(B=3, L=16)
+    k[1, :, -1] = float("inf")
+    out = run(q, k, v, R.SlidingWindow(5), "eager")
+    clean = k.clone()
+    clean[1, :, -1] = 0.0
+    torch.testing.assert_close(out[:, :, :10], reference(q, clean, v, R.SlidingWindow(5))[:, :, :10].float(),
+                               rtol=0, atol=1e-5)
+    assert torch.isnan(out[1, :, -1]).all() and torch.isfinite(out[[0, 2]]).all()
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_bias_on_blocked_pairs_does_not_reach_any_row(backend):
     q, k, v = _qkv(L=16)
