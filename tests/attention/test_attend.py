@@ -318,10 +318,10 @@ def test_flex_block_mask_built_once_per_layout():
     with torch.no_grad():
         for _ in range(3):
             relformer.attend(q, k, v, rel, backend="flex")
-    keys = [key for key in rel._cache if key[0] == "flex_block_mask"]
+    keys = [key for key in rel._cache if key[0][0] == "flex_block_mask"]  # (layout, relation state)
     assert len(keys) == 1
     bm = B_.flex_block_mask(rel, 1, 2, 300, 300, q.device)
-    assert bm is rel._cache[keys[0]]
+    assert bm is rel._cache[keys[0]][1]
 
 
 def test_block_summary_marks_tiles():

@@ -32,7 +32,7 @@ RELATIONS = {
     "urpe": lambda Lq, Lk: _random_table(URPE(H, 6), 0.5, 1.5),
     "documents&relative": lambda Lq, Lk: Documents(_segments(2, Lq, 3, 1), _segments(2, Lk, 3, 2))
     & _random_table(RelativeBias(H, 8)),
-    "causal+alibi+urpe": lambda Lq, Lk: Causal(Lk - Lq) + ALiBi(H) + _random_table(URPE(H, 6), 0.5, 1.5),
+    "causal+alibi+urpe": lambda Lq, Lk: Causal(Lk - Lq) & ALiBi(H) & _random_table(URPE(H, 6), 0.5, 1.5),
 }
 
 SHAPES = [  # (B, Lq, Lk, Hkv): Lq != Lk, one token, batch 1, grouped-query

@@ -22,6 +22,7 @@ chunked     blockwise online-softmax autograd Function; bias recomputed per tile
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +40,10 @@ BACKENDS = ("auto", "eager", "sdpa", "flex", "chunked")
 
 # Policy thresholds (from bench/attention.py on 2 CPU cores; see bench/results/attention.md).
 FLEX_MIN_PAIRS = 512 * 512       # below this Flex's per-call overhead is not worth it
-FLEX_MAX_DENSITY = 0.75          # a live Flex tile costs ~1.03x SDPA's (L=2048, no mask): skip >= 25%
+FLEX_MAX_DENSITY = 0.75          # a live Flex tile costs about as much as SDPA's: Flex pays only when it skips tiles
 CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk*tile_cost above which `chunked` beats materialising the scores
 CHUNKED_MIN_PAIRS = 128 * 128    # Lq*Lk below which chunked runs one 64x64-or-smaller tile: no memory saved
-EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (box MLP: 2.6x, Q=1024)
+EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (e.g. the box MLP)
 SMALL_PAIRS = 64 * 64            # CPU at or below this Lq*Lk (and < CHUNKED_MIN_SCORES scores in all, unless
                                  # training a learnable bias): matmul + softmax beat SDPA's kernels, in training
                                  # and inference
@@ -72,6 +73,10 @@ def _check(q: Tensor, k: Tensor, v: Tensor, relation, backend: str, scale, dropo
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
     B, H, Lq, D = q.shape
+    for name, size in (("q's heads H", H), ("k/v's heads Hkv", k.shape[1]), ("the head dim D of q and k", D),
+                       ("v's head dim Dv", v.shape[3])):
+        if size == 0:
+            raise ValueError(f"{name} must be >= 1, got 0 (q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)})")
     if k.shape[0] != B or v.shape[0] != B:
         raise ValueError(f"batch size differs: q {B}, k {k.shape[0]}, v {v.shape[0]}")
     if k.shape[1] != v.shape[1]:
@@ -88,11 +93,13 @@ def _check(q: Tensor, k: Tensor, v: Tensor, relation, backend: str, scale, dropo
         raise ValueError(f"relation must be a relformer Relation or None, got {type(relation).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale) or scale <= 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if relation is not None:
+        relation.check_device(q.device)
         relation.check(B, H, Lq, k.shape[2])
 
 
@@ -113,12 +120,12 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
         return Choice("eager", "post-softmax multiplier (URPE) cannot be fused into SDPA/Flex")
     if dropout_p > 0.0 and dev.type == "cpu":
         return Choice("eager", "attention dropout on CPU: SDPA runs its math kernel and draws the mask with "
-                               "bernoulli_; eager draws it with rand_like, ~3.6x cheaper")
+                               "bernoulli_; eager draws it with rand_like, several times cheaper")
     # (a learnable bias sends SDPA to its math kernel, which materialises more than eager does: no cap)
     if (dev.type == "cpu" and Lq * Lk <= SMALL_PAIRS and cost < EXPENSIVE_BIAS and B * H >= SMALL_MIN_MATRICES
             and (B * H * Lq * Lk < CHUNKED_MIN_SCORES or (training and rel_grad))):
         return Choice("eager", f"CPU, small score matrices ({Lq}x{Lk}, {B * H} of them): matmul + softmax beat "
-                               "SDPA's kernels (ViT-micro 50x50: flash forward ~1.9x, backward ~2x the eager pair)")
+                               "SDPA's kernels, whose per-call overhead dominates tiny matrices")
     if relation is None or not (relation.has_mask or relation.has_bias):
         return Choice("sdpa", "no relation: fused SDPA")
     if cost >= EXPENSIVE_BIAS and big and dropout_p == 0.0:
@@ -169,7 +176,12 @@ def attend(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, ba
         dropout_p: dropout on attention probabilities (not supported by flex/chunked).
 
     Returns:
-        ``(B, H, Lq, Dv)``. Query rows with no key to attend are zero (with zero gradients).
+        ``(B, H, Lq, Dv)``. The same on every backend: query rows with no key to attend are zero
+        (with zero gradients); a NaN a row sees (in q, k, v or the relation's bias) makes that row
+        NaN, while a NaN or inf in a pair the mask blocks does not reach any row (see
+        :func:`relformer.attention.backends.sdpa` for SDPA on accelerators); float64 inputs are
+        computed in float64, everything else in float32 (Flex refuses float64); ``B = 0`` gives an
+        empty output. Bad input raises ``ValueError`` naming the argument.
     """
     _check(q, k, v, relation, backend, scale, dropout_p)
     scale = float(scale) if scale is not None else _b.default_scale(q.shape[-1])
@@ -178,18 +190,27 @@ def attend(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, ba
         backend = choice.backend
         if log.isEnabledFor(logging.DEBUG):
             log.debug("attend %s x %s -> %s", tuple(q.shape), tuple(k.shape), choice)
+    _refuse(backend, q, k, v, relation, dropout_p)
+    if q.shape[0] == 0:
+        return _b.eager(q, k, v, relation, scale, dropout_p)  # nothing to compute: the empty output
     if backend == "eager":
         return _b.eager(q, k, v, relation, scale, dropout_p)
     if backend == "sdpa":
-        if relation is not None and relation.has_prob:
-            raise ValueError(f"backend='sdpa' cannot fuse the post-softmax multiplier of {type(relation).__name__}; "
-                             "use backend='chunked' or 'eager'")
         return _b.sdpa(q, k, v, relation, scale, dropout_p)
+    if backend == "flex":
+        return _b.flex(q, k, v, relation, scale, dropout_p)
+    groups = q.shape[1] // k.shape[1]
+    return chunked_attention(q, _b.repeat_kv(k, groups), _b.repeat_kv(v, groups), relation, scale)
+
+
+def _refuse(backend: str, q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, dropout_p: float) -> None:
+    """``ValueError`` for what the chosen backend cannot run (whatever the batch size)."""
+    if backend == "sdpa" and relation is not None and relation.has_prob:
+        raise ValueError(f"backend='sdpa' cannot fuse the post-softmax multiplier of {type(relation).__name__}; "
+                         "use backend='chunked' or 'eager'")
     if backend == "flex":
         if not _b.flex_available(q.device.type):
             raise ValueError(f"backend='flex' is unavailable on {q.device.type} (needs torch.compile and a C compiler)")
-        return _b.flex(q, k, v, relation, scale, dropout_p)
-    if dropout_p > 0.0:
+        _b.check_flex(q, k, v, relation, dropout_p)
+    if backend == "chunked" and dropout_p > 0.0:
         raise ValueError("backend='chunked' does not support dropout_p > 0; use 'sdpa' or 'eager'")
-    groups = q.shape[1] // k.shape[1]
-    return chunked_attention(q, _b.repeat_kv(k, groups), _b.repeat_kv(v, groups), relation, scale)

@@ -2,8 +2,12 @@
 
 Every backend takes ``q (B, H, Lq, D)``, ``k (B, Hkv, Lk, D)``, ``v (B, Hkv, Lk, Dv)``
 (``H % Hkv == 0``), an optional :class:`Relation`, ``scale`` and ``dropout_p``, and
-returns ``(B, H, Lq, Dv)``. Shared semantics, tested on every backend: softmax runs in
-fp32, a query row with no key to attend gives a zero output and zero gradients.
+returns ``(B, H, Lq, Dv)``. Shared semantics, tested on every backend (``tests/attention``):
+scores and softmax run in fp32 (fp64 for fp64 inputs, see :func:`compute_dtype`); a query row
+with no key to attend gives a zero output and zero gradients; a blocked pair never reaches the
+softmax with what it held (a NaN/inf there reaches no row); a NaN a row does see makes it NaN.
+Mask fill values are ``-inf`` in the compute dtype (every float dtype has it; no finite
+"large negative" that overflows in fp16 or is not small enough in fp64).
 """
 from __future__ import annotations
 
@@ -32,13 +36,18 @@ def needs_grad(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None) -> tu
     return rel_grad or q.requires_grad or k.requires_grad or v.requires_grad, rel_grad
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype scores, softmax and accumulators run in: float64 for float64 inputs (gradcheck,
+    references), float32 for everything else (bf16/fp16 would lose the softmax's precision)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _softmax(scores: Tensor, dead: Tensor | None) -> Tensor:
-    """fp32 softmax over the last dim of a score tensor this module owns (under autocast the
-    matmul gives bf16/fp16 scores); ``dead`` rows (no key to attend, all ``-inf``) give zeros and
-    zero grads, not NaN. The softmax writes a new tensor even without autograd: with its output
-    aliasing its input, torch's CPU softmax runs at half the speed (0.49 vs 0.95 ms on 256 x 2 heads
-    of 49 x 49)."""
-    scores = scores.float()
+    """Softmax over the last dim of a score tensor this module owns, in :func:`compute_dtype` (under
+    autocast the matmul gives bf16/fp16 scores); ``dead`` rows (no key to attend) give zeros and zero
+    grads, not NaN. The softmax writes a new tensor even without autograd: with its output aliasing
+    its input, torch's CPU softmax runs at about half the speed."""
+    scores = scores.to(compute_dtype(scores.dtype))
     if dead is not None:
         scores = scores.masked_fill_(dead, 0.0)
     probs = torch.softmax(scores, dim=-1)
@@ -47,33 +56,53 @@ def _softmax(scores: Tensor, dead: Tensor | None) -> Tensor:
     return probs.masked_fill(dead, 0.0) if probs.requires_grad else probs.masked_fill_(dead, 0.0)
 
 
-def _mask_term(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tuple[Tensor, Tensor | None]:
-    """The relation's mask as an additive score term, ``-inf`` on the pairs it blocks and 0 elsewhere
-    ``(B|1, H|1, Lq, Lk)``, and its rows with no key at all ``(B|1, H|1, Lq, 1)`` (None when there
-    are none; on accelerators never checked, no host sync), from the mask's own broadcast shape --
-    built once per relation and layout. Added, not ``masked_fill``-ed: torch's CPU ``masked_fill_``
-    runs at a tenth of ``add_``'s speed (1.4-1.8 vs 0.10-0.13 ms on 256 x 2 heads of 49 x 49 scores),
-    and the add's backward is the identity where ``masked_fill``'s copies the score-sized gradient."""
+def dense_mask_and_dead(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tuple[Tensor, Tensor | None]:
+    """The relation's boolean mask ``(B|1, H|1, Lq, Lk)`` (True = attend) and its rows with no key at
+    all ``(B|1, H|1, Lq, 1)`` (None when there are none; on accelerators never checked, no host
+    sync), memoised per relation state and layout (:meth:`Relation.cached`)."""
     def build():
         mask = relation.dense_mask(B, H, Lq, Lk, device)
         dead = ~mask.any(-1, keepdim=True)
-        term = torch.zeros(mask.shape, device=device).masked_fill_(~mask, float("-inf"))
-        return term, (None if dead.device.type == "cpu" and not dead.any() else dead)
+        return mask, (None if dead.device.type == "cpu" and not dead.any() else dead)
 
-    key = ("mask_term", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled())
-    return relation.cached(key, build)
+    return relation.cached(("mask", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled()), build)
 
 
-def _score_parts(relation: Relation | None, B: int, H: int, Lq: int, Lk: int, device):
-    """What turns raw scores into logits: the bias, the mask's additive term (``-inf`` on blocked
-    pairs) and the dead rows, each in its own broadcast shape ``(B|1, H|1, ...)`` or None."""
-    bias = mask_term = dead = None
+def _eager_mask(relation: Relation, B: int, H: int, Lq: int, Lk: int, device) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """:func:`dense_mask_and_dead` and, on CPU, the mask as an additive score term (``-inf`` on the
+    pairs it blocks, 0 elsewhere, in the mask's broadcast shape), memoised as one entry. Added, not
+    ``masked_fill``-ed, on CPU: torch's CPU ``masked_fill_`` / ``where`` with a boolean mask run at
+    about a tenth of ``add_``'s speed, and the add's backward is the identity. Adding is exact only
+    while the blocked scores are finite (``inf + -inf`` is NaN): :func:`eager` checks its output and
+    recomputes with :func:`torch.where` when it is not finite."""
+    def build():
+        mask, dead = dense_mask_and_dead(relation, B, H, Lq, Lk, device)
+        term = None
+        if torch.device(device).type == "cpu":
+            term = torch.zeros(mask.shape, device=device).masked_fill_(~mask, float("-inf"))
+        return mask, dead, term
+
+    return relation.cached(("eager_mask", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled()), build)
+
+
+def _score_parts(relation: Relation | None, B: int, H: int, Lq: int, Lk: int, device, dtype, exact: bool):
+    """What turns raw scores into logits: ``(bias, mask, mask_term, dead)``, each in its own broadcast
+    shape ``(B|1, H|1, ...)`` or None. ``mask_term`` (the fast additive form) is None when ``exact``
+    or off CPU: then the blocked pairs are replaced with ``torch.where``, whatever they hold."""
+    bias = mask = term = dead = None
     if relation is not None and relation.has_bias:
         # bias and mask apart: no third score-sized tensor when their broadcast shapes differ
-        bias = relation.dense_parts(B, H, Lq, Lk, device, with_mask=False)[0]
+        bias = relation.dense_parts(B, H, Lq, Lk, device, dtype=compute_dtype(dtype), with_mask=False)[0]
     if relation is not None and relation.has_mask:
-        mask_term, dead = _mask_term(relation, B, H, Lq, Lk, device)
-    return bias, mask_term, dead
+        mask, dead, term = _eager_mask(relation, B, H, Lq, Lk, device)
+        term = None if exact else term
+    return bias, mask, term, dead
+
+
+def all_finite(x: Tensor) -> bool:
+    """True when every element is finite: one reduction (a sum is finite only if every term is;
+    an overflowing sum of finite values reads as False, which only costs the exact recomputation)."""
+    return x.numel() == 0 or bool(torch.isfinite(x.sum()))
 
 
 class _ScoreProduct(torch.autograd.Function):
@@ -108,28 +137,34 @@ def _scores(q: Tensor, k: Tensor, scale: float) -> Tensor:
             and not torch.is_autocast_enabled(q.device.type)):
         q3, k3 = q.reshape(-1, *q.shape[2:]), (k * scale).reshape(-1, *k.shape[2:])  # (B*H, L, D)
         return _ScoreProduct.apply(q3, k3, (*q.shape[:3], k.shape[2]))
-    return torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
+    dt = compute_dtype(q.dtype)
+    return torch.matmul(q.to(dt) * scale, k.to(dt).transpose(-1, -2))
 
 
 def _probs(q: Tensor, k: Tensor, parts: tuple, scale: float) -> Tensor:
     """Softmax of ``scale * q k^T`` (:func:`_scores`) with ``parts`` (:func:`_score_parts`) applied in
-    place on the score tensor (the matmul backward does not read its output)."""
-    bias, mask_term, dead = parts
+    place on the score tensor (the matmul backward does not read its output). Blocked pairs never
+    reach the softmax with what they held: the mask is added as ``-inf`` (exact while they are
+    finite) or, without ``mask_term``, written over them with ``torch.where``."""
+    bias, mask, mask_term, dead = parts
     scores = _scores(q, k, scale)  # (B, H, Lq, Lk)
     if bias is not None:
         scores = scores.add_(bias)
     if mask_term is not None:
         scores = scores.add_(mask_term)
-    return _softmax(scores, dead)  # only a mask can empty a row: biases are finite
+    elif mask is not None:
+        scores = torch.where(mask, scores, torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device))
+    return _softmax(scores, dead)
 
 
-def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: float) -> Tensor:
-    """fp32 attention probabilities ``(B, H, Lq, Lk)`` (after any ``prob_mod``), materialised.
-    Training holds two score-sized tensors (scores, probabilities), inference two while the softmax runs."""
+def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: float, exact: bool = True) -> Tensor:
+    """Attention probabilities ``(B, H, Lq, Lk)`` in :func:`compute_dtype` (after any ``prob_mod``),
+    materialised. Training holds two score-sized tensors (scores, probabilities), inference two
+    while the softmax runs. ``exact=False`` allows the additive mask (see :func:`_eager_mask`)."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     k = repeat_kv(k, H // k.shape[1])
-    probs = _probs(q, k, _score_parts(relation, B, H, Lq, Lk, q.device), scale)
+    probs = _probs(q, k, _score_parts(relation, B, H, Lq, Lk, q.device, q.dtype, exact), scale)
     if relation is not None and relation.has_prob:
         probs = probs * relation.dense_prob(B, H, Lq, Lk, q.device)
     return probs
@@ -138,7 +173,7 @@ def attention_probs(q: Tensor, k: Tensor, relation: Relation | None, scale: floa
 EAGER_TILE_BYTES = 1 << 20  # inference: score tiles of at most this many bytes (cache-resident, reused)
 
 
-def _tiled_eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float) -> Tensor:
+def _tiled_eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, exact: bool) -> Tensor:
     """Eager attention without autograd, a slice of the batch at a time, so that each score tile
     (at most :data:`EAGER_TILE_BYTES`) is computed, softmaxed and multiplied by ``v`` while it is
     still in cache, and its memory is reused by the next slice instead of one (B, H, Lq, Lk)
@@ -147,60 +182,87 @@ def _tiled_eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, sca
     Lk = k.shape[2]
     groups = H // k.shape[1]
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    parts = _score_parts(relation, B, H, Lq, Lk, q.device)
-    out = torch.empty(B, H, Lq, v.shape[-1], dtype=torch.float32, device=q.device)
+    parts = _score_parts(relation, B, H, Lq, Lk, q.device, q.dtype, exact)
+    dt = compute_dtype(q.dtype)
+    out = torch.empty(B, H, Lq, v.shape[-1], dtype=dt, device=q.device)
     step = max(1, EAGER_TILE_BYTES // (4 * H * Lq * Lk))
     for b in range(0, B, step):
         rows = slice(b, b + step)
         tile = tuple(t[rows] if t is not None and t.shape[0] == B else t for t in parts)
-        torch.matmul(_probs(q[rows], k[rows], tile, scale), v[rows].float(), out=out[rows])
+        torch.matmul(_probs(q[rows], k[rows], tile, scale), v[rows].to(dt), out=out[rows])
     return out.to(q.dtype)
 
 
 def dropout(x: Tensor, p: float) -> Tensor:
     """``F.dropout(x, p)`` in distribution (zero with probability ``p``, scale the rest by
     ``1 / (1 - p)``), with the mask drawn by ``rand_like``: on CPU ``F.dropout`` draws it with
-    ``bernoulli_``, measured 3.6x slower here (2.16 vs 0.60 ms for a (13, 4, 64, 64) probability
-    tensor, 2 cores; forward + backward 2.30 vs 0.83 ms). Other devices use ``F.dropout``."""
+    ``bernoulli_``, several times slower than ``rand_like`` and a comparison (see
+    ``bench/results/attention.md``). Other devices use ``F.dropout``."""
     if x.device.type != "cpu":
         return F.dropout(x, p)
     return x * (torch.rand_like(x) >= p) * (1.0 / (1.0 - p))
 
 
-def eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
+def eager(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float,
+          exact: bool = False) -> Tensor:
     """The plain-PyTorch reference: materialises ``(B, H, Lq, Lk)`` scores, bias and probabilities
-    (without autograd, a batch slice at a time: :func:`_tiled_eager`)."""
+    (without autograd, a batch slice at a time: :func:`_tiled_eager`).
+
+    On CPU the mask is first added as a ``-inf`` term (fast, exact while blocked scores are finite);
+    an output that is not finite is recomputed with the blocked pairs overwritten (``exact``), so a
+    NaN or inf in a key or bias that a row never sees cannot reach that row."""
+    out = _eager(q, k, v, relation, scale, dropout_p, exact)
+    if exact or relation is None or not relation.has_mask or q.device.type != "cpu" or all_finite(out):
+        return out
+    return _eager(q, k, v, relation, scale, dropout_p, True)
+
+
+def _eager(q, k, v, relation, scale, dropout_p, exact):
     if (not needs_grad(q, k, v, relation)[0] and dropout_p == 0.0 and (relation is None or not relation.has_prob)
             and q.shape[0] > 1 and 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] > EAGER_TILE_BYTES):
-        return _tiled_eager(q, k, v, relation, scale)
-    probs = attention_probs(q, k, relation, scale)
+        return _tiled_eager(q, k, v, relation, scale, exact)
+    probs = attention_probs(q, k, relation, scale, exact)
     if dropout_p > 0.0:
         probs = dropout(probs, dropout_p)
     v = repeat_kv(v, q.shape[1] // v.shape[1])
-    return torch.matmul(probs, v.float()).to(q.dtype)
+    return torch.matmul(probs, v.to(probs.dtype)).to(q.dtype)
 
 
 def _finite_in(x: Tensor, dtype: torch.dtype) -> Tensor:
     """Cast a bias to ``dtype`` without turning large finite values into +-inf (``-inf`` masks stay)."""
-    if dtype == x.dtype:
-        return x
+    if torch.finfo(dtype).max >= torch.finfo(x.dtype).max:
+        return x.to(dtype)  # widening (or equal): every value fits
     fmax = torch.finfo(dtype).max
     return torch.where(torch.isneginf(x), x, x.clamp(-fmax, fmax)).to(dtype)
 
 
-def sdpa_mask(relation: Relation, B: int, H: int, Lq: int, Lk: int, device, dtype) -> Tensor:
-    """The 4-D ``attn_mask`` SDPA keeps its fused CPU kernel with: bool for pure masks, else float bias."""
-    if relation.has_bias:
-        return _finite_in(relation.dense_bias(B, H, Lq, Lk, device), dtype)
-    # Pure masks hold no trainable data: build once per layout, share across layers.
-    key = ("sdpa_mask", B, H, Lq, Lk, str(device), torch.is_inference_mode_enabled())
-    return relation.cached(key, lambda: relation.dense_mask(B, H, Lq, Lk, device))
+def sdpa_mask(relation: Relation, B: int, H: int, Lq: int, Lk: int, device, dtype) -> Tensor | None:
+    """The 4-D ``attn_mask`` SDPA keeps its fused CPU kernel with: bool for pure masks, else float bias
+    (``-inf`` on blocked pairs). None on CPU when the bias is not finite (see :func:`sdpa`)."""
+    if not relation.has_bias:
+        # Pure masks hold no trainable data: build once per relation state and layout, share across layers.
+        return dense_mask_and_dead(relation, B, H, Lq, Lk, device)[0]
+    bias, mask = relation.dense_parts(B, H, Lq, Lk, device, dtype=compute_dtype(dtype))
+    if torch.device(device).type == "cpu" and not all_finite(bias):
+        return None
+    if mask is not None:
+        bias = bias.masked_fill(~mask, float("-inf"))
+    return _finite_in(bias, dtype)
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
-    """``F.scaled_dot_product_attention`` with a 4-D boolean mask or additive bias (never 3-D)."""
+    """``F.scaled_dot_product_attention`` with a 4-D boolean mask or additive bias (never 3-D).
+
+    Two behaviours of torch's kernels differ from the shared semantics: the fused CPU kernel returns
+    zeros for a query row whose scores hold a NaN, and a mask applied by adding ``-inf`` turns a
+    blocked ``inf``/NaN score into NaN for every row of its head. So on CPU, when q, k or the bias
+    hold a non-finite value (one reduction each, small next to the attention), the call runs on the
+    exact :func:`eager` path instead. On accelerators that check would cost a host sync per call,
+    so there SDPA keeps torch's behaviour for non-finite inputs."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
+    if q.device.type == "cpu" and not (all_finite(q) and all_finite(k)):
+        return eager(q, k, v, relation, scale, dropout_p, exact=True)
     gqa = H != k.shape[1]
     kwargs = dict(dropout_p=dropout_p, scale=scale, enable_gqa=gqa)
     if relation is None or not (relation.has_mask or relation.has_bias):
@@ -208,6 +270,8 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: floa
     if relation.is_causal(Lq, Lk):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, **kwargs)
     mask = sdpa_mask(relation, B, H, Lq, Lk, q.device, q.dtype)
+    if mask is None:
+        return eager(q, k, v, relation, scale, dropout_p, exact=True)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **kwargs)
 
 
@@ -256,11 +320,11 @@ def _blocks(x: Tensor) -> tuple[Tensor, Tensor]:
 def block_summary(relation: Relation, B: int, H: int, Lq: int, Lk: int, device, block: int = FLEX_BLOCK):
     """Per ``block x block`` tile: (any pair attends, every pair attends), each ``(B|1, H|1, nq, nk)``.
 
-    Built from the dense boolean mask with two reductions (milliseconds at L=2048, against
-    0.15-0.46 s for ``create_block_mask``), once per relation object and layout.
+    Built from the dense boolean mask with two reductions (much cheaper than ``create_block_mask``,
+    which evaluates the mask_mod through vmap), once per relation state and layout.
     """
     def build():
-        mask = relation.dense_mask(B, H, Lq, Lk, device)
+        mask = dense_mask_and_dead(relation, B, H, Lq, Lk, device)[0]
         b, h = mask.shape[:2]
         nq, nk = -(-Lq // block), -(-Lk // block)
         # padding is False, so a tile that hangs over the end is never "full": Flex masks it
@@ -304,9 +368,11 @@ def flex_block_mask(relation: Relation | None, B: int, H: int, Lq: int, Lk: int,
     return relation.cached(("flex_block_mask", B, H, Lq, Lk, str(device)), build)
 
 
-def flex(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
-    """``flex_attention`` compiled once; the mask becomes a block-sparse ``BlockMask`` and the bias a
-    ``score_mod``, so the ``Lq x Lk`` bias is never materialised."""
+def check_flex(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, dropout_p: float) -> None:
+    """``ValueError`` for what Flex cannot run, before anything is compiled."""
+    if q.dtype == torch.float64:
+        raise ValueError("backend='flex' does not support float64 (its compiled kernel runs float32 or lower); "
+                         "use backend='eager', 'sdpa' or 'chunked'")
     if dropout_p > 0.0:
         raise ValueError("backend='flex' does not support dropout_p > 0")
     if relation is not None and relation.has_prob:
@@ -319,7 +385,17 @@ def flex(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: floa
         if not flex_supports_backward(q.device.type) and any(t.requires_grad for t in (q, k, v)):
             raise ValueError("backend='flex' has no backward on CPU in this torch; run under torch.no_grad() "
                              "or use backend='chunked' / 'sdpa' for training")
-    else:
+
+
+def flex(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: float, dropout_p: float) -> Tensor:
+    """``flex_attention`` compiled once; the mask becomes a block-sparse ``BlockMask`` and the bias a
+    ``score_mod``, so the ``Lq x Lk`` bias is never materialised.
+
+    Flex's kernel returns zeros for a row whose scores hold a NaN, where the other backends return
+    NaN. ``v`` is therefore extended by a column of ones: its output is 1 on every row the kernel
+    normalised, 0 on the rows it zeroed, and a zeroed row that the mask leaves alive becomes NaN."""
+    check_flex(q, k, v, relation, dropout_p)
+    if not torch.is_grad_enabled():
         # flex_attention raises on any input with requires_grad=True, even under no_grad
         q, k, v = q.detach(), k.detach(), v.detach()
     B, H, Lq, _ = q.shape
@@ -330,13 +406,22 @@ def flex(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, scale: floa
         view = relation.flex_view()
 
         def score_mod(score, b, h, q_idx, kv_idx):
-            return score + view.bias_mod(b, h, q_idx, kv_idx)
+            return score + view.bias_mod(b, h, q_idx, kv_idx).to(score.dtype)
 
+    Dv = v.shape[-1]
+    v = torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1)
     # Every new shape compiles once; keep dynamo from silently falling back to the O(L^2) eager
     # Flex path after its default 8 recompiles (scoped to this call only).
     with torch._dynamo.config.patch(recompile_limit=4096, accumulated_recompile_limit=1 << 20):
-        return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-                                enable_gqa=H != k.shape[1])
+        out = _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+                               enable_gqa=H != k.shape[1])
+    normalised = out[..., Dv:] > 0.5  # (B, H, Lq, 1): False where the kernel zeroed the row (or NaN)
+    zeroed = ~normalised
+    if relation is not None and relation.has_mask:
+        dead = dense_mask_and_dead(relation, B, H, Lq, Lk, q.device)[1]
+        if dead is not None:
+            zeroed = zeroed & ~dead
+    return out[..., :Dv].masked_fill(zeroed, float("nan"))
 
 
 def default_scale(head_dim: int) -> float:

@@ -17,18 +17,101 @@ backend:
 * ``flex`` passes them to ``flex_attention`` (which vmaps them over scalars), so the
   ``Lq x Lk`` bias is never materialised.
 
-Relations compose: ``a & b`` and ``a + b`` both give a :class:`Compose` that applies
-every part (masks are AND-ed, biases summed, probability multipliers multiplied).
+Relations compose, by one rule each:
+
+* ``a & b`` combines anything: masks are AND-ed, biases summed, probability multipliers
+  multiplied (a :class:`Compose`);
+* ``a + b`` adds biases only: both sides must be bias-only relations (no mask, no multiplier),
+  otherwise ``TypeError`` -- ``Causal() + ALiBi(H)`` would silently AND a mask, so it is refused;
+  ``RelativeBias(H, 8) + ALiBi(H)`` is the sum of the two biases.
+
+Derived forms (dense masks, SDPA masks, Flex block masks) are memoised per relation object by
+:meth:`Relation.cached`, keyed on the layout *and* on the relation's state: every plain attribute
+(``window``, ``offset``...), and every tensor it reads by identity, version counter (in-place edits
+such as ``segment_ids[:] = 0``), dtype, device and shape. Reassigning or editing anything therefore
+rebuilds the form; a stale mask cannot be served. Inference tensors carry no version counter, so
+relations reading them are not memoised.
 """
 from __future__ import annotations
 
 import copy
+import math
+import numbers
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Relation", "Compose", "index_grid"]
+__all__ = ["Relation", "Compose", "index_grid", "check_int", "check_float"]
+
+CACHE_SIZE = 32  # layouts memoised per relation object (a long-lived relation, e.g. Causal, sees many)
+
+
+def check_int(name: str, value, minimum: int | None = 1) -> int:
+    """``value`` as an int ``>= minimum`` (any int when None), or ``ValueError`` naming ``name``
+    (bools and floats are refused; numpy integers are ints)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum):
+        raise ValueError(f"{name} must be an int{'' if minimum is None else f' >= {minimum}'}, got {value!r}")
+    return int(value)
+
+
+def check_float(name: str, value, positive: bool = False) -> float:
+    """``value`` as a finite float (``> 0`` when ``positive``), or ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or (positive and value <= 0):
+        raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number, got {value!r}")
+    return float(value)
+
+
+_SCALARS = frozenset((bool, int, float, str, type(None), torch.dtype, torch.device))
+_BOOKKEEPING = frozenset(k for k in vars(nn.Module()) if k.startswith("_")) | {"_cache"}  # never read by mods
+
+
+def _state(value):
+    """A hashable stand-in for one attribute: what a memoised form of it depends on (a tensor's
+    ``_version`` raises for inference tensors, see :meth:`Relation.state_key`)."""
+    if isinstance(value, Tensor):
+        return (id(value), value._version, value.dtype, value.device, value.shape)
+    if type(value) in _SCALARS:
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_state(v) for v in value)
+    return type(value)
+
+
+def _state_of(module: nn.Module, key: list) -> None:
+    """Append the state of every attribute a module tree's mods may read: its parameters, buffers,
+    tensor attributes and public plain attributes (not nn.Module's bookkeeping nor the cache
+    itself), depth first. A plain loop: it runs on every memoised call."""
+    for k, v in module.__dict__.items():
+        if k in _BOOKKEEPING:
+            continue
+        if isinstance(v, Tensor):
+            key.append((k, id(v), v._version, v.dtype, v.device, v.shape))
+        elif k[0] != "_":
+            kind = type(v)
+            if kind in _SCALARS or (kind is tuple and all(type(x) in _SCALARS for x in v)):
+                key.append((k, v))
+            else:
+                key.append((k, _state(v)))
+    for table in (module._parameters, module._buffers):
+        for k, v in table.items():
+            if v is not None:
+                key.append((k, id(v), v._version, v.dtype, v.device, v.shape))
+    for child in module._modules.values():
+        if child is not None:
+            _state_of(child, key)
+
+
+def _tensors_of(module: nn.Module, out: list) -> list:
+    """Every tensor :func:`_state_of` reads, depth first."""
+    out.extend(v for k, v in module.__dict__.items() if k not in _BOOKKEEPING and isinstance(v, Tensor))
+    out.extend(v for v in module._parameters.values() if v is not None)
+    out.extend(v for v in module._buffers.values() if v is not None)
+    for child in module._modules.values():
+        if child is not None:
+            _tensors_of(child, out)
+    return out
 
 
 def index_grid(B: int, H: int, q_idx: Tensor, kv_idx: Tensor, device=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -120,20 +203,55 @@ class Relation(nn.Module):
 
     # ---- composition -----------------------------------------------------------
     def __and__(self, other: "Relation") -> "Compose":
+        """Combine anything: masks AND-ed, biases summed, multipliers multiplied."""
         return Compose(self, other)
 
     def __add__(self, other: "Relation") -> "Compose":
+        """Sum of two bias-only relations; ``TypeError`` when either side has a mask or multiplier."""
+        if not isinstance(other, Relation):
+            return NotImplemented
+        for side in (self, other):
+            if side.has_mask or side.has_prob or not side.has_bias:
+                raise TypeError(f"'+' adds bias-only relations, but {type(side).__name__} has "
+                                f"{'a mask' if side.has_mask else 'a multiplier' if side.has_prob else 'no bias'}; "
+                                "use '&' to combine masks, biases and multipliers")
         return Compose(self, other)
 
     # ---- helpers used by backends ------------------------------------------------
-    def tensors(self) -> Iterator[Tensor]:
-        """Every tensor the mods may read: parameters, buffers and data attributes, recursively."""
-        for m in self.modules():
-            yield from m._parameters.values()
-            yield from m._buffers.values()
-            for v in vars(m).values():
+    def named_tensors(self) -> Iterator[tuple[str, Tensor]]:
+        """``(name, tensor)`` for every tensor the mods may read: parameters, buffers and data
+        attributes, recursively (names as in ``state_dict``, plus the data attributes)."""
+        for prefix, m in self.named_modules():
+            dot = prefix + "." if prefix else ""
+            for k, v in (*m._parameters.items(), *m._buffers.items(), *vars(m).items()):
                 if isinstance(v, Tensor):
-                    yield v
+                    yield dot + k, v
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor the mods may read: parameters, buffers and data attributes, recursively."""
+        return _tensors_of(self, [])
+
+    def check_device(self, device: torch.device) -> None:
+        """``ValueError`` naming the tensor when one the mods read lies on another device than ``device``."""
+        for t in self.tensors():
+            if t.device != device:
+                break
+        else:
+            return
+        for name, t in self.named_tensors():
+            if t.device != device:
+                raise ValueError(f"{type(self).__name__}.{name} is on {t.device} but q is on {device}: "
+                                 "move the relation with .to(q.device)")
+
+    def state_key(self):
+        """What every derived form depends on (see the module docstring), or None when a tensor is an
+        inference tensor (no version counter: such a relation is not memoised)."""
+        key: list = []
+        try:
+            _state_of(self, key)
+        except RuntimeError:  # "Inference tensors do not track version counter"
+            return None
+        return tuple(key)
 
     def grad_tensors(self) -> list[Tensor]:
         """Tensors the relation reads that require grad (learnable tables, or data computed by a module)."""
@@ -145,7 +263,12 @@ class Relation(nn.Module):
         return out
 
     def map_tensors(self, fn) -> "Relation":
-        """A shallow copy reading ``fn(t)`` for every parameter and tensor attribute (recursively)."""
+        """A shallow copy reading ``fn(t)`` for every parameter and tensor attribute (recursively).
+
+        The copy gets its own ``_parameters`` / ``_modules`` dicts (``nn.Module.__setattr__`` would
+        refuse a plain tensor in a parameter's place, and a shared dict would change the source);
+        ``tests/relations/test_algebra.py`` checks that such copies and :meth:`bind`'s survive
+        ``state_dict``, ``deepcopy``, ``torch.compile`` and DDP."""
         new = copy.copy(self)
         new._parameters = {k: (None if v is None else fn(v)) for k, v in self._parameters.items()}
         new._buffers = dict(self._buffers)
@@ -168,7 +291,10 @@ class Relation(nn.Module):
         return self.detached()
 
     def bind(self, **data) -> "Relation":
-        """A copy that shares this relation's tables but reads new per-batch data (e.g. ``spd=...``)."""
+        """A copy that shares this relation's tables (the same parameter objects: training the copy trains
+        the source, and both have one ``state_dict``) but reads new per-batch data (e.g. ``spd=...``),
+        set as plain attributes on the copy (``object.__setattr__``: a buffer of the source is
+        shadowed, never overwritten)."""
         new = copy.copy(self)
         object.__setattr__(new, "_cache", {})
         for k, v in data.items():
@@ -178,12 +304,19 @@ class Relation(nn.Module):
         return new
 
     def cached(self, key, build):
-        """Memoise ``build()`` on this relation object (shared by every layer that uses it)."""
-        if key not in self._cache:
-            if len(self._cache) >= 32:  # a long-lived relation (e.g. Causal) sees many layouts
+        """Memoise ``build()`` on this relation object (shared by every layer that uses it), keyed on
+        ``key`` (the layout) and :meth:`state_key`. Each entry holds the tensors it was built from, so
+        their ``id`` cannot be reused by another tensor while the entry lives."""
+        state = self.state_key()
+        if state is None:
+            return build()
+        full = (key, state)
+        hit = self._cache.get(full)
+        if hit is None:
+            if len(self._cache) >= CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = build()
-        return self._cache[key]
+            hit = self._cache[full] = (self.tensors(), build())
+        return hit[1]
 
 
 def _map_module(m: nn.Module, fn) -> nn.Module:

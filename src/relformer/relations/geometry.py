@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..attention.relation import Relation
+from ..attention.relation import Relation, check_float, check_int
 from .sequence import _check_heads
 
 __all__ = ["BoxRelationBias", "box_pair_features", "sine_embed"]
@@ -54,9 +54,12 @@ class BoxRelationBias(Relation):
     def __init__(self, num_heads: int, embed_dim: int = 16, temperature: float = 10000.0, scale: float = 100.0,
                  boxes: Tensor | None = None) -> None:
         super().__init__()
-        if embed_dim <= 0 or embed_dim % 2:
+        num_heads = check_int("num_heads", num_heads)
+        if check_int("embed_dim", embed_dim) % 2:
             raise ValueError(f"embed_dim must be a positive even number (sin/cos pairs), got {embed_dim}")
-        self.embed_dim, self.temperature, self.scale = int(embed_dim), float(temperature), float(scale)
+        self.embed_dim = int(embed_dim)
+        self.temperature = check_float("temperature", temperature, positive=True)
+        self.scale = check_float("scale", scale)
         # per pair: 4*embed_dim features, their sin/cos and the linear output, shared by the H heads
         self.tile_cost = 1.0 + 3.0 * 4 * self.embed_dim / num_heads
         self.proj = nn.Linear(4 * self.embed_dim, num_heads)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..attention.relation import Relation
+from ..attention.relation import Relation, check_int
 from .sequence import _check_heads
 
 __all__ = ["check_edge_index", "node_layout", "scatter_pairs", "dense_adjacency", "edge_id_matrix", "shortest_path_distances",
@@ -244,9 +244,8 @@ class ShortestPathBias(Relation):
 
     def __init__(self, num_heads: int, max_distance: int, spd: Tensor | None = None) -> None:
         super().__init__()
-        if max_distance < 0:
-            raise ValueError(f"max_distance must be >= 0, got {max_distance}")
-        self.max_distance = int(max_distance)
+        num_heads = check_int("num_heads", num_heads)
+        self.max_distance = check_int("max_distance", max_distance, minimum=0)
         self.table = nn.Parameter(torch.randn(self.max_distance + 2, num_heads) * 0.02)
         self.spd = spd
 
@@ -287,7 +286,7 @@ class EdgeBias(Relation):
 
     def __init__(self, num_heads: int) -> None:
         super().__init__()
-        self.num_heads = int(num_heads)
+        self.num_heads = check_int("num_heads", num_heads)
         self.edge_ids: Tensor | None = None
         self.edge_bias: Tensor | None = None
 
@@ -330,7 +329,7 @@ class EdgeFeatureBias(EdgeBias):
 
     def __init__(self, edge_dim: int, num_heads: int) -> None:
         super().__init__(num_heads)
-        self.proj = nn.Linear(edge_dim, num_heads)
+        self.proj = nn.Linear(check_int("edge_dim", edge_dim), self.num_heads)
 
     def bind_edges(self, edge_ids: Tensor, edge_attr: Tensor) -> "EdgeFeatureBias":
         _check_int("edge_ids", edge_ids, 3)
@@ -361,8 +360,7 @@ class EdgePathBias(Relation):
 
     def __init__(self, num_heads: int, max_hops: int) -> None:
         super().__init__()
-        if not (isinstance(max_hops, int) and max_hops >= 1):
-            raise ValueError(f"max_hops must be an int >= 1, got {max_hops!r}")
+        num_heads, max_hops = check_int("num_heads", num_heads), check_int("max_hops", max_hops)
         self.hop_weight = nn.Parameter(torch.randn(max_hops, num_heads, num_heads) * 0.02)
         self.paths: Tensor | None = None
         self.path_table: Tensor | None = None

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention.relation import Relation
+from ..attention.relation import Relation, check_float, check_int
 from .sequence import _check_heads
 
 __all__ = ["GridRelativeBias", "WindowMask", "ShiftedWindowRegions", "ManhattanDecay",
@@ -98,6 +98,7 @@ class GridRelativeBias(Relation):
         self.window_size = _pair(window_size, "window_size")
         self.grid_size = self.window_size if grid_size is None else _pair(grid_size, "grid_size")
         Wh, Ww = self.window_size
+        num_heads = check_int("num_heads", num_heads)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * Wh - 1) * (2 * Ww - 1), num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
@@ -258,8 +259,14 @@ class ManhattanDecay(Relation):
     def __init__(self, num_heads: int, grid_size, initial_value: float = 2.0, heads_range: float = 4.0) -> None:
         super().__init__()
         self.grid_size = _pair(grid_size, "grid_size")
-        self.initial_value, self.heads_range = float(initial_value), float(heads_range)
-        self.register_buffer("log_decay", manhattan_log_decay(num_heads, initial_value, heads_range), persistent=False)
+        num_heads = check_int("num_heads", num_heads)
+        self.initial_value = check_float("initial_value", initial_value, positive=True)
+        self.heads_range = check_float("heads_range", heads_range)
+        if self.initial_value + min(0.0, self.heads_range) <= 0:
+            raise ValueError(f"initial_value + heads_range must stay > 0 (every gamma_h < 1), got "
+                             f"{initial_value} and {heads_range}")
+        self.register_buffer("log_decay", manhattan_log_decay(num_heads, self.initial_value, self.heads_range),
+                             persistent=False)
 
     def bias_mod(self, b, h, q_idx, kv_idx):
         Gw = self.grid_size[1]
