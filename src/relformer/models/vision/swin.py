@@ -94,7 +94,7 @@ class SwinBlock(nn.Module):
         order = window_partition(rolled, self.window_size).flatten()  # window order -> grid index
         relation = self.rel_bias
         if shift:
-            relation = relation + ShiftedWindowRegions(self.window_size, padded, shift).to(device)
+            relation = relation & ShiftedWindowRegions(self.window_size, padded, shift).to(device)
         return relation, order, torch.argsort(order)
 
     def effective_shift(self, grid: tuple[int, int]) -> int:
