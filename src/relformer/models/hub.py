@@ -180,9 +180,13 @@ def checkpoint_folder(path: str | Path) -> Path:
 
 
 def config_path(folder: Path, root: str | Path) -> Path:
-    """``folder/config.json``, else the run folder's ``root/config.json``."""
-    for candidate in (folder / CONFIG_FILE, Path(root) / CONFIG_FILE):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no {CONFIG_FILE} in {folder} or {root}: write one with "
-                            "relformer.models.save_config(config, folder)")
+    """``folder/config.json``, else the run folder's: ``root/config.json`` or, for a checkpoint
+    ``<run>/checkpoints/<step>`` given directly, ``<run>/config.json``."""
+    candidates = [folder, Path(root)]
+    if folder.parent.name == "checkpoints":
+        candidates.append(folder.parent.parent)
+    for candidate in candidates:
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate / CONFIG_FILE
+    raise FileNotFoundError(f"no {CONFIG_FILE} in {' or '.join(map(str, dict.fromkeys(candidates)))}: write one "
+                            "with relformer.models.save_config(config, folder)")
