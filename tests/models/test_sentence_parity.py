@@ -14,6 +14,7 @@ import transformers
 
 from relformer.models.text import SentenceEncoder, TextConfig, TextEncoder
 from relformer.models.text.checkpoint import minilm_l6_path
+from tests.interop.test_transformers_text import _hf_embeddings  # HF AutoModel + mean pooling + L2 norm
 
 ATOL = 1e-5
 TEXTS = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.", "hi"]
@@ -91,16 +92,6 @@ def test_fine_tuning_through_forward_reduces_the_contrastive_loss():
     assert "encoder.encoder.layers.0.attn.qkv.weight" in changed and "encoder.embeddings.word.weight" in changed
 
 
-def _hf_mean_pooled(folder, texts, max_length) -> torch.Tensor:
-    tok = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval()
-    batch = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    with torch.no_grad():
-        h = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).float()
-    return F.normalize((h * mask).sum(1) / mask.sum(1), dim=-1)
-
-
 def test_save_pretrained_reloads_and_runs_in_hf(minilm, tmp_path):
     minilm.save_pretrained(tmp_path)
     modules = json.loads((tmp_path / "modules.json").read_text())
@@ -110,7 +101,7 @@ def test_save_pretrained_reloads_and_runs_in_hf(minilm, tmp_path):
     loaded = SentenceEncoder.from_pretrained(tmp_path)
     assert (loaded.pooling, loaded.max_length) == ("mean", 256)
     torch.testing.assert_close(loaded.encode(TEXTS), minilm.encode(TEXTS), rtol=0, atol=0)
-    worst = (_hf_mean_pooled(tmp_path, TEXTS, 256) - minilm.encode(TEXTS)).abs().max().item()
+    worst = (_hf_embeddings(tmp_path, TEXTS, 256)[0] - minilm.encode(TEXTS)).abs().max().item()
     assert worst <= ATOL
 
 
