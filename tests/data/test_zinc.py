@@ -165,8 +165,8 @@ def test_cache_is_reused(small, root, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("rebuilt although the cache is valid")
 
-    monkeypatch.setattr(zinc, "_build", no_build)
-    monkeypatch.setattr(zinc._Chem, "get", no_build)  # loading needs neither RDKit nor molsets
+    monkeypatch.setattr(zinc.building, "_build", no_build)
+    monkeypatch.setattr(zinc.chemistry._Chem, "get", no_build)  # loading needs neither RDKit nor molsets
     again = build_zinc("12k", root=root, limit=LIMIT, progress=False)
     assert all(torch.equal(again[s].y, small[s].y) for s in small)
     with pytest.raises(AssertionError, match="rebuilt"):  # another seed is another dataset
@@ -184,7 +184,7 @@ def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
     def build(*args, **kwargs):
         raise KeyError("rebuilding")
 
-    monkeypatch.setattr(zinc, "_build", build)
+    monkeypatch.setattr(zinc.building, "_build", build)
     with pytest.raises(KeyError, match="rebuilding"):
         build_zinc("12k", root=tmp_path, limit=(5, 2, 2), progress=False)
 
@@ -207,7 +207,7 @@ def test_encodings_cached_and_equal_to_recomputation(small, monkeypatch):
         raise AssertionError("recomputed although cached")
 
     for name in ("_compute_lap", "_compute_rwse", "_compute_spd"):
-        monkeypatch.setattr(zinc, name, no_compute)
+        monkeypatch.setattr(zinc.encodings, name, no_compute)
     again = with_encodings(small["test"], lap_k=8, rwse_k=16, progress=False)
     assert all(torch.equal(again.encodings[k], ds.encodings[k]) for k in ds.encodings)
     with pytest.raises(AssertionError, match="recomputed"):  # other parameters, another file
@@ -261,7 +261,7 @@ def test_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match="pip install --no-deps molsets"):
         build_zinc("12k", root=tmp_path / "a", limit=(1, 1, 1))
     monkeypatch.undo()
-    monkeypatch.setattr(zinc._Chem, "_loaded", None)
+    monkeypatch.setattr(zinc.chemistry._Chem, "_loaded", None)
     monkeypatch.setitem(sys.modules, "rdkit", None)
     with pytest.raises(ImportError, match="pip install rdkit"):
         build_zinc("12k", root=tmp_path / "b", limit=(1, 1, 1))
@@ -270,14 +270,34 @@ def test_clear_errors(tmp_path, monkeypatch):
 def test_encoding_file_of_wrong_shape_is_recomputed(small):
     ds = with_encodings(small["val"], lap_k=3, rwse_k=None, spd=False, progress=False)
     path = ds.path.with_name("val.lap3.safetensors")
-    tensors, meta = zinc._read(path)
-    zinc._write_atomic(path, {"lap_pe": tensors["lap_pe"][:5], "lap_eigvals": tensors["lap_eigvals"]}, meta)
+    tensors, meta = zinc.storage._read(path)
+    zinc.storage._write_atomic(path, {"lap_pe": tensors["lap_pe"][:5], "lap_eigvals": tensors["lap_eigvals"]}, meta)
     again = with_encodings(small["val"], lap_k=3, rwse_k=None, spd=False, progress=False)
     assert torch.equal(again.encodings["lap_pe"], ds.encodings["lap_pe"])
-    assert zinc._read(path)[0]["lap_pe"].shape == ds.encodings["lap_pe"].shape
+    assert zinc.storage._read(path)[0]["lap_pe"].shape == ds.encodings["lap_pe"].shape
 
 
 def test_cache_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("RELFORMER_CACHE", str(tmp_path))
     assert zinc.zinc_cache_dir("100k") == tmp_path / "zinc-100k"
     assert zinc.zinc_cache_dir("12k", "/elsewhere", seed=2, limit=(5, 2, 2)) == Path("/elsewhere/zinc-12k-seed2-limit5-2-2")
+
+
+def test_cache_folder_follows_xdg_without_relformer_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("RELFORMER_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert zinc.zinc_cache_dir("12k") == tmp_path / "relformer" / "zinc-12k"
+
+
+def test_cache_writes_are_durable(tmp_path, monkeypatch):
+    """A split file is fsynced and renamed into place, then its folder is fsynced (relformer.utils)."""
+    import os
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    path = tmp_path / "split.safetensors"
+    zinc.storage._write_atomic(path, {"y": torch.arange(3.0)}, {"format": "1"})
+    assert len(synced) >= 2  # the file, then the folder
+    assert torch.equal(zinc.storage._read(path)[0]["y"], torch.arange(3.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["split.safetensors"]  # no temporary file left

@@ -11,8 +11,8 @@ from torch_geometric.data import Batch, Data  # a test dependency: never skipped
 from torch_geometric.nn import GINEConv, GPSConv
 
 from relformer.data.graph import GraphBatch
-from relformer.interop.pyg import from_pyg, to_pyg
-from relformer.models import GPSLayer, create_model
+from relformer.interop.pyg import PyGGPS, PyGGPSConfig, from_pyg, to_pyg
+from relformer.models import GPSConfig, GPSLayer, create_model, model_config
 
 C, EDGE_DIM, ATOL = 32, 7, 1e-5
 
@@ -152,13 +152,13 @@ def _zinc_like_batch(seed: int) -> GraphBatch:
 
 @pytest.mark.parametrize("train", [False, True])
 def test_pyg_implementation_of_gps_matches(train):
-    """GPSConfig(implementation="pyg") -- the ZINC baseline -- starts from the same weights as the
+    """pyg_gps_micro (PyGGPS, registered by relformer.interop.pyg) -- the ZINC baseline -- starts from the same weights as the
     relformer GPS for a seed, and gives the same predictions and parameter gradients (the largest
     gradients here are ~30: compared within 1e-5 relative + 1e-5 absolute)."""
     torch.manual_seed(0)
     ours = create_model("gps_micro").train(train)
     torch.manual_seed(0)
-    pyg = create_model("gps_micro", implementation="pyg").train(train)
+    pyg = create_model("pyg_gps_micro").train(train)
     assert all(isinstance(layer, GPSConv) for layer in pyg.layers)
     batch = _zinc_like_batch(7)
     torch.manual_seed(1)  # the same LapPE sign flips in training
@@ -174,6 +174,17 @@ def test_pyg_implementation_of_gps_matches(train):
                                    rtol=1e-5, atol=ATOL)
     torch.testing.assert_close(ours.layers[0].attn.qkv.weight.grad, pyg.layers[0].attn.in_proj_weight.grad,
                                rtol=1e-5, atol=ATOL)
+
+
+def test_pyg_baselines_are_registered_with_the_configs_of_their_models():
+    """pyg_gps_zinc / pyg_gps_micro: the GPS configs of gps_zinc / gps_micro, field for field, built as PyGGPS."""
+    for name in ("gps_zinc", "gps_micro"):
+        ours, theirs = model_config(name), model_config(f"pyg_{name}")
+        assert type(ours) is GPSConfig and type(theirs) is PyGGPSConfig
+        assert {f: getattr(theirs, f) for f in ours.__dataclass_fields__} == vars(ours)
+    assert isinstance(create_model("pyg_gps_micro"), PyGGPS)
+    with pytest.raises(ValueError, match="PyGGPSConfig.norm must be 'batch'"):
+        model_config("pyg_gps_micro", norm="layer")
 
 
 def test_models_take_pyg_batches():

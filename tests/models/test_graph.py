@@ -11,7 +11,8 @@ import torch
 from relformer.data.graph import GraphBatch
 from relformer.models import (GPS, GPSConfig, Graphormer, GraphormerConfig, GraphTransformer, GTConfig, create_model,
                               list_models, model_config)
-from relformer.models.graph import GraphLayout
+from relformer.data.graph import ptr_from_batch
+from relformer.models.graph import GINE, GPSLayer, GraphLayout, GraphTransformerLayer, clear_drop_in_layouts, layout
 from tests.equivalence import assert_trains_and_round_trips
 
 SMALL = {  # registered variants shrunk in depth so every one runs in CI
@@ -44,7 +45,8 @@ def random_graphs(sizes=SIZES, node_types=16, edge_types=4, seed=0, tree=False) 
 
 
 def _graph_variants() -> set[str]:
-    return {n for n in list_models() if isinstance(model_config(n), (GPSConfig, GTConfig, GraphormerConfig))}
+    # exact types: subclasses registered by interop (the PyG baseline) are tested there
+    return {n for n in list_models() if type(model_config(n)) in (GPSConfig, GTConfig, GraphormerConfig)}
 
 
 def test_registry_covers_the_graph_variants():
@@ -98,7 +100,7 @@ def test_results_do_not_depend_on_row_grouping_or_batch_mates(name):
     overrides = dict(attention="dense") if name == "gt_micro" else {}
     model = create_model(name, **overrides)
     batch = random_graphs()
-    wide, wide_logits = _eval_logits(model, batch)  # rows of 128 slots: all graphs in one row
+    wide, wide_logits = _eval_logits(model, batch, row_len=128)  # rows of 128 slots: all graphs in one row
     narrow, narrow_logits = _eval_logits(model, batch, row_len=31)  # rows as wide as the largest graph (+ token)
     assert GraphLayout.build(batch.ptr, batch.edge_index, 128).shape[0] == 1
     assert GraphLayout.build(batch.ptr, batch.edge_index, 31).shape[0] > 1
@@ -136,6 +138,108 @@ def test_layout_is_built_once_and_shared():
     assert torch.equal(layout.rows.index[node_row, node_pos], torch.arange(batch.num_nodes))
     # a small batch is not padded to row_len
     assert GraphLayout.build(torch.tensor([0, 3, 5]), torch.zeros(2, 0, dtype=torch.long)).shape == (1, 5)
+
+
+# ---- the PyG-style (drop-in) path: one cached layout per batch --------------------------------------
+def _drop_in_stack(kind: str, depth: int = 3, dim: int = 16):
+    torch.manual_seed(0)
+    if kind == "gps":
+        layers = [GPSLayer(dim, 4, GINE(dim, edge_dim=3)) for _ in range(depth)]
+    else:  # dense attention reads the layout's adjacency, so a stale layout would change its output
+        layers = [GraphTransformerLayer(dim, 4, edge_features=False, attention="dense") for _ in range(depth)]
+    layers = torch.nn.ModuleList(layers).eval()
+
+    def run(x, edge_index, batch, edge_attr, layout=None):
+        for layer in layers:
+            out = layer(x, edge_index, batch, edge_attr=edge_attr, layout=layout) if kind == "gps" else \
+                layer(x, edge_index, None, batch, layout=layout)[0]
+            x = out
+        return x
+    return run
+
+
+def _float_graphs(dim: int = 16):
+    batch = random_graphs()
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(batch.num_nodes, dim, generator=g), batch.edge_index.clone(), batch.batch.clone(),
+            torch.randn(batch.num_edges, 3, generator=g))
+
+
+def _uncached(run, x, edge_index, batch, edge_attr):
+    """The same stack on a layout built for exactly these tensors, bypassing the cache."""
+    fresh = GraphLayout.build(ptr_from_batch(batch, x.shape[0]), edge_index.clone())
+    return run(x, edge_index, batch, edge_attr, layout=fresh)
+
+
+@pytest.mark.parametrize("kind", ["gps", "dense_gt"])
+def test_drop_in_layout_is_shared_by_layers_and_rebuilt_after_in_place_edits(kind, monkeypatch):
+    clear_drop_in_layouts()
+    built = []
+    real_build = GraphLayout.build.__func__
+    monkeypatch.setattr(GraphLayout, "build", classmethod(lambda cls, *a, **k: built.append(1) or real_build(cls, *a, **k)))
+    run = _drop_in_stack(kind)
+    x, edge_index, batch, edge_attr = _float_graphs()
+    with torch.no_grad():
+        out = run(x, edge_index, batch, edge_attr)
+        assert len(built) == 1, "every layer of the stack must reuse the first layer's layout"
+        torch.testing.assert_close(out, _uncached(run, x, edge_index, batch, edge_attr), rtol=0, atol=0)
+        run(x, edge_index, batch, edge_attr)
+        assert len(built) == 2, "a second forward on the same tensors reuses the cached layout (+1: the uncached run)"
+
+        # in place: graphs 1 and 2 become one graph (their edges stay inside it)
+        stale = out
+        batch[batch >= 2] -= 1
+        out = run(x, edge_index, batch, edge_attr)
+        assert len(built) == 3, "an in-place edit of batch must rebuild the layout"
+        torch.testing.assert_close(out, _uncached(run, x, edge_index, batch, edge_attr), rtol=0, atol=0)
+        if kind == "gps":  # global attention sees the merged graph (neighbour attention does not)
+            assert not torch.allclose(out, stale), "merging two graphs must change the attention output"
+
+        # in place: the first edges of the largest graph are rewired to other nodes of that graph
+        g = int(torch.bincount(batch).argmax())
+        inside = ((batch[edge_index[0]] == g) & (batch[edge_index[1]] == g)).nonzero().flatten()[:6]
+        lo = int((batch == g).nonzero()[0])
+        stale = out
+        edge_index[1, inside] = lo + torch.arange(len(inside)) % 3
+        out = run(x, edge_index, batch, edge_attr)
+        assert len(built) == 5, "an in-place edit of edge_index must rebuild the layout"
+        torch.testing.assert_close(out, _uncached(run, x, edge_index, batch, edge_attr), rtol=0, atol=0)
+        assert not torch.allclose(out, stale)
+
+
+def test_drop_in_layout_cache_names_bad_inputs_and_skips_inference_tensors():
+    clear_drop_in_layouts()
+    run = _drop_in_stack("gps", depth=2)
+    x, edge_index, batch, edge_attr = _float_graphs()
+    with torch.no_grad():
+        run(x, edge_index, batch, edge_attr)  # cached now: later calls still check x and edge_attr
+        bad = x.clone()
+        bad[0, 0] = float("nan")
+        with pytest.raises(ValueError, match="x holds NaN"):
+            run(bad, edge_index, batch, edge_attr)
+        with pytest.raises(ValueError, match="edge_attr has"):
+            run(x, edge_index, batch, edge_attr[1:])
+        run(x, edge_index, batch, edge_attr)  # the validated edge_attr is checked once per stack ...
+        edge_attr[2, 1] = float("inf")  # ... until an in-place edit bumps its version
+        with pytest.raises(ValueError, match="edge_attr holds NaN or inf"):
+            run(x, edge_index, batch, edge_attr)
+        edge_attr[2, 1] = 0.0
+    with torch.inference_mode():  # no version counters: laid out on every call, same result
+        ref = run(x, edge_index, batch, edge_attr)
+        args = [t.clone() for t in (x, edge_index, batch, edge_attr)]
+        torch.testing.assert_close(run(*args), ref, rtol=0, atol=0)
+    assert all(not e.edge_index.is_inference() for e in layout._DROP_IN._entries.values())
+
+
+def test_batch_without_nodes_raises_a_clear_error():
+    empty = GraphBatch(torch.zeros(0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long), torch.tensor([0, 0]),
+                       torch.zeros(0, dtype=torch.long))
+    for name in ("gps_micro", "gt_micro", "graphormer_micro"):
+        with pytest.raises(ValueError, match="graph has no nodes"):
+            create_model(name)(empty)
+    layer = GPSLayer(16, 4, GINE(16))
+    with pytest.raises(ValueError, match=r"x has no rows \(no nodes\)"):
+        layer(torch.zeros(0, 16), torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
 
 
 # ---- positional encodings ------------------------------------------------------------------------
@@ -279,3 +383,17 @@ def test_bad_inputs_fail_clearly():
         float_model(GraphBatch(torch.randn(batch.num_nodes, 2), batch.edge_index, batch.ptr, batch.edge_attr))
     assert float_model(GraphBatch(torch.randn(batch.num_nodes, 3), batch.edge_index, batch.ptr,
                                   batch.edge_attr)).logits.shape == (batch.num_graphs, 1)
+
+
+def test_layers_take_norm_types_and_configs_name_them_once():
+    from functools import partial
+
+    from relformer.nn import TokenBatchNorm
+
+    layer = GPSLayer(16, 4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-3))
+    assert all(isinstance(n, torch.nn.LayerNorm) and n.eps == 1e-3 for n in (layer.norm1, layer.norm2, layer.norm3))
+    assert isinstance(GraphTransformerLayer(16, 4, norm_layer=torch.nn.Identity).norm1_h, torch.nn.Identity)
+    assert type(GPSLayer(16, 4).norm1) is TokenBatchNorm  # PyG GPSConv's default
+    for kind, cls in (("batch", TokenBatchNorm), ("layer", torch.nn.LayerNorm), ("none", torch.nn.Identity)):
+        assert type(create_model("gps_micro", norm=kind).layers[0].norm3) is cls
+        assert type(create_model("gt_micro", norm=kind).layers[1].norm2_h) is cls

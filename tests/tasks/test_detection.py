@@ -10,7 +10,7 @@ import pytest
 
 from relformer.interop.transformers import HFDETR
 from relformer.models import DETR
-from relformer.train import resolve_recipe, train
+from relformer.tasks import resolve_recipe, train
 
 RECIPES = ["detr-fashion", "relation-detr-fashion", "group-detr-fashion", "hf-detr-fashion"]
 

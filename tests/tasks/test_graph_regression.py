@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from relformer.train import resolve_recipe, train
+from relformer.tasks import resolve_recipe, train
 
 
 @pytest.mark.parametrize("name", ["gps-zinc", "gt-zinc", "graphormer-zinc"])

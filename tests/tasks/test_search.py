@@ -88,3 +88,73 @@ def test_cli_embed_and_similar_with_minilm(tmp_path, capsys):
           "--cache", str(tmp_path / "c.npz")])
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("1.")]
     assert "A man is eating food." in lines[0]
+
+
+class Boom:
+    """Unpickling this creates a file: the proof that a loader ran code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_cache_loader_never_unpickles(tmp_path):
+    """Issue 19 item 1: a crafted .npz (object arrays) or a raw pickle is refused, runs nothing, and
+    is not overwritten."""
+    import pickle
+
+    from relformer.tasks.search import SearchCacheError
+
+    ran = tmp_path / "ran"
+    crafted = tmp_path / "evil.npz"
+    np.savez(crafted, texts=np.array([Boom(str(ran))], dtype=object), embeddings=np.zeros((1, 26), np.float32))
+    raw = tmp_path / "evil.pkl"
+    raw.write_bytes(pickle.dumps(Boom(str(ran))))
+    for path in (crafted, raw):
+        before = path.read_bytes()
+        with pytest.raises(SearchCacheError, match="not a relformer search cache"):
+            SearchIndex.load(path)
+        with pytest.raises(SearchCacheError, match="refusing to overwrite it"):
+            SearchIndex.cached(path, BagOfLetters(), ["a b c"])
+        assert path.read_bytes() == before and not ran.exists()
+    with pytest.warns(UserWarning, match="rebuilding it"):
+        SearchIndex.cached(raw, BagOfLetters(), ["a b c"], replace_foreign=True)  # in relformer's own cache folder
+    assert SearchIndex.load(raw).texts == ["a b c"] and not ran.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero bytes", "flipped header"])
+def test_damaged_cache_is_rebuilt_with_a_warning(tmp_path, damage):
+    path = tmp_path / "c.safetensors"
+    texts = ["apple pie", "banana bread"]
+    SearchIndex.cached(path, BagOfLetters(), texts)
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) - 20], "zero bytes": b"",
+                      "flipped header": data[:8] + b"[" + data[9:]}[damage])
+    if damage == "flipped header":  # no longer recognisably ours: refused, not overwritten
+        with pytest.raises(ValueError, match="refusing to overwrite"):
+            SearchIndex.cached(path, BagOfLetters(), texts)
+        return
+    enc = BagOfLetters()
+    with pytest.warns(UserWarning, match="rebuilding it"):
+        index = SearchIndex.cached(path, enc, texts)
+    assert enc.calls == 1 and index.texts == texts
+    again = BagOfLetters()
+    SearchIndex.cached(path, again, texts)  # the next run reuses the rebuilt cache: no error forever
+    assert again.calls == 0
+
+
+def test_default_cache_is_keyed_by_content_not_file_name(tmp_path):
+    from relformer.tasks.search import corpus_cache_name
+
+    assert corpus_cache_name("similar", ["a", "b"]) == corpus_cache_name("similar", ["a", "b"])
+    assert corpus_cache_name("similar", ["a", "b"]) != corpus_cache_name("similar", ["a", "c"])
+    assert corpus_cache_name("similar", ["a b"]) != corpus_cache_name("similar", ["a", "b"])
+
+
+def test_search_rejects_bad_k():
+    index = SearchIndex.build(BagOfLetters(), ["abc", "def"], show_progress=False)
+    for k in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="k must be a positive int"):
+            index.search(BagOfLetters(), "abc", k)

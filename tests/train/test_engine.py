@@ -9,7 +9,7 @@ from torch.utils.data import DistributedSampler
 
 from relformer.models import create_model
 from relformer.tasks.classification import random_crop_flip
-from relformer.train import resolve_recipe, train
+from relformer.tasks import resolve_recipe, train
 from relformer.train.engine import WarmupCosine, _epoch_batches, _eval_batches, param_groups, step_seed
 from relformer.train.logger import read_metrics
 

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from relformer.train import resolve_recipe, train
+from relformer.tasks import resolve_recipe, train
 from relformer.train.logger import read_metrics
 
 from .runs import REPO, cli_command, cli_env, final_weights, run_cli, tiny
@@ -38,8 +38,8 @@ def reference(tmp_path_factory):
     """An uninterrupted run: 1024 images, batches of 32 (32 steps an epoch), 2 epochs, checkpoints every 3 steps
     (so all but the epoch-end ones are mid-epoch)."""
     out = tmp_path_factory.mktemp("reference")
-    run_cli(*tiny(out, *RANDOM), "--deterministic", "vit-fashion-mnist", log=out / "log.txt")
-    return out
+    run_cli(*tiny(out / "run", *RANDOM), "--deterministic", "vit-fashion-mnist", log=out / "log.txt")
+    return out / "run"
 
 
 def test_kill_mid_epoch_then_resume_equals_the_uninterrupted_run(reference, tmp_path):

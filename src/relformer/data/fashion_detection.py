@@ -31,23 +31,19 @@ source image repeats before the whole pool has been used. Each annotation record
 ``(N, canvas, canvas)``) and ``<split>.json`` (COCO: image ids ``1..N`` are the rows of the npz,
 category id = class index + 1), atomically (temporary file, fsync, ``os.replace``); later calls
 load them (a split whose files are missing or do not parse is regenerated). ``root`` defaults to
-``$RELFORMER_CACHE`` or ``~/.cache/relformer``.
+:func:`relformer.utils.cache_root`.
 
-**Evaluation.** :func:`coco_evaluate` runs COCO box mAP with ``faster_coco_eval`` (or
-``pycocotools``) on a list of COCO results (model outputs become that list through
-:func:`relformer.tasks.set_prediction.postprocess` and ``to_coco_results``).
+COCO box mAP on these splits and the drawing of boxes live with the detection task
+(:mod:`relformer.tasks.coco`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
-import math
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -55,20 +51,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ..utils import atomic_write_bytes, atomic_write_with, cache_root
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 
 __all__ = ["CLASSES", "SPLITS", "THRESHOLD", "PLACEMENT_TRIES", "FashionDetection", "build_fashion_detection",
-           "fashion_detection_dir", "coco_evaluate", "draw_detections"]
+           "fashion_detection_dir"]
 
 CLASSES: tuple[str, ...] = tuple(FASHION_MNIST_CLASSES)
 SPLITS = ("train", "val", "test")
 THRESHOLD = 10          # an item pixel belongs to its box when > THRESHOLD (of 255)
 PLACEMENT_TRIES = 50    # positions drawn per item before it is dropped
-COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 _FORMAT = "fashion-detection-v1"
 # split -> (Fashion-MNIST file, first row, end row) of its source pool
 _SOURCES = {"train": ("train", 0, 50000), "val": ("train", 50000, 60000), "test": ("test", 0, 10000)}
-_AREA_RANGES = ((0.0, 1e10), (0.0, 32.0 ** 2), (32.0 ** 2, 96.0 ** 2), (96.0 ** 2, 1e10))  # COCO's all/s/m/l
 
 
 # ---- arguments and cache -------------------------------------------------------------------------
@@ -107,25 +102,10 @@ def _check_args(canvas, sizes, min_objects, max_objects, min_size, max_size, max
 
 
 def fashion_detection_dir(root: str | os.PathLike | None, args: dict[str, Any]) -> Path:
-    """``<root>/fashion-detection-<12 hex of sha256(args)>``; ``root`` defaults to ``$RELFORMER_CACHE``,
-    else ``~/.cache/relformer``."""
-    base = Path(root if root is not None else os.environ.get("RELFORMER_CACHE") or Path.home() / ".cache" / "relformer")
+    """``<root>/fashion-detection-<12 hex of sha256(args)>``; ``root`` defaults to :func:`~relformer.utils.cache_root`."""
+    base = Path(root) if root is not None else cache_root()
     digest = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:12]
     return base.expanduser() / f"fashion-detection-{digest}"
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """``write(file)`` into a temporary sibling, fsync it, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_npz(f, images: np.ndarray) -> None:
@@ -157,14 +137,14 @@ def build_fashion_detection(root: str | os.PathLike | None = None, *, canvas: in
             try:
                 out[split] = FashionDetection.load(folder, split, expected_args=args)
                 continue
-            except Exception:  # missing, truncated, foreign or stale files: regenerate this split
-                pass
+            except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+                pass  # missing, truncated, foreign or stale files: regenerate this split
         file = _SOURCES[split][0]
         if file not in loaded:
             loaded[file] = tuple(t.numpy() for t in load_fashion_mnist(file, root=source))
         images, coco = _generate_split(split, args, *loaded[file])
-        _write_atomic(folder / f"{split}.json", lambda f: f.write(json.dumps(coco, separators=(",", ":")).encode()))
-        _write_atomic(folder / f"{split}.npz", lambda f: _write_npz(f, images))
+        atomic_write_bytes(folder / f"{split}.json", json.dumps(coco, separators=(",", ":")).encode())
+        atomic_write_with(folder / f"{split}.npz", lambda f: _write_npz(f, images))
         out[split] = FashionDetection.load(folder, split, expected_args=args)
     return out
 
@@ -307,7 +287,7 @@ class FashionDetection(Dataset):
         coco_json = folder / f"{split}.json"
         with open(coco_json, "rb") as f:
             coco = json.load(f)
-        with np.load(folder / f"{split}.npz") as z:
+        with np.load(folder / f"{split}.npz", allow_pickle=False) as z:
             images = z["images"]
         if expected_args is not None:
             if coco.get("info", {}).get("arguments") != expected_args:
@@ -351,103 +331,3 @@ class FashionDetection(Dataset):
     def __repr__(self) -> str:
         return (f"FashionDetection(split={self.split!r}, canvases={len(self)}, canvas={self.canvas}, "
                 f"boxes={len(self._labels)}, coco_json={str(self.coco_json)!r})")
-
-
-# ---- evaluation ----------------------------------------------------------------------------------
-
-def _gt_dict(gt_json: str | os.PathLike | dict) -> dict:
-    if isinstance(gt_json, dict):
-        gt = gt_json
-    else:
-        with open(gt_json, "rb") as f:
-            gt = json.load(f)
-    # shallow copies: the evaluators add keys ("ignore", ...) to the annotation dicts
-    return {**gt, "images": [dict(im) for im in gt["images"]], "annotations": [dict(a) for a in gt["annotations"]],
-            "categories": [dict(c) for c in gt["categories"]]}
-
-
-def _check_detections(detections: Iterable[dict], gt: dict) -> list[dict]:
-    image_ids = {im["id"] for im in gt["images"]}
-    category_ids = {c["id"] for c in gt["categories"]}
-    out = []
-    for d in detections:
-        if d["image_id"] not in image_ids:
-            raise ValueError(f"detection for image_id {d['image_id']!r}, which is not in the ground truth")
-        if d["category_id"] not in category_ids:
-            raise ValueError(f"detection with category_id {d['category_id']!r}, not one of {sorted(category_ids)} "
-                             "(COCO category id = class index + 1)")
-        bbox = [float(v) for v in d["bbox"]]
-        if len(bbox) != 4 or not all(math.isfinite(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
-            raise ValueError(f"detection bbox must be finite [x, y, w, h] with w, h >= 0, got {d['bbox']!r}")
-        out.append({"image_id": int(d["image_id"]), "category_id": int(d["category_id"]), "bbox": bbox,
-                    "score": float(d["score"])})
-    return out
-
-
-def coco_evaluate(gt_json: str | os.PathLike | dict, detections: Iterable[dict], *,
-                  backend: str = "faster_coco_eval") -> dict[str, float]:
-    """COCO box mAP: ``{"AP", "AP50", "AP75", "APs", "APm", "APl"}`` (``COCOeval.stats[0:6]``, in [0, 1]).
-
-    ``gt_json``: a COCO file (e.g. ``dataset.coco_json``) or dict; ``detections``: COCO results
-    ``{"image_id", "category_id", "bbox": [x, y, w, h] pixels, "score"}``; ``backend``:
-    ``"faster_coco_eval"`` (C++) or ``"pycocotools"``. A metric whose area range holds no ground-truth
-    box (COCO reports -1; e.g. ``APl`` here, since no box reaches 96 x 96) is ``nan``, as detectron2
-    reports it. No detections give 0 for every other metric.
-    """
-    if backend not in ("faster_coco_eval", "pycocotools"):
-        raise ValueError(f"backend must be 'faster_coco_eval' or 'pycocotools', got {backend!r}")
-    gt = _gt_dict(gt_json)
-    dets = _check_detections(detections, gt)
-    if not dets:  # pycocotools' loadRes cannot take an empty list; COCO's answer is 0 where there is ground truth
-        areas = np.array([a["area"] for a in gt["annotations"] if not a.get("iscrowd", 0)], dtype=np.float64)
-        has = [bool(((areas >= lo) & (areas <= hi)).any()) for lo, hi in _AREA_RANGES]
-        return {k: (0.0 if h else math.nan) for k, h in zip(COCO_METRICS, (has[0], has[0], has[0], *has[1:]))}
-    if backend == "faster_coco_eval":
-        from faster_coco_eval import COCO, COCOeval_faster
-
-        def quiet(*args, **kwargs):
-            return None
-        coco_gt = COCO(gt, print_function=quiet)
-        evaluator = COCOeval_faster(coco_gt, coco_gt.loadRes(dets), iouType="bbox", print_function=quiet)
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    else:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = COCO()
-            coco_gt.dataset = gt
-            coco_gt.createIndex()
-            evaluator = COCOeval(coco_gt, coco_gt.loadRes(dets), iouType="bbox")
-            evaluator.evaluate()
-            evaluator.accumulate()
-            evaluator.summarize()
-    stats = [float(v) for v in evaluator.stats[:6]]
-    return {k: (v if v >= 0 else math.nan) for k, v in zip(COCO_METRICS, stats)}
-
-
-# ---- plotting ------------------------------------------------------------------------------------
-
-def draw_detections(ax, image: Tensor | np.ndarray, boxes_xyxy: Tensor | np.ndarray, labels: Sequence[int],
-                    scores: Sequence[float] | None = None, *, color: str = "lime", classes: Sequence[str] = CLASSES,
-                    linewidth: float = 1.0, fontsize: float = 6.0):
-    """Show a grey ``image`` ((1, H, W) or (H, W)) on a matplotlib ``ax`` with ``boxes_xyxy (M, 4)`` in
-    pixels (pixel-edge coordinates: a box ``[x0, x1)`` covers pixels ``x0 .. x1 - 1``), each labelled
-    ``classes[label]`` (and its score). Returns ``ax``."""
-    from matplotlib.patches import Rectangle
-
-    img = np.asarray(torch.as_tensor(image).detach().cpu().float()).squeeze()
-    ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0 if img.max(initial=0.0) <= 1.0 else 255.0, interpolation="nearest")
-    boxes = np.asarray(torch.as_tensor(boxes_xyxy).detach().cpu().double()).reshape(-1, 4)
-    labels = [int(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
-    if scores is not None:
-        scores = [float(v) for v in (scores.tolist() if hasattr(scores, "tolist") else scores)]
-    for j, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
-        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=color,
-                               linewidth=linewidth))
-        text = classes[labels[j]] + ("" if scores is None else f" {scores[j]:.2f}")
-        ax.text(x0 - 0.5, y0 - 1.0, text, color=color, fontsize=fontsize, va="bottom")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return ax

@@ -19,23 +19,31 @@ import torch
 from torch import Tensor
 
 from ..relations.graph import check_edge_index
-from .packed import Packed, _check_offsets, lengths_to_offsets
+from .packed import Packed, lengths_to_offsets
 
-__all__ = ["GraphBatch", "check_graph", "ptr_from_batch"]
+__all__ = ["GraphBatch", "check_features", "check_graph", "check_ptr", "ptr_from_batch"]
 
 _INT = (torch.int32, torch.int64)
 
 
-def _check_features(name: str, t: Tensor, rows: int | None, what: str) -> None:
-    """``t (rows, ...)``: a tensor with 1 or 2 dims, finite if floating point, >= 0 if integer."""
+def _all_finite(t: Tensor) -> bool:
+    """No NaN / inf in ``t``: its minimum and maximum are finite (both propagate NaN). One reduction
+    pass without a boolean temporary, several times cheaper than ``isfinite(t).all()``."""
+    lo, hi = torch.aminmax(t)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
+
+
+def check_features(name: str, t: Tensor, rows: int | None, what: str) -> None:
+    """``t (rows, ...)``: a tensor with 1 or 2 dims, finite if floating point, >= 0 if integer.
+    ``what`` names the rows in messages (``"N nodes"``, ``"E edges"``)."""
     if not isinstance(t, Tensor):
-        raise ValueError(f"{name} must be a tensor, got {type(t).__name__}")
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
     if t.dim() not in (1, 2):
         raise ValueError(f"{name} must be ({what},) or ({what}, F), got shape {tuple(t.shape)}")
     if rows is not None and t.shape[0] != rows:
         raise ValueError(f"{name} has {t.shape[0]} rows but there are {rows} {what.split()[-1]}")
     if t.is_floating_point():
-        if t.numel() and not bool(torch.isfinite(t).all()):
+        if t.numel() and not _all_finite(t):
             raise ValueError(f"{name} holds NaN or inf values")
     elif t.dtype in _INT:
         if t.numel() and int(t.min()) < 0:
@@ -62,17 +70,32 @@ def ptr_from_batch(batch: Tensor | None, num_nodes: int) -> Tensor:
     return lengths_to_offsets(torch.bincount(batch.long()))
 
 
+def check_ptr(ptr: Tensor, num_nodes: int) -> Tensor:
+    """``ptr (G + 1,)`` node offsets: int32/int64, starting at 0, non-decreasing, ending at
+    ``num_nodes``; returned as long."""
+    if not isinstance(ptr, Tensor):
+        raise TypeError(f"ptr must be a tensor (G + 1,) of node offsets, got {type(ptr).__name__}")
+    if ptr.dtype not in _INT or ptr.dim() != 1 or ptr.numel() == 0:
+        raise ValueError(f"ptr must be a non-empty 1-D int32/int64 tensor (G + 1,), got {ptr.dtype} {tuple(ptr.shape)}")
+    if int(ptr[0]) != 0 or int(ptr[-1]) != num_nodes:
+        raise ValueError(f"ptr: node offsets must start at 0 and end at len(x) = {num_nodes}, got "
+                         f"{int(ptr[0])} .. {int(ptr[-1])}")
+    if bool((ptr[1:] < ptr[:-1]).any()):
+        raise ValueError("ptr: node offsets must be non-decreasing")
+    return ptr.long()
+
+
 def check_graph(x: Tensor, edge_index: Tensor, ptr: Tensor, edge_attr: Tensor | None = None) -> Tensor:
     """Validate a packed graph batch; return ``ptr`` as long. Raises ``ValueError`` naming the argument:
     wrong dtypes or shapes, NaN / inf features, negative or out-of-range node ids, an ``edge_attr``
     whose length is not the number of edges, an edge joining two graphs."""
-    _check_features("x", x, None, "N nodes")
+    check_features("x", x, None, "N nodes")
     N = x.shape[0]
     check_edge_index(edge_index, N)
     E = edge_index.shape[1]
     if edge_attr is not None:
-        _check_features("edge_attr", edge_attr, E, "E edges")
-    ptr = _check_offsets(ptr, N)
+        check_features("edge_attr", edge_attr, E, "E edges")
+    ptr = check_ptr(ptr, N)
     if E and ptr.numel() > 2:
         graph = torch.bucketize(edge_index, ptr[1:-1], right=True)  # (2, E) graph of each end
         crossing = (graph[0] != graph[1]).nonzero().flatten()
@@ -108,7 +131,7 @@ class GraphBatch:
         for name in ("lap_pe", "rwse"):
             value = getattr(self, name)
             if value is not None:
-                _check_features(name, value, self.num_nodes, "N nodes")
+                check_features(name, value, self.num_nodes, "N nodes")
                 if not value.is_floating_point() or value.dim() != 2:
                     raise ValueError(f"{name} must be a float (N, k) tensor, got {value.dtype} {tuple(value.shape)}")
         if self.y is not None and (not isinstance(self.y, Tensor) or self.y.dim() == 0

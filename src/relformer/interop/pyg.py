@@ -11,20 +11,25 @@ and masks between them. Supported norms: ``"batch_norm"`` (the default), PyG's `
 
 ``to_pyg(layer)`` goes the other way: a relformer :class:`~relformer.models.graph.GPSLayer` (or
 :class:`~relformer.models.graph.GINE`) becomes the PyG layer with the same weights. It builds the
-PyG baseline of the ZINC benchmark (``GPSConfig(implementation="pyg")``): the same model, seed and
-initial weights, with PyG's ``GPSConv`` layers doing the work.
+PyG baseline of the ZINC benchmark, registered here as the model variants ``pyg_gps_zinc`` and
+``pyg_gps_micro`` (:class:`PyGGPS`): the GPS model of ``gps_zinc`` / ``gps_micro``, built the same way
+(so a seed gives both the same initial weights), with its layers converted to PyG's ``GPSConv``.
+A model config never names another library; importing this module registers the baseline.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, fields
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..models.graph import GINE, GPSLayer
+from ..data.graph import GraphBatch
+from ..models.graph import GINE, GPS, NORM_LAYERS, GPSConfig, GPSLayer, gps_micro, gps_zinc
+from ..models.registry import builds, register_model
 from ..nn import Linear
 
-__all__ = ["from_pyg", "to_pyg"]
+__all__ = ["from_pyg", "to_pyg", "PyGGPSConfig", "PyGGPS"]
 
 
 def _require(ok: bool, what: str) -> None:
@@ -56,7 +61,8 @@ def _gine(conv) -> GINE:
 
 
 def _norm(norm: nn.Module | None, dim: int) -> tuple[str, nn.Module | None]:
-    """PyG's norm module -> (relformer norm kind, the torch module whose state to copy)."""
+    """PyG's norm module -> (its :data:`~relformer.models.graph.NORM_LAYERS` name, the torch module
+    whose state to copy)."""
     from torch_geometric.nn.norm import BatchNorm, LayerNorm
 
     if norm is None:
@@ -101,7 +107,7 @@ def _gps(module) -> GPSLayer:
     kinds = [_norm(n, C) for n in (module.norm1, module.norm2, module.norm3)]
     local = _gine(module.conv) if module.conv is not None else None
     layer = GPSLayer(C, module.heads, local, dropout=float(module.dropout), attn_dropout=float(attn.dropout),
-                     norm=kinds[0][0], act=nn.ReLU)
+                     norm_layer=NORM_LAYERS[kinds[0][0]], act=nn.ReLU)
     layer.mlp.act = copy.deepcopy(mlp[1])
     with torch.no_grad():
         layer.attn.qkv.weight.copy_(attn.in_proj_weight)  # [q; k; v], the same layout
@@ -188,3 +194,51 @@ def to_pyg(module: nn.Module) -> nn.Module:
     if isinstance(module, GINE):
         return _to_pyg_gine(module)
     raise NotImplementedError(f"to_pyg: {type(module).__name__} (supported: GPSLayer, GINE)")
+
+
+# ---------------------------------------------------------------------------------------------
+# The PyG baseline of the GPS model
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PyGGPSConfig(GPSConfig):
+    """A :class:`~relformer.models.graph.GPSConfig` built as :class:`PyGGPS` (PyG's ``GPSConv`` layers,
+    padded per batch; needs ``torch_geometric``). ``norm`` must be ``"batch"``: the one norm that
+    :func:`to_pyg` converts."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.norm != "batch":
+            raise ValueError(f"PyGGPSConfig.norm must be 'batch' (PyG GPSConv's BatchNorm), got {self.norm!r}")
+
+    @classmethod
+    def of(cls, config: GPSConfig) -> "PyGGPSConfig":
+        """The PyG baseline of a GPS config (the same fields)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(GPSConfig)})
+
+
+@builds(PyGGPSConfig)
+class PyGGPS(GPS):
+    """The :class:`~relformer.models.graph.GPS` model with its layers converted to PyG ``GPSConv``
+    (:func:`to_pyg`): built as the relformer model first, so a seed gives both the same initial
+    weights; each layer is called the PyG way, ``layer(x, edge_index, batch, edge_attr=...)``."""
+
+    def __init__(self, config: PyGGPSConfig) -> None:
+        super().__init__(config)
+        self.layers = nn.ModuleList(to_pyg(layer) for layer in self.layers)
+
+    def _layers(self, h: Tensor, e: Tensor | None, graph: GraphBatch, row_len: int) -> Tensor:
+        for layer in self.layers:
+            h = layer(h, graph.edge_index, graph.batch, edge_attr=e)
+        return h
+
+
+@register_model
+def pyg_gps_zinc() -> PyGGPSConfig:
+    """The baseline of ``gps_zinc``: the same model and initial weights, with PyG's ``GPSConv`` layers."""
+    return PyGGPSConfig.of(gps_zinc())
+
+
+@register_model
+def pyg_gps_micro() -> PyGGPSConfig:
+    """The baseline of ``gps_micro`` (tests)."""
+    return PyGGPSConfig.of(gps_micro())

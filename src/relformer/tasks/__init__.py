@@ -1,70 +1,21 @@
-"""Tasks: what a model learns, from which data, judged by which metrics.
+"""Tasks: what a model learns, from which data, judged by which metrics; and the registries.
 
-The training engine (:mod:`relformer.train.engine`) knows nothing about images, graphs or boxes;
-a task supplies all of that through the small protocol :class:`Task`. A task class is
-registered with ``@register_task("name")``, names its :class:`~relformer.train.recipe.Recipe`
-subclass as ``recipe_type`` (the shared fields plus the task's own sections, e.g. ``data`` and
-``loss``) and is built as ``Task(recipe)``. Recipes bind to it through their ``task`` field.
+A task implements :class:`relformer.train.task.Task` (the engine's contract), is registered with
+``@register_task("name")`` and built as ``Task(recipe)``; recipes are registered by name with
+``@register_recipe``. The engine receives the built task object and never imports this package::
 
-Randomness: the engine reseeds torch's global RNG before every training step from
-``(seed, global step, rank)`` and hands :meth:`Task.augment` a generator seeded the same way;
-a task draws random numbers from nothing else, so a resumed run repeats an uninterrupted one.
+    from relformer.tasks import resolve_recipe, train
+    train(resolve_recipe("vit-fashion-mnist", ["epochs=1"]))
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal, Protocol
+from ..train.task import Task
+from .registry import (build_task, get_task, list_recipes, load_recipe, parse_recipe, recipe_summary, register_recipe,
+                       register_task, resolve_recipe, train)
+from .classification import ClassificationTask  # registers the task and its recipes
+from .graph_regression import GraphRegressionTask
+from .detection import DetectionTask
 
-import torch
-from torch import Tensor, nn
-from torch.utils.data import Dataset
-
-__all__ = ["Task", "ClassificationTask", "GraphRegressionTask", "DetectionTask"]
-
-
-class Task(Protocol):
-    """What the engine asks of a task. Batches are whatever the task likes (tensors, tuples,
-    dicts, objects with ``.to(device)``); the engine only moves them to the device."""
-
-    recipe_type: type              # the task's Recipe subclass
-    main_metric: str               # the key of metrics() that picks the best checkpoint
-    mode: Literal["max", "min"]    # whether a larger or a smaller main_metric is better
-    log_names: tuple[str, ...]     # the names loss() returns in its logs, besides the loss
-    metric_names: tuple[str, ...]  # the keys metrics() returns
-    eval_description: str          # what the eval set is, one line for the report
-
-    def build_model(self) -> nn.Module:
-        """The model, freshly initialised (the engine seeds torch first)."""
-
-    def train_dataset(self) -> Dataset:
-        """Map-style; ``__getitems__(indices)`` lets a whole batch be fetched in one call."""
-
-    def eval_dataset(self) -> Dataset:
-        """Evaluated in full every epoch: no sample dropped nor repeated."""
-
-    def collate(self, samples: Any) -> Any:
-        """What the dataset returned for one list of indices -> a batch."""
-
-    def augment(self, batch: Any, generator: torch.Generator) -> Any:
-        """Training-time random transforms of a (CPU) batch, drawing only from ``generator``."""
-
-    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
-        """The scalar training loss and ``{name: batch mean}`` for each of ``log_names``."""
-
-    def eval_step(self, model: nn.Module, batch: Any) -> dict[str, Tensor]:
-        """Scalar sums over the batch (counts, correct, summed loss); the engine adds them up over
-        batches and ranks."""
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        """The summed ``eval_step`` outputs -> ``{name: value}`` for each of ``metric_names``."""
-
-    def batch_size_of(self, batch: Any) -> int:
-        """The number of samples in ``batch``."""
-
-    def report_figures(self, model: nn.Module, run_dir: Path) -> list[tuple[str, Path]]:
-        """Task-specific PNGs for the report, written under ``run_dir``: ``[(title, path)]``."""
-
-
-from .classification import ClassificationTask  # noqa: E402  (registers the task and its recipes)
-from .graph_regression import GraphRegressionTask  # noqa: E402
-from .detection import DetectionTask  # noqa: E402
+__all__ = ["Task", "ClassificationTask", "GraphRegressionTask", "DetectionTask", "register_task", "register_recipe",
+           "get_task", "build_task", "list_recipes", "recipe_summary", "load_recipe", "parse_recipe",
+           "resolve_recipe", "train"]

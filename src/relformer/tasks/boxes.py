@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+AREA_FLOOR = 1e-12  # an area below any box's: a 1-pixel box on a 10^5 x 10^5 canvas has 1e-10
+
 __all__ = ["box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_xyxy_to_xywh", "box_xywh_to_xyxy", "box_area",
            "box_iou", "generalized_box_iou", "generalized_box_iou_aligned"]
 
@@ -114,11 +116,15 @@ def generalized_box_iou_aligned(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
 
 
 def _generalized_box_iou_aligned(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
-    # unchecked twin of generalized_box_iou_aligned
+    # unchecked twin of generalized_box_iou_aligned. A zero-area box matched to a zero-area box
+    # makes union and enclosing 0 (0/0 = NaN in the loss): both are floored at AREA_FLOOR, far below
+    # the area of any real box, so the floor is the identity there (forward and backward) and such
+    # a pair gets a finite GIoU with a zero gradient through the floor.
     a, b = _upcast(boxes_a), _upcast(boxes_b)
     wh = (torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
     union = box_area(a) + box_area(b) - inter
     wh_c = (torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2])).clamp(min=0)
     enclosing = wh_c[..., 0] * wh_c[..., 1]
+    union, enclosing = union.clamp(min=AREA_FLOOR), enclosing.clamp(min=AREA_FLOOR)
     return inter / union - (enclosing - union) / enclosing

@@ -18,7 +18,9 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
-from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError, register_recipe, register_task
+from ..train.report import image_grid
+from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
+from .registry import register_recipe, register_task
 
 __all__ = ["ClassificationTask", "ClassificationRecipe", "FashionMNISTSection", "ClassificationLossSection",
            "ImageBatches", "random_crop_flip", "MEAN", "STD"]
@@ -167,8 +169,6 @@ class ClassificationTask:
 
     @torch.no_grad()
     def report_figures(self, model: nn.Module, run_dir: Path, n: int = 16) -> list[tuple[str, Path]]:
-        from ..train.report import image_grid
-
         images, labels = self.eval_dataset().__getitems__(range(min(n, 16)))
         device = next(model.parameters()).device
         was_training = model.training
@@ -190,11 +190,10 @@ class ClassificationTask:
 # Recipes (starting points; tune with --set)
 # ---------------------------------------------------------------------------------------------
 def _fashion_mnist(name: str, model: ModelSection, epochs: int, amp: str) -> ClassificationRecipe:
-    """The schedule both recipes share, tuned for a 15-minute budget on 2 CPU cores: short
-    warmup, AdamW 2e-3 with cosine decay, batch 64 (more updates per epoch beat a larger batch
-    here: +0.8 points after 2 epochs at equal throughput), no augmentation (random crop + flip
-    cost the 206k-parameter ViT 7 points at epoch 3 and 3 points at epoch 7: these models
-    underfit a 15-minute budget). Results: bench/results/vision.md."""
+    """The schedule both recipes share, tuned for a short CPU budget: short warmup, AdamW 2e-3
+    with cosine decay, batch 64 (more updates per epoch beat a larger batch at equal throughput),
+    no augmentation (these small models underfit such a budget, and random crop + flip slowed
+    them down). The measurements behind each choice: bench/results/vision.md."""
     return ClassificationRecipe(
         name=name, model=model,
         optim=OptimSection(lr=2e-3, min_lr=1e-5, weight_decay=0.05, warmup_epochs=0.5, clip_grad=1.0),

@@ -10,6 +10,7 @@ the split's COCO JSON; ``val_AP`` picks the best checkpoint, the test metrics ar
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -18,7 +19,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError, register_recipe, register_task
+from ..data.fashion_detection import build_fashion_detection
+from ..interop import transformers as _hf_baselines  # noqa: F401  (registers the hf_detr_* model variants)
+from ..models import model_config
+from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
+from .registry import register_recipe, register_task
+from .boxes import box_cxcywh_to_xyxy
+from .coco import coco_evaluate, draw_detections
 from .set_prediction import HungarianMatcher, SetCriterion, postprocess, to_coco_results
 from .splits import ValTest, train_subset
 
@@ -65,8 +72,8 @@ class DetectionRecipe(Recipe):
         if self.data.train_subset is not None and self.data.train_subset < 1:
             raise RecipeError(f"data.train_subset must be >= 1 or null (all), got {self.data.train_subset}")
         for key, value in vars(self.loss).items():
-            if not value >= 0:
-                raise RecipeError(f"loss.{key} must be >= 0, got {value!r}")
+            if not (value >= 0 and math.isfinite(value)):
+                raise RecipeError(f"loss.{key} must be >= 0 and finite, got {value!r}")
 
 
 def _gather(items: list) -> list:
@@ -88,8 +95,6 @@ class DetectionTask:
     metric_names = tuple(f"{split}_{m}" for split in ("val", "test") for m in (*SPLIT_METRICS, "images"))
 
     def __init__(self, recipe: DetectionRecipe) -> None:
-        from ..models import model_config
-
         self.recipe = recipe
         self.model_config = model_config(recipe.model.name, **recipe.model.options)
         c, loss = self.model_config, recipe.loss
@@ -114,8 +119,6 @@ class DetectionTask:
 
     def splits(self) -> dict:
         if self._splits is None:
-            from ..data.fashion_detection import build_fashion_detection
-
             d = self.recipe.data
             self._splits = build_fashion_detection(d.root, canvas=d.canvas, sizes=tuple(d.sizes),
                                                    max_objects=d.max_objects, source=d.source)
@@ -158,8 +161,6 @@ class DetectionTask:
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         """COCO box mAP of the detections collected by :meth:`eval_step` (from every rank)."""
-        from ..data.fashion_detection import coco_evaluate
-
         out = {}
         for split in ("val", "test"):
             detections, self._detections[split] = _gather(self._detections[split]), []
@@ -170,10 +171,7 @@ class DetectionTask:
 
     def report_figures(self, model: nn.Module, run_dir: Path) -> list[tuple[str, Path]]:
         """Predicted boxes (score >= 0.5) and the ground truth on the first 8 test canvases."""
-        from matplotlib.figure import Figure
-
-        from ..data.fashion_detection import draw_detections
-        from .boxes import box_cxcywh_to_xyxy
+        from matplotlib.figure import Figure  # optional, heavy: only when a report is written
 
         test = self.splits()["test"]
         images, targets = test.__getitems__(list(range(min(8, len(test)))))
@@ -199,13 +197,11 @@ class DetectionTask:
 
 
 # ---------------------------------------------------------------------------------------------
-# Recipes: one schedule for all four, so their AP-vs-epoch curves compare (bench/results/detection.md).
-# 8 epochs fit the 30-minute budget of one core: measured 84 (DETR), 81 (Relation-DETR), 85 (HF DETR)
-# and 51 (Group DETR, 4x the decoder queries) training canvases/s on one thread, ~10 s to evaluate
-# val + test. From scratch the backbone needs trainable BatchNorms (DETR freezes them because its
-# backbone is pretrained; frozen at their initial values they are identities), a higher learning rate
-# and looser clipping than DETR's: measured on detr-fashion after 3 epochs, frozen norms with lr 2e-4
-# and clipping at 0.1 reached val AP 0.0007, trainable norms with lr 5e-4 and clipping at 1.0 0.059.
+# Recipes: one schedule for all four, so their AP-vs-epoch curves compare; 8 epochs fit a 30-minute
+# budget of one core. From scratch the backbone needs trainable BatchNorms (DETR freezes them because
+# its backbone is pretrained; frozen at their initial values they are identities), a higher learning
+# rate and looser clipping than DETR's. Throughputs and the runs behind these choices:
+# bench/results/detection.md.
 # ---------------------------------------------------------------------------------------------
 def _detection(name: str, model: str, **options) -> DetectionRecipe:
     return DetectionRecipe(
@@ -234,5 +230,6 @@ def group_detr_fashion() -> DetectionRecipe:
 
 @register_recipe("hf-detr-fashion")
 def hf_detr_fashion() -> DetectionRecipe:
-    """The baseline: HF DetrForObjectDetection with detr-fashion's config, initial weights and schedule."""
-    return _detection("hf-detr-fashion", "detr_fashion", implementation="hf")
+    """The baseline: HF DetrForObjectDetection with detr-fashion's config, initial weights and schedule
+    (model variant ``hf_detr_fashion``, registered by :mod:`relformer.interop.transformers`)."""
+    return _detection("hf-detr-fashion", "hf_detr_fashion")

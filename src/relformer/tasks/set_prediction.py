@@ -52,12 +52,12 @@ def _predictions(outputs: Any, what: str = "outputs") -> tuple[Tensor, Tensor]:
     if boxes.shape != (*logits.shape[:2], 4):
         raise ValueError(f"{what} pred_boxes must be (B, Q, 4) = {(*logits.shape[:2], 4)}, got {tuple(boxes.shape)}")
     # one device sync for all three checks
-    nan_logits, nan_boxes, negative = torch.stack([torch.isnan(logits).any(), torch.isnan(boxes).any(),
+    bad_logits, bad_boxes, negative = torch.stack([~torch.isfinite(logits).all(), ~torch.isfinite(boxes).all(),
                                                    (boxes[..., 2:] < 0).any()]).tolist()
-    if nan_logits:
-        raise ValueError(f"{what} logits contain NaN")
-    if nan_boxes:
-        raise ValueError(f"{what} pred_boxes contain NaN")
+    if bad_logits:
+        raise ValueError(f"{what} logits contain NaN or inf")
+    if bad_boxes:
+        raise ValueError(f"{what} pred_boxes contain NaN or inf")
     if negative:
         raise ValueError(f"{what} pred_boxes have a negative width or height (expected cxcywh, e.g. a sigmoid)")
     return logits, boxes
@@ -74,9 +74,15 @@ def _check_targets(targets: Sequence[Mapping], batch_size: int, num_classes: int
     if len(targets) != batch_size:
         raise ValueError(f"got {len(targets)} targets for a batch of {batch_size} images")
     for i, t in enumerate(targets):   # shapes and dtypes: no device work
+        if not isinstance(t, Mapping):
+            raise TypeError(f"targets[{i}] must be a mapping with 'labels' and 'boxes', got {type(t).__name__}")
         if "labels" not in t or "boxes" not in t:
             raise ValueError(f"targets[{i}] must have 'labels' and 'boxes', got keys {sorted(t)}")
         labels, boxes = t["labels"], t["boxes"]
+        for key, value in (("labels", labels), ("boxes", boxes)):
+            if not isinstance(value, Tensor):
+                raise TypeError(f"targets[{i}][{key!r}] must be a tensor, got {type(value).__name__} "
+                                f"(e.g. torch.as_tensor(...))")
         if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"targets[{i}]['labels'] must be an integer (M,) tensor, got {labels.dtype} "
                              f"{tuple(labels.shape)}")
@@ -88,13 +94,13 @@ def _check_targets(targets: Sequence[Mapping], batch_size: int, num_classes: int
     labels = torch.cat([t["labels"].to(device) for t in targets])
     boxes = torch.cat([t["boxes"].to(device) for t in targets])
     # values: one device sync for the whole batch; find the culprit only when something is wrong
-    if not torch.stack([torch.isnan(boxes).any(), (boxes[:, 2:] < 0).any(), (labels < 0).any(),
+    if not torch.stack([~torch.isfinite(boxes).all(), (boxes[:, 2:] < 0).any(), (labels < 0).any(),
                         (labels >= num_classes).any()]).any():
         return
     for i, t in enumerate(targets):
         labels, boxes = t["labels"], t["boxes"]
-        if torch.isnan(boxes).any():
-            raise ValueError(f"targets[{i}]['boxes'] contain NaN")
+        if not torch.isfinite(boxes).all():
+            raise ValueError(f"targets[{i}]['boxes'] contain NaN or inf")
         if (boxes[:, 2:] < 0).any():
             raise ValueError(f"targets[{i}]['boxes'] have a negative width or height (expected cxcywh)")
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):

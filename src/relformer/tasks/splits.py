@@ -5,6 +5,8 @@ from typing import Sequence
 
 from torch.utils.data import Dataset
 
+from ..train.recipe import RecipeError
+
 __all__ = ["First", "ValTest", "train_subset"]
 
 
@@ -40,8 +42,6 @@ class First(Dataset):
 def train_subset(train: Dataset, n: int | None, items: str) -> Dataset:
     """``train`` itself (``n`` None) or its first ``n`` ``items``; more than it holds is a RecipeError
     naming ``data.train_subset``."""
-    from ..train.recipe import RecipeError
-
     if n is not None and n > len(train):
         raise RecipeError(f"data.train_subset = {n} exceeds the {len(train)} training {items}")
     return train if n is None else First(train, n)

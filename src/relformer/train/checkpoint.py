@@ -1,43 +1,88 @@
-"""Checkpoints that a kill at any moment cannot corrupt.
+"""Checkpoints that a kill at any instant cannot corrupt, verified by checksum when read.
 
 Layout of ``run_dir/checkpoints/``::
 
-    step-00000040/  model.safetensors  optimizer.safetensors  trainer_state.json
-    step-00000080/  ...                     (the newest ``keep`` step folders are kept)
-    best/           ...                     (the best epoch-end checkpoint so far)
-    latest          one line: the name of the newest complete step folder
+    step-00000040/  model.safetensors  optimizer.safetensors  trainer_state.json  manifest.json
+    step-00000080/  ...                 (the newest ``keep`` step folders, and the best one's)
+    best/           ...                 (a copy of the best epoch-end step folder)
+    latest          one line: the name of the newest published step folder
 
 ``model.safetensors`` holds the (uncompiled, unwrapped) module's ``state_dict``;
 ``optimizer.safetensors`` the optimizer's per-parameter tensors as ``state.<param id>.<key>``;
-``trainer_state.json`` everything else: the optimizer's ``param_groups`` and non-tensor state,
-the scheduler's ``state_dict`` and the trainer's own progress.
+``trainer_state.json`` everything else (the optimizer's ``param_groups`` and non-tensor state, the
+scheduler's ``state_dict``, the trainer's progress and the recipe); ``manifest.json`` the step and
+the sha256 of each of those three files. A folder is intact when its manifest parses and every
+checksum matches, so a truncated, emptied or bit-flipped file is detected, never loaded.
 
-A folder is written under a hidden temporary name beside its final place, each file and the
-folder fsynced, then renamed into place; only then is ``latest`` replaced, itself through a
-fsynced temporary file and ``os.replace``. Until that last rename ``latest`` names the previous
-checkpoint, which is never touched.
+Publish order (:meth:`CheckpointDir.save`), each step atomic (:mod:`relformer.utils`):
+
+1. the step folder is written under a hidden name, fsynced, and renamed into place;
+2. if the epoch is the best so far, ``best/`` is replaced by a copy of it (the old ``best/`` is
+   moved aside first, and put back by :meth:`CheckpointDir.clean` if the copy never lands);
+3. ``latest`` is replaced, naming the new folder: this is the commit point;
+4. step folders beyond the newest ``keep`` are removed, except the one ``best/`` copies.
+
+So ``latest`` never names a folder that is not complete, and the trainer state it names always
+records a ``best_step`` whose folder still exists: :meth:`CheckpointDir.repair_best` rebuilds
+``best/`` from it when a kill left ``best/`` missing, half-replaced, or a step ahead.
+
+``RELFORMER_TEST_PAUSE=<phase>[:<n>]`` (tests only) makes the writer print
+``relformer-test-pause: <phase>`` to stderr and sleep at the ``n``-th (default first) time it
+reaches ``phase``, so a test can SIGKILL it inside that phase; the phases are :data:`PHASES`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
-__all__ = ["CheckpointDir", "write_checkpoint", "read_checkpoint", "model_tensors", "optimizer_tensors",
-           "optimizer_state_from", "MODEL_FILE", "OPTIMIZER_FILE", "STATE_FILE"]
+from ..utils import atomic_write_bytes, atomic_write_text, fsync_dir
+
+__all__ = ["CheckpointDir", "CheckpointError", "write_checkpoint", "read_checkpoint", "verify_checkpoint",
+           "read_state", "model_tensors", "optimizer_tensors", "optimizer_state_from", "MODEL_FILE",
+           "OPTIMIZER_FILE", "STATE_FILE", "MANIFEST_FILE", "PHASES"]
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "trainer_state.json"
-FORMAT = 1
-_STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST_FILE = "manifest.json"
+FORMAT = 2
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+#: where RELFORMER_TEST_PAUSE can stop a save: files written, folder complete, folder renamed into
+#: place, old best/ moved aside, new best/ in place, latest replaced
+PHASES = ("files", "folder", "installed", "best-aside", "best", "latest")
+_reached: dict[str, int] = {}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder or ``latest`` pointer that is missing, damaged or foreign; the message says which."""
+
+
+def _pause(phase: str) -> None:
+    """The test hook of the module docstring; a no-op unless ``RELFORMER_TEST_PAUSE`` names ``phase``."""
+    wanted = os.environ.get("RELFORMER_TEST_PAUSE")
+    if not wanted:
+        return
+    name, _, nth = wanted.partition(":")
+    if name != phase:
+        return
+    _reached[phase] = _reached.get(phase, 0) + 1
+    if _reached[phase] == int(nth or 1):
+        print(f"relformer-test-pause: {phase}", file=sys.stderr, flush=True)
+        time.sleep(3600)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -82,76 +127,110 @@ def optimizer_state_from(tensors: dict[str, Tensor], rest: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-# ---------------------------------------------------------------------------------------------
-# Durable, atomic file-system steps
-# ---------------------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _install_dir(tmp: Path, final: Path) -> None:
-    """Rename the complete folder ``tmp`` to ``final`` (moving an existing ``final`` aside first)."""
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, Tensor) and value.numel() == 1:
         return value.item()
     raise TypeError(f"trainer state holds a {type(value).__name__}, which JSON cannot store: {value!r}")
 
 
+# ---------------------------------------------------------------------------------------------
+# One checkpoint folder
+# ---------------------------------------------------------------------------------------------
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _install_dir(tmp: Path, final: Path, aside_phase: str | None = None) -> None:
+    """Rename the complete folder ``tmp`` to ``final``, moving an existing ``final`` aside first."""
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+        if aside_phase:
+            _pause(aside_phase)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, trainer_state: dict) -> Path:
-    """Write one checkpoint folder at ``path`` atomically; returns ``path``."""
+                     scheduler: Any, trainer_state: dict, step: int = 0, recipe: dict | None = None) -> Path:
+    """Write one checkpoint folder at ``path`` atomically (hidden sibling, then a rename); returns ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     opt_tensors, opt_rest = optimizer_tensors(optimizer.state_dict())
-    save_file(model_tensors(model), tmp / MODEL_FILE, metadata={"format": "pt"})
-    save_file(opt_tensors, tmp / OPTIMIZER_FILE, metadata={"format": "pt"})
-    state = {"format": FORMAT, "trainer": trainer_state, "optimizer": opt_rest,
+    state = {"format": FORMAT, "trainer": trainer_state, "optimizer": opt_rest, "recipe": recipe,
              "scheduler": scheduler.state_dict() if scheduler is not None else None}
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=_json_default))
-    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
-        _fsync(tmp / name)
-    _fsync(tmp)
+    files = {MODEL_FILE: save_safetensors(model_tensors(model), metadata={"format": "pt"}),
+             OPTIMIZER_FILE: save_safetensors(opt_tensors, metadata={"format": "pt"}),
+             STATE_FILE: json.dumps(state, indent=1, default=_json_default).encode()}
+    for name, data in files.items():
+        atomic_write_bytes(tmp / name, data)
+    _pause("files")
+    manifest = {"format": FORMAT, "step": int(step), "sha256": {name: _sha256(data) for name, data in files.items()}}
+    atomic_write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=1))
+    _pause("folder")
     _install_dir(tmp, path)
     return path
 
 
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        value = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path.parent} is incomplete: missing {path.name}") from None
+    except (OSError, ValueError) as e:  # ValueError: JSON and UTF-8 errors
+        raise CheckpointError(f"checkpoint {path.parent}: {path.name} is not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"checkpoint {path.parent}: {path.name} is not a {what}")
+    return value
+
+
+def verify_checkpoint(path: str | os.PathLike) -> dict:
+    """The manifest of an intact checkpoint folder; :class:`CheckpointError` naming the damage otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    manifest = _read_json(path / MANIFEST_FILE, "checkpoint manifest")
+    if manifest.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {manifest.get('format')!r}; this relformer reads {FORMAT}")
+    sums = manifest.get("sha256")
+    if not isinstance(sums, dict) or set(sums) != {MODEL_FILE, OPTIMIZER_FILE, STATE_FILE} \
+            or not isinstance(manifest.get("step"), int):
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} does not list the checkpoint's files")
+    for name, expected in sums.items():
+        try:
+            data = (path / name).read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"checkpoint {path} is incomplete: missing {name}") from None
+        if _sha256(data) != expected:
+            raise CheckpointError(f"checkpoint {path}: {name} is damaged (its sha256 does not match the manifest)")
+    return manifest
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    """The verified ``trainer_state.json`` of checkpoint ``path`` (``trainer``, ``recipe``, ...)."""
+    verify_checkpoint(path)
+    return _read_json(Path(path) / STATE_FILE, "trainer state")
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    try:
+        return load_safetensors(path.read_bytes())
+    except SafetensorError as e:
+        raise CheckpointError(f"checkpoint {path.parent}: {path.name} is not a safetensors file ({e})") from None
+
+
 def read_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None) -> dict:
-    """Load a checkpoint folder into ``model`` (and ``optimizer``, ``scheduler``); returns the trainer state."""
+    """Verify a checkpoint folder, load it into ``model`` (and ``optimizer``, ``scheduler``);
+    returns the trainer state."""
     path = Path(path)
-    missing = [n for n in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE) if not (path / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"checkpoint {path} is incomplete: missing {', '.join(missing)}")
-    state = json.loads((path / STATE_FILE).read_text())
-    if state.get("format") != FORMAT:
-        raise ValueError(f"checkpoint {path} has format {state.get('format')!r}; this relformer reads {FORMAT}")
-    model.load_state_dict(load_file(path / MODEL_FILE))
+    state = read_state(path)
+    model.load_state_dict(_load_tensors(path / MODEL_FILE))
     if optimizer is not None:
-        optimizer.load_state_dict(optimizer_state_from(load_file(path / OPTIMIZER_FILE), state["optimizer"]))
+        optimizer.load_state_dict(optimizer_state_from(_load_tensors(path / OPTIMIZER_FILE), state["optimizer"]))
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     return state["trainer"]
@@ -172,15 +251,62 @@ class CheckpointDir:
     def best(self) -> Path:
         return self.root / "best"
 
-    def latest(self) -> Path | None:
-        """The folder ``latest`` names, or None when there is no checkpoint yet."""
+    def _pointer_target(self) -> Path | None:
+        """The folder ``latest`` names (checked to be a step folder of this run), None without ``latest``."""
         pointer = self.root / "latest"
-        if not pointer.is_file():
+        if not pointer.exists() and not pointer.is_symlink():
             return None
-        path = self.root / pointer.read_text().strip()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{pointer} names {path.name}, which does not exist")
-        return path
+        if pointer.is_symlink() or not pointer.is_file():
+            raise CheckpointError(f"{pointer} is not a regular file")
+        try:
+            name = pointer.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{pointer} is unreadable ({e})") from None
+        if not _STEP_DIR.match(name):  # so no '..', no absolute path, nothing outside the run
+            raise CheckpointError(f"{pointer} must name a step folder (step-NNNNNNNN), holds {name[:60]!r}")
+        target = self.root / name
+        if target.is_symlink():
+            raise CheckpointError(f"{pointer} names {name}, a symbolic link")
+        return target
+
+    def latest(self) -> Path | None:
+        """The verified folder ``latest`` names, or None when there is no checkpoint yet."""
+        target = self._pointer_target()
+        if target is not None:
+            verify_checkpoint(target)
+        return target
+
+    def resume_point(self) -> Path | None:
+        """The checkpoint to resume from: what ``latest`` names if intact; else (with a warning) the
+        newest intact step folder older than it, or any when ``latest`` is unreadable or was never
+        written (a kill between a folder's rename and ``latest``); None when there is none at all."""
+        try:
+            latest = self.latest()
+            if latest is not None:
+                return latest
+            problem, limit = f"{self.root / 'latest'} does not exist", None
+        except CheckpointError as e:
+            problem, limit = str(e), None
+            try:
+                named = self._pointer_target()
+                limit = int(named.name[5:]) if named is not None else None
+            except CheckpointError:
+                pass
+        for path in reversed(self.steps()):
+            if limit is not None and int(path.name[5:]) >= limit:
+                continue
+            try:
+                verify_checkpoint(path)
+            except CheckpointError:
+                continue
+            warnings.warn(f"{problem}; resuming from the newest intact checkpoint, {path.name}", stacklevel=2)
+            return path
+        if not (self.root / "latest").exists() and not (self.root / "latest").is_symlink():
+            return None  # no checkpoint was ever published
+        raise CheckpointError(f"{problem}, and no older intact checkpoint is left in {self.root}")
+
+    def has_checkpoints(self) -> bool:
+        return (self.root / "latest").exists() or (self.root / "latest").is_symlink() or bool(self.steps())
 
     def clean(self) -> None:
         """Remove what an interrupted write left behind; put back a ``best/`` that was moved aside."""
@@ -189,29 +315,61 @@ class CheckpointDir:
         for leftover in self.root.glob(".*"):
             if leftover.name.startswith(".best.old-") and not self.best.exists():
                 os.replace(leftover, self.best)
-            elif leftover.is_dir():
+            elif leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
                 leftover.unlink(missing_ok=True)
 
-    def save(self, step: int, model: nn.Module, optimizer, scheduler, trainer_state: dict) -> Path:
-        """Write ``step-<step>``, point ``latest`` at it, drop step folders beyond the newest ``keep``."""
+    def save(self, step: int, model: nn.Module, optimizer, scheduler, trainer_state: dict, *, best: bool = False,
+             recipe: dict | None = None) -> Path:
+        """Publish ``step-<step>`` in the order of the module docstring (``best``: it is also the new best)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        path = write_checkpoint(self.root / f"step-{step:08d}", model, optimizer, scheduler, trainer_state)
-        _write_text_atomic(self.root / "latest", path.name + "\n")
-        self._prune(keep_name=path.name)
+        path = write_checkpoint(self.root / f"step-{step:08d}", model, optimizer, scheduler, trainer_state, step,
+                                recipe)
+        _pause("installed")
+        if best:
+            self._copy_to_best(path)
+            _pause("best")
+        atomic_write_text(self.root / "latest", path.name + "\n")
+        _pause("latest")
+        self._prune(protect={path.name, *([f"step-{trainer_state['best_step']:08d}"]
+                                          if trainer_state.get("best_step") is not None else [])})
         return path
 
-    def save_best(self, model: nn.Module, optimizer, scheduler, trainer_state: dict) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        return write_checkpoint(self.best, model, optimizer, scheduler, trainer_state)
+    def _copy_to_best(self, source: Path) -> None:
+        tmp = self.root / f".best.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp)
+        for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, MANIFEST_FILE):
+            fsync_dir(tmp / name)  # fsync the copied files (fsync_dir opens any path read-only)
+        fsync_dir(tmp)
+        _install_dir(tmp, self.best, aside_phase="best-aside")
+
+    def repair_best(self, best_step: int | None) -> str | None:
+        """Make ``best/`` the copy of ``step-<best_step>`` the resumed trainer state records; returns
+        what was repaired (None when ``best/`` was right)."""
+        if best_step is None:
+            return None
+        try:
+            if verify_checkpoint(self.best)["step"] == best_step:
+                return None
+            problem = f"held step {verify_checkpoint(self.best)['step']}"
+        except CheckpointError as e:
+            problem = str(e)
+        source = self.root / f"step-{best_step:08d}"
+        verify_checkpoint(source)
+        self._copy_to_best(source)
+        return f"rebuilt {self.best} from {source.name} ({problem})"
 
     def steps(self) -> list[Path]:
         """Step folders, oldest first."""
-        found = [(int(m.group(1)), p) for p in self.root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
+        if not self.root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.root.iterdir()
+                 if (m := _STEP_DIR.match(p.name)) and p.is_dir() and not p.is_symlink()]
         return [p for _, p in sorted(found)]
 
-    def _prune(self, keep_name: str) -> None:
+    def _prune(self, protect: set[str]) -> None:
         for path in self.steps()[:-self.keep]:
-            if path.name != keep_name:
+            if path.name not in protect:
                 shutil.rmtree(path, ignore_errors=True)

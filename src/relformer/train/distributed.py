@@ -41,7 +41,8 @@ def _device(kind: str, local_rank: int) -> torch.device:
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for, but torch.cuda.is_available() is False")
+            raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available (torch.cuda.is_available() "
+                             "is False); use --set device=cpu or device=auto")
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

@@ -1,4 +1,8 @@
-"""The generic training loop: ``train(recipe)`` for any :class:`relformer.tasks.Task`.
+"""The generic training loop: ``train(task)`` for any :class:`relformer.train.task.Task` object.
+
+The engine is handed a built task (``relformer.tasks.build_task(recipe)``, or
+``relformer.tasks.train(recipe)`` for both steps) and reads the recipe from ``task.recipe``; it
+never looks a task up by name.
 
 AdamW (no decay on biases, norms, 1-D parameters, tokens and position tables), linear warmup
 then cosine per step, gradient clipping, optional bf16 autocast and ``torch.compile``, a full
@@ -10,6 +14,11 @@ same global batches) with ``set_epoch(epoch)``; torch's global RNG (dropout, dro
 reseeded before every step from ``(seed, global step, rank)`` and augmentation draws from a
 generator seeded the same way. A resumed run skips the batches its checkpoint had done, so
 killing a run and resuming it gives bit-identical weights.
+
+The run folder: a fresh run writes only its own entries (:data:`RUN_ENTRIES`) and refuses a
+non-empty folder that holds none of them (somebody else's folder); ``--resume`` continues from the
+newest intact checkpoint (:meth:`~relformer.train.checkpoint.CheckpointDir.resume_point`), refuses
+a recipe that differs from the one stored in that checkpoint, and repairs ``best/``.
 """
 from __future__ import annotations
 
@@ -17,7 +26,6 @@ import dataclasses
 import math
 import os
 import platform
-import shutil
 import time
 import warnings
 from contextlib import nullcontext
@@ -31,16 +39,20 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .checkpoint import CheckpointDir, read_checkpoint
+from ..utils import atomic_write_text
+from .checkpoint import CheckpointDir, CheckpointError, read_checkpoint, read_state
 from .distributed import Dist, all_reduce_sum, barrier, init_distributed, shutdown
 from .logger import RunLogger
-from .recipe import Recipe, RecipeError, get_task, load_recipe, recipe_diff, recipe_to_yaml
+from .recipe import Recipe, RecipeError, recipe_diff, recipe_from_dict, recipe_to_dict, recipe_to_yaml
 from .report import write_report
+from .task import Task
 
 __all__ = ["train", "Trainer", "Progress", "param_groups", "WarmupCosine", "step_seed", "move_to",
-           "configure_determinism"]
+           "configure_determinism", "RUN_ENTRIES"]
 
 NO_DECAY_KEYWORDS = ("token", "pos_embed", "position", "bias_table", "norm")
+#: what a run writes in its folder; anything else there is the user's and is never touched
+RUN_ENTRIES = frozenset({"recipe.yaml", "metrics.csv", "report.md", "tb", "plots", "checkpoints"})
 
 
 def step_seed(seed: int, step: int, rank: int, stream: int = 0) -> int:
@@ -128,6 +140,7 @@ class Progress:
     global_step: int = 0
     best_metric: float | None = None
     best_epoch: int | None = None
+    best_step: int | None = None
     history: list[dict] = field(default_factory=list)
     log_sums: dict[str, float] = field(default_factory=dict)
     epoch_sums: dict[str, float] = field(default_factory=dict)
@@ -149,12 +162,31 @@ def _eval_batches(n: int, rank: int, world_size: int, batch_size: int) -> list[l
     return [list(range(i, min(i + batch_size, stop))) for i in range(start, stop, batch_size)]
 
 
-class Trainer:
-    """One run of ``recipe``: build everything in the constructor, then :meth:`fit`."""
+def _prepare_folder(run_dir: Path, resume: bool) -> None:
+    """Create the run folder; refuse a file, an uncreatable path, or (fresh) somebody else's folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RecipeError(f"out_dir {run_dir} is a file, not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RecipeError(f"out_dir {run_dir}: cannot create the run folder ({e.strerror or e})") from None
+    entries = {p.name for p in run_dir.iterdir()}
+    if not resume and entries and not entries & RUN_ENTRIES:
+        raise RecipeError(f"out_dir {run_dir} is not empty and is not a run folder (it holds "
+                          f"{', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}); pick a new or "
+                          "empty folder")
 
-    def __init__(self, recipe: Recipe, *, resume: bool = False) -> None:
+
+class Trainer:
+    """One run of ``task.recipe``: build everything in the constructor, then :meth:`fit`."""
+
+    def __init__(self, task: Task, *, resume: bool = False) -> None:
+        recipe = getattr(task, "recipe", None)
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"Trainer needs a task object with a .recipe (a Recipe), got {type(task).__name__}; "
+                            "relformer.tasks.build_task(recipe) builds one")
         recipe.validate()
-        self.recipe, r = recipe, recipe
+        self.task, self.recipe, r = task, recipe, recipe
         self.dist: Dist = init_distributed(r.device)
         self.device = self.dist.device
         if r.batch_size % self.dist.world_size:
@@ -163,7 +195,6 @@ class Trainer:
         self.per_rank_batch = r.batch_size // self.dist.world_size
         configure_determinism(r.deterministic)
         torch.manual_seed(r.seed)
-        self.task = get_task(r.task)(r)
         self.model: nn.Module = self.task.build_model().to(self.device)  # the plain module: saved and loaded
         self.run_dir = r.run_dir()
         self.checkpoints = CheckpointDir(self.run_dir / "checkpoints", keep=r.keep_checkpoints)
@@ -173,6 +204,8 @@ class Trainer:
         self.progress = Progress()
         if resume_from is not None:
             self.progress = Progress(**read_checkpoint(resume_from, self.model, self.optimizer, self.scheduler))
+            if self.dist.is_main:
+                self._repair_best()
         self._log_sums, self._epoch_sums = _Sums(self.device), _Sums(self.device)
         if self.dist.is_main:  # the saved sums are totals over the ranks: one rank carries them on
             self._log_sums.load(self.progress.log_sums)
@@ -182,7 +215,7 @@ class Trainer:
         self._wrap_model()
 
         if self.dist.is_main:
-            self._prepare_run_dir(fresh=resume_from is None)
+            atomic_write_text(self.run_dir / "recipe.yaml", recipe_to_yaml(self.recipe))
         columns = ["lr", "samples_per_s", "train_loss", *(f"train_{k}" for k in self.task.log_names),
                    *(f"eval_{k}" for k in self.task.metric_names)]
         self.logger = RunLogger(self.run_dir, columns, enabled=self.dist.is_main, total_steps=self.total_steps,
@@ -193,24 +226,40 @@ class Trainer:
 
     # -- setup helpers ---------------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> Path | None:
-        """The checkpoint to resume from; errors for a resume without one or a clobbering fresh start."""
+        """The checkpoint to resume from; errors for a resume without one, a changed recipe, or a
+        fresh start that would clobber a run."""
         if self.dist.is_main:
-            self.checkpoints.clean()
-        latest = self.checkpoints.latest()
+            _prepare_folder(self.run_dir, resume)
+            self.checkpoints.clean()  # hidden leftovers only: the other ranks may read meanwhile
         if not resume:
-            if latest is not None:
-                raise RecipeError(f"{self.run_dir} already holds checkpoints ({latest.name}); pass --resume to "
-                                  "continue that run, or --out DIR for a new one")
+            if self.checkpoints.has_checkpoints():
+                raise RecipeError(f"{self.run_dir} already holds checkpoints; pass --resume to continue that run, "
+                                  "or --out DIR for a new one")
             return None
+        try:
+            latest = self.checkpoints.resume_point()
+        except CheckpointError as e:
+            raise RecipeError(f"--resume: {e}") from None
         if latest is None:
             raise RecipeError(f"--resume: no checkpoint in {self.checkpoints.root} (no 'latest' file)")
-        saved = self.run_dir / "recipe.yaml"
-        if saved.is_file():
-            differ = [k for k in recipe_diff(load_recipe(saved), self.recipe) if k != "out_dir"]
-            if differ:
-                raise RecipeError(f"--resume: the recipe differs from {saved} in {', '.join(differ)}; a resumed "
-                                  "run must use the recipe it started with")
+        saved = read_state(latest).get("recipe")
+        if not isinstance(saved, dict):
+            raise RecipeError(f"--resume: {latest} does not record its recipe")
+        differ = [k for k in recipe_diff(recipe_from_dict(saved, type(self.recipe)), self.recipe) if k != "out_dir"]
+        if differ:
+            raise RecipeError(f"--resume: the recipe differs from the one {latest} was trained with in "
+                              f"{', '.join(differ)}; a resumed run must use the recipe it started with")
         return latest
+
+    def _repair_best(self) -> None:
+        """``best/`` made the copy of the step the resumed state calls best (a kill can leave it behind)."""
+        try:
+            repaired = self.checkpoints.repair_best(self.progress.best_step)
+        except CheckpointError as e:
+            warnings.warn(f"cannot repair {self.checkpoints.best}: {e}", stacklevel=2)
+            return
+        if repaired:
+            warnings.warn(repaired, stacklevel=2)
 
     def _build_data(self) -> None:
         """Datasets, this rank's sampler (full global batches only) and the step counts."""
@@ -248,12 +297,6 @@ class Trainer:
             net = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.train_net = torch.compile(net) if self.recipe.compile else net
         self.eval_net = torch.compile(self.model) if self.recipe.compile else self.model
-
-    def _prepare_run_dir(self, fresh: bool) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            shutil.rmtree(self.run_dir / "tb", ignore_errors=True)
-        (self.run_dir / "recipe.yaml").write_text(recipe_to_yaml(self.recipe))
 
     def _wall_seconds(self) -> float:
         """Wall time of the run so far, over all its (resumed) processes up to their last checkpoint."""
@@ -369,7 +412,7 @@ class Trainer:
         value = metrics[task.main_metric]
         better = p.best_metric is None or (value > p.best_metric if task.mode == "max" else value < p.best_metric)
         if better:
-            p.best_metric, p.best_epoch = value, p.epoch
+            p.best_metric, p.best_epoch, p.best_step = value, p.epoch, p.global_step
         self.logger.log("eval", p.epoch, p.global_step, {f"eval_{k}": v for k, v in metrics.items()})
         self.logger.message(f"epoch {p.epoch}/{self.recipe.epochs}: " +
                             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
@@ -381,10 +424,8 @@ class Trainer:
         p.wall_seconds = self._wall_seconds()
         if not self.dist.is_main:
             return
-        state = dataclasses.asdict(p)
-        self.checkpoints.save(p.global_step, self.model, self.optimizer, self.scheduler, state)
-        if best:
-            self.checkpoints.save_best(self.model, self.optimizer, self.scheduler, state)
+        self.checkpoints.save(p.global_step, self.model, self.optimizer, self.scheduler, dataclasses.asdict(p),
+                              best=best, recipe=recipe_to_dict(self.recipe))
 
     # -- the end -----------------------------------------------------------------------------------
     def _facts(self) -> dict[str, str]:
@@ -416,10 +457,14 @@ class Trainer:
                             recipe_yaml=recipe_to_yaml(self.recipe))
 
 
-def train(recipe: Recipe, *, resume: bool = False) -> Path:
-    """Run (or with ``resume``, continue) ``recipe``; returns the run folder."""
+def train(task: Task, *, resume: bool = False) -> Path:
+    """Run (or with ``resume``, continue) a built task; returns the run folder. From a recipe:
+    ``relformer.tasks.train(recipe)``."""
+    if isinstance(task, Recipe):
+        raise TypeError("relformer.train.train is handed a task object; for a recipe call "
+                        "relformer.tasks.train(recipe), which builds its task")
     try:
-        run_dir = Trainer(recipe, resume=resume).fit()
+        run_dir = Trainer(task, resume=resume).fit()
         barrier()  # the others wait for the main rank's report: a rank leaving early aborts gloo's teardown
         return run_dir
     finally:

@@ -8,12 +8,16 @@ run wrote after ``S``, so the files read as if the run had never stopped.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
 from pathlib import Path
 
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
+
+from ..utils import atomic_write_text
 
 __all__ = ["RunLogger", "read_metrics"]
 
@@ -35,34 +39,31 @@ class RunLogger:
         self._start = time.perf_counter()
         if not enabled:
             return
-        from torch.utils.tensorboard import SummaryWriter
-
         run_dir = Path(run_dir)
         self.csv_path = run_dir / "metrics.csv"
         self._prepare_csv(resume_step)
         self._csv_file = open(self.csv_path, "a", newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=self.columns)
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
+        # purge_step: TensorBoard drops the events of earlier processes from that step on (all of them
+        # for a fresh run), so the curves read as one run; the folder's other files are left alone
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=0 if resume_step is None else resume_step + 1)
         self.bar = tqdm(total=total_steps, initial=resume_step or 0, unit="step", dynamic_ncols=True,
                         desc="train")
 
     def _prepare_csv(self, resume_step: int | None) -> None:
         """A fresh header, or on resume the rows up to ``resume_step``; a changed header is an error."""
-        if resume_step is None or not self.csv_path.is_file():
-            with open(self.csv_path, "w", newline="") as f:
-                csv.DictWriter(f, fieldnames=self.columns).writeheader()
-            return
-        with open(self.csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames != self.columns:
-                raise ValueError(f"{self.csv_path} has columns {reader.fieldnames}, this run writes {self.columns}")
-            rows = [r for r in reader if int(r["step"]) <= resume_step]
-        tmp = self.csv_path.with_name(self.csv_path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.csv_path)
+        rows: list[dict[str, str]] = []
+        if resume_step is not None and self.csv_path.is_file():
+            with open(self.csv_path, newline="") as f:
+                reader = csv.DictReader(f)
+                if reader.fieldnames != self.columns:
+                    raise ValueError(f"{self.csv_path} has columns {reader.fieldnames}, this run writes {self.columns}")
+                rows = [r for r in reader if r.get("step", "").isdigit() and int(r["step"]) <= resume_step]
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=self.columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.csv_path, text.getvalue())
 
     def log(self, kind: str, epoch: int, step: int, values: dict[str, float]) -> None:
         """One CSV row, and TensorBoard scalars tagged ``<kind>/<name>`` (``eval_accuracy`` -> ``eval/accuracy``);

@@ -1,7 +1,9 @@
-"""Recipes: typed, validated training configs as dataclasses, read from YAML or registered by name.
+"""Recipes: typed, validated training configs as dataclasses, read from YAML or ``--set`` overrides.
 
 A recipe is a :class:`Recipe` subclass that its task declares (``task.recipe_type``): the shared
-top-level fields and sections below, plus the task's own sections (e.g. ``data``, ``loss``).
+top-level fields and sections below, plus the task's own sections (e.g. ``data``, ``loss``). The
+names that map a recipe to its task, and registered recipe names to recipes, live with the tasks
+that fill them (:mod:`relformer.tasks.registry`); this module only parses and validates.
 Every value is checked against its field's type annotation (``int``, ``float``, ``bool``, ``str``,
 ``tuple[...]``, ``X | None``, ``Literal[...]``, nested dataclasses, ``dict[str, Any]``), and an
 unknown key is an error naming it, with close matches::
@@ -18,13 +20,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
 
-__all__ = ["Recipe", "ModelSection", "OptimSection", "RecipeError", "register_task", "register_recipe",
-           "list_recipes", "recipe_summary", "resolve_recipe", "load_recipe", "recipe_from_dict",
-           "recipe_to_dict", "recipe_to_yaml", "apply_overrides", "recipe_diff", "get_task"]
+from ..models import create_model
+
+__all__ = ["Recipe", "ModelSection", "OptimSection", "RecipeError", "recipe_from_dict", "read_recipe_yaml",
+           "recipe_to_dict", "recipe_to_yaml", "apply_overrides", "recipe_diff", "suggest", "MAX_LR", "MAX_SEED"]
+
+MAX_LR = 10.0  # AdamW moves each weight by about lr per step: beyond this no run can converge
+MAX_DEPTH = 32  # a recipe value nests a few levels; deeper is a YAML alias that refers to itself
+MAX_SEED = 2 ** 63 - 1  # torch.manual_seed and numpy's SeedSequence take non-negative 64-bit seeds
 
 
 class RecipeError(ValueError):
@@ -43,8 +50,6 @@ class ModelSection:
 
     def build(self):
         """The module ``create_model(name, **options)``; a bad name or option is a :class:`RecipeError`."""
-        from relformer.models import create_model
-
         try:
             return create_model(self.name, **self.options)
         except (ValueError, TypeError) as e:
@@ -99,72 +104,31 @@ class Recipe:
                         "optim.weight_decay": self.optim.weight_decay, "optim.warmup_epochs": self.optim.warmup_epochs,
                         "optim.clip_grad": self.optim.clip_grad, "optim.eps": self.optim.eps}
         for key, value in positive.items():
-            if not value > 0:
-                raise RecipeError(f"{key} must be > 0, got {value!r}")
+            if not (value > 0 and _finite(value)):
+                raise RecipeError(f"{key} must be > 0 and finite, got {value!r}")
         for key, value in non_negative.items():
-            if not (value >= 0 and math.isfinite(value)):
+            if not (value >= 0 and _finite(value)):
                 raise RecipeError(f"{key} must be >= 0 and finite, got {value!r}")
+        for key in ("lr", "min_lr"):
+            if getattr(self.optim, key) > MAX_LR:
+                raise RecipeError(f"optim.{key} must be <= {MAX_LR}, got {getattr(self.optim, key)!r}")
         if not all(0 <= b < 1 for b in self.optim.betas):
             raise RecipeError(f"optim.betas must lie in [0, 1), got {self.optim.betas}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise RecipeError(f"seed must lie in [0, 2**63 - 1], got {self.seed}")
+        if self.out_dir is not None and not self.out_dir.strip():
+            raise RecipeError("out_dir must not be empty (it would be the current folder); give a folder name")
 
 
-# ---------------------------------------------------------------------------------------------
-# Registries: task name -> task class (with its recipe_type); recipe name -> factory
-# ---------------------------------------------------------------------------------------------
-_TASKS: dict[str, type] = {}
-_RECIPES: dict[str, Callable[[], Recipe]] = {}
+def _finite(value: int | float) -> bool:
+    """An int (any size), or a float that is neither inf nor NaN."""
+    return isinstance(value, int) or math.isfinite(value)
 
 
-def register_task(name: str) -> Callable[[type], type]:
-    """Class decorator: register a task class (which has a ``recipe_type``) under ``name``."""
-    def deco(task_cls: type) -> type:
-        if name in _TASKS:
-            raise ValueError(f"task {name!r} is already registered")
-        if not (isinstance(getattr(task_cls, "recipe_type", None), type) and issubclass(task_cls.recipe_type, Recipe)):
-            raise TypeError(f"task {task_cls.__name__} needs a recipe_type attribute, a Recipe subclass")
-        _TASKS[name] = task_cls
-        return task_cls
-    return deco
-
-
-def register_recipe(name: str) -> Callable[[Callable[[], Recipe]], Callable[[], Recipe]]:
-    """Decorator: register a function returning a :class:`Recipe` under ``name`` (its docstring
-    is the one-line summary ``relformer train --list`` prints)."""
-    def deco(fn: Callable[[], Recipe]) -> Callable[[], Recipe]:
-        if name in _RECIPES:
-            raise ValueError(f"recipe {name!r} is already registered")
-        _RECIPES[name] = fn
-        return fn
-    return deco
-
-
-def _load_builtins() -> None:
-    import relformer.tasks  # noqa: F401  (registers the built-in tasks and recipes)
-
-
-def _suggest(name: str, options) -> str:
+def suggest(name: str, options) -> str:
+    """`` (did you mean 'x', 'y'?)`` for the close matches of ``name`` among ``options``, else ``""``."""
     close = difflib.get_close_matches(name, list(options), n=3, cutoff=0.6)
     return f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-
-
-def get_task(name: str) -> type:
-    """The task class registered as ``name``."""
-    _load_builtins()
-    if name not in _TASKS:
-        raise RecipeError(f"task: unknown task {name!r}{_suggest(name, _TASKS)}; known: {', '.join(sorted(_TASKS))}")
-    return _TASKS[name]
-
-
-def list_recipes() -> list[str]:
-    _load_builtins()
-    return sorted(_RECIPES)
-
-
-def recipe_summary(name: str) -> str:
-    """``name``'s docstring's first line."""
-    _load_builtins()
-    doc = (_RECIPES[name].__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,8 +138,20 @@ class _Text(str):
     """A ``--set`` value as typed on the command line, parsed only once its field's type is known."""
 
 
-def _scalar(text: str) -> Any:
+def _check_tree(value: Any, key: str, depth: int = 0) -> Any:
+    """``value`` itself, if it is a finite tree of lists and mappings; a YAML alias that refers to
+    itself (``&a [*a]``) or nesting deeper than ``MAX_DEPTH`` is a :class:`RecipeError`."""
+    if depth > MAX_DEPTH:
+        raise RecipeError(f"{key}: the value is nested more than {MAX_DEPTH} levels deep, or refers to itself")
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    for child in children:
+        _check_tree(child, key, depth + 1)
+    return value
+
+
+def _scalar(text: str, key: str) -> Any:
     """A command-line value: YAML syntax (``true``, ``null``, ``[1, 2]``), numbers such as ``3e-4``."""
+    text = str(text)  # a plain str: the recipe must stay YAML-representable
     try:
         value = yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
@@ -186,7 +162,7 @@ def _scalar(text: str) -> Any:
                 return number(value)
             except ValueError:
                 pass
-    return value
+    return _check_tree(value, key)
 
 
 def _type_name(tp: Any) -> str:
@@ -199,7 +175,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if isinstance(value, _Text) and tp is not str:
         if origin in (typing.Union, types.UnionType) and str in args and value.strip().lower() not in ("null", "none", "~"):
             return str(value)
-        value = _scalar(value)
+        value = _scalar(value, key)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -268,7 +244,7 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             known = [f"{prefix}.{n}" if prefix else n for n in names]
-            raise RecipeError(f"unknown key {dotted!r}{_suggest(dotted, known)}; {where} has: {', '.join(names)}")
+            raise RecipeError(f"unknown key {dotted!r}{suggest(dotted, known)}; {where} has: {', '.join(names)}")
         values[key] = _coerce(value, hints[key], dotted)
     try:
         return cls(**values)
@@ -276,13 +252,9 @@ def _from_dict(cls: type, data: Any, prefix: str = "") -> Any:
         raise RecipeError(f"{where}: {e}") from e
 
 
-def recipe_from_dict(data: dict, recipe_type: type | None = None) -> Recipe:
-    """A validated recipe from a plain mapping; its type comes from ``data["task"]`` unless given."""
-    if recipe_type is None:
-        if not isinstance(data, dict) or "task" not in data:
-            raise RecipeError("missing key 'task' (the recipe's task, e.g. 'classification')")
-        recipe_type = get_task(str(data["task"])).recipe_type
-    recipe = _from_dict(recipe_type, data)
+def recipe_from_dict(data: Any, recipe_type: type) -> Recipe:
+    """A validated ``recipe_type`` (a :class:`Recipe` subclass) from a plain mapping."""
+    recipe = _from_dict(recipe_type, _check_tree(data, "recipe"))
     recipe.validate()
     return recipe
 
@@ -306,17 +278,17 @@ def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """A recipe from a YAML file; its ``name`` defaults to the file's stem."""
+def read_recipe_yaml(path: str | Path) -> dict:
+    """The mapping a recipe YAML file holds; its ``name`` defaults to the file's stem."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping of recipe keys, got {type(data).__name__}")
     data.setdefault("name", path.stem)
-    return recipe_from_dict(data)
+    return data
 
 
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
@@ -328,6 +300,8 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         if not sep or not key:
             raise RecipeError(f"--set expects key=value, got {item!r}")
         *parents, leaf = key.split(".")
+        if not all(part.strip() for part in (*parents, leaf)):
+            raise RecipeError(f"--set {key}: a key part is empty")
         node = data
         for depth, part in enumerate(parents):
             child = node.get(part, {}) if part not in node or isinstance(node[part], dict) else None
@@ -337,19 +311,6 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
             node = child
         node[leaf] = _Text(text)
     return recipe_from_dict(data, type(recipe))
-
-
-def resolve_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
-    """A registered recipe by name, or a YAML file by path, with ``overrides`` applied."""
-    _load_builtins()
-    if name_or_path in _RECIPES:
-        recipe = _RECIPES[name_or_path]()
-    elif Path(name_or_path).is_file():
-        recipe = load_recipe(name_or_path)
-    else:
-        raise RecipeError(f"unknown recipe {name_or_path!r}{_suggest(name_or_path, _RECIPES)} (not a registered "
-                          f"name nor a YAML file); registered: {', '.join(sorted(_RECIPES))}")
-    return apply_overrides(recipe, list(overrides)) if overrides else recipe
 
 
 def recipe_diff(a: Recipe, b: Recipe, prefix: str = "") -> list[str]:

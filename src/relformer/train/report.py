@@ -10,6 +10,7 @@ from typing import Sequence
 
 from torch import Tensor
 
+from ..utils import atomic_write_text
 from .logger import read_metrics
 
 __all__ = ["write_report", "line_plot", "image_grid", "fmt"]
@@ -124,5 +125,5 @@ def write_report(run_dir: str | os.PathLike, *, title: str, facts: dict[str, str
         lines += [f"### {name}", "", f"![{name}]({Path(path).relative_to(run_dir).as_posix()})", ""]
     lines += ["## Recipe", "", "```yaml", recipe_yaml.rstrip(), "```", ""]
     out = run_dir / "report.md"
-    out.write_text("\n".join(lines))
+    atomic_write_text(out, "\n".join(lines))
     return out

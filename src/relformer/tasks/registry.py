@@ -1,0 +1,100 @@
+"""The task and recipe registries, filled by the task modules beside this one.
+
+A task class is registered with ``@register_task("name")`` and names its
+:class:`~relformer.train.recipe.Recipe` subclass as ``recipe_type``; a recipe binds to it through
+its ``task`` field. A recipe is a function returning a Recipe, registered with
+``@register_recipe("name")`` (its docstring's first line is what ``relformer train --list``
+prints). The engine never looks names up: :func:`build_task` turns a recipe into the task object
+the engine is handed, and :func:`train` does both::
+
+    train(resolve_recipe("vit-fashion-mnist", ["epochs=1"]))
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..train import engine
+from ..train.recipe import Recipe, RecipeError, apply_overrides, read_recipe_yaml, recipe_from_dict, suggest
+from ..train.task import Task
+
+__all__ = ["register_task", "register_recipe", "get_task", "build_task", "list_recipes", "recipe_summary",
+           "load_recipe", "resolve_recipe", "parse_recipe", "train"]
+
+_TASKS: dict[str, type] = {}
+_RECIPES: dict[str, Callable[[], Recipe]] = {}
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    """Class decorator: register a task class (which has a ``recipe_type``) under ``name``."""
+    def deco(task_cls: type) -> type:
+        if name in _TASKS:
+            raise ValueError(f"task {name!r} is already registered")
+        if not (isinstance(getattr(task_cls, "recipe_type", None), type) and issubclass(task_cls.recipe_type, Recipe)):
+            raise TypeError(f"task {task_cls.__name__} needs a recipe_type attribute, a Recipe subclass")
+        _TASKS[name] = task_cls
+        return task_cls
+    return deco
+
+
+def register_recipe(name: str) -> Callable[[Callable[[], Recipe]], Callable[[], Recipe]]:
+    """Decorator: register a function returning a :class:`Recipe` under ``name``."""
+    def deco(fn: Callable[[], Recipe]) -> Callable[[], Recipe]:
+        if name in _RECIPES:
+            raise ValueError(f"recipe {name!r} is already registered")
+        _RECIPES[name] = fn
+        return fn
+    return deco
+
+
+def get_task(name: str) -> type:
+    """The task class registered as ``name``."""
+    if name not in _TASKS:
+        raise RecipeError(f"task: unknown task {name!r}{suggest(name, _TASKS)}; known: {', '.join(sorted(_TASKS))}")
+    return _TASKS[name]
+
+
+def build_task(recipe: Recipe) -> Task:
+    """The task object for ``recipe`` (what :func:`relformer.train.engine.train` is handed)."""
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"recipe must be a Recipe, got {type(recipe).__name__}")
+    return get_task(recipe.task)(recipe)
+
+
+def list_recipes() -> list[str]:
+    return sorted(_RECIPES)
+
+
+def recipe_summary(name: str) -> str:
+    """``name``'s docstring's first line."""
+    doc = (_RECIPES[name].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def parse_recipe(data: Any) -> Recipe:
+    """A validated recipe from a plain mapping; its type comes from ``data["task"]``."""
+    if not isinstance(data, dict) or "task" not in data:
+        raise RecipeError("missing key 'task' (the recipe's task, e.g. 'classification')")
+    return recipe_from_dict(data, get_task(str(data["task"])).recipe_type)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """A recipe from a YAML file; its ``name`` defaults to the file's stem."""
+    return parse_recipe(read_recipe_yaml(path))
+
+
+def resolve_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
+    """A registered recipe by name, or a YAML file by path, with ``overrides`` applied."""
+    if name_or_path in _RECIPES:
+        recipe = _RECIPES[name_or_path]()
+    elif Path(name_or_path).is_file():
+        recipe = load_recipe(name_or_path)
+    else:
+        raise RecipeError(f"unknown recipe {name_or_path!r}{suggest(name_or_path, _RECIPES)} (not a registered "
+                          f"name nor a YAML file); registered: {', '.join(sorted(_RECIPES))}")
+    return apply_overrides(recipe, list(overrides)) if overrides else recipe
+
+
+def train(recipe: Recipe, *, resume: bool = False) -> Path:
+    """Run (or with ``resume``, continue) ``recipe`` with its task; returns the run folder."""
+    return engine.train(build_task(recipe), resume=resume)
