@@ -17,6 +17,7 @@ from relformer.models import (DETRConfig, GPSConfig, GraphormerConfig, GTConfig,
                               SwinConfig, TextConfig, TextEncoder, ViT, ViTConfig, create_model, from_pretrained,
                               list_models, model_config, save_config, save_pretrained, shipped_weights)
 from relformer.models.text.checkpoint import minilm_l6_path
+from relformer.train.checkpoint import CheckpointDir
 
 # Graph models take a GraphBatch; their output round trip is enabled by the lead once models/graph
 # adopts PretrainedMixin / ModelOutput (move a name from here to the parametrized test). Their
@@ -230,3 +231,23 @@ def test_pretrained_errors_name_what_exists(tmp_path):
     with pytest.raises(TypeError, match="no .config of a registered config class"):
         save_pretrained(torch.nn.Linear(2, 2), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_a_run_folder_of_the_training_engine_loads_in_one_call(tmp_path):
+    """The engine's own checkpoint writer (step folders with a sha256 manifest, best/, latest) plus a
+    config.json at the run root, as the engine is to write with save_config."""
+    model = create_model("lm_micro")
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpoints = CheckpointDir(tmp_path / "run" / "checkpoints")
+    checkpoints.save(10, model, optimizer, scheduler, {"step": 10}, best=True)
+    best = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    checkpoints.save(20, model, optimizer, scheduler, {"step": 20})
+    save_config(model.config, tmp_path / "run", "lm_micro")
+    loaded = from_pretrained(tmp_path / "run")
+    assert all(torch.equal(v, best[k]) for k, v in loaded.state_dict().items())
+    latest = from_pretrained(tmp_path / "run" / "checkpoints" / "step-00000020")
+    assert torch.equal(latest.lm_head.weight, model.lm_head.weight)
+    assert latest.lm_head.weight is latest.embeddings.word.weight
