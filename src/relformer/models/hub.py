@@ -52,6 +52,10 @@ def _tuples(value: Any) -> Any:
 def config_from_dict(data: Any, classes: Mapping[str, type], source: str = CONFIG_FILE) -> Any:
     """Rebuild the config of a ``config.json`` whose ``config_class`` is one of ``classes`` (name ->
     class); an unknown class, a field the class lacks or a bad value raise ``ValueError``."""
+    if isinstance(data, dict) and "model_type" in data:
+        raise ValueError(f"{source} is a Hugging Face config (model_type={data['model_type']!r}): load a BERT / "
+                         "sentence-transformers folder with SentenceEncoder.from_pretrained, other HF models "
+                         "with relformer.interop.transformers.from_hf")
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise ValueError(f"{source} is not a relformer config (no 'config' object); was it written by save_pretrained?")
     name = data.get("config_class")
