@@ -1,7 +1,8 @@
 """One-call save / load: ``save_pretrained`` -> ``from_pretrained`` gives the same outputs (eval mode,
-exactly) for every registered variant (the hf_* peers and the graph models included); ``config.json`` holds the class, every field, the variant and
-relformer's version; training run folders load in one call (``best/``, else ``latest``); damaged or
-mismatched folders fail with errors that name the problem; ``create_model(pretrained=...)``."""
+exactly) for every registered variant (the hf_* peers and the graph models included); ``config.json``
+holds the class, every field, the variant and relformer's version; training run folders load in one
+call (``best/``, else ``latest``); damaged or mismatched folders fail with errors that name the
+problem; ``create_model(pretrained=...)``."""
 from __future__ import annotations
 
 import dataclasses
@@ -174,7 +175,8 @@ def test_damaged_or_mismatched_folders_fail_by_name(tmp_path):
     with pytest.raises(ValueError, match="ViTConfig.dim"):
         from_pretrained(tmp_path)
     _edit_config(tmp_path, lambda d: d["config"].update(dim=64, num_classes=7))  # weights of a 10-class head
-    with pytest.raises(ValueError, match=r"shape mismatch .*head.weight: \(10, 64\) in the file, \(7, 64\) in the model"):
+    mismatch = r"shape mismatch .*head.weight: \(10, 64\) in the file, \(7, 64\) in the model"
+    with pytest.raises(ValueError, match=mismatch):
         from_pretrained(tmp_path)
     _edit_config(tmp_path, lambda d: d["config"].update(num_classes=10))
     state = load_file(tmp_path / "model.safetensors")

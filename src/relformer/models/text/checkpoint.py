@@ -86,7 +86,8 @@ def _bert_rows(c: TextConfig, pooler: bool) -> dict[str, int]:
     rows = {f"embeddings.{name}_embeddings.weight": 0 for name in ("word", "position", "token_type")}
     rows.update({"embeddings.LayerNorm.weight": 0, "embeddings.LayerNorm.bias": 0})
     layer = [f"attention.self.{p}" for p in ("query", "key", "value")] + [
-        "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm"]
+        "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense", "output.dense",
+        "output.LayerNorm"]
     for i in range(c.depth):
         rows.update({f"encoder.layer.{i}.{m}.{p}": c.dim for m in layer for p in ("weight", "bias")})
     if pooler:

@@ -126,12 +126,13 @@ class SentenceEncoder(nn.Module):
         ``token_type_ids``, each ``(n, L)`` (right padding with ``pad_token_id``)."""
         encodings = self._tokenize(texts)
         L = max((len(e.ids) for e in encodings), default=0)
-        pad = self.encoder.config.pad_token_id
-        rows = [(e.ids, e.type_ids) for e in encodings]
-        return {"input_ids": torch.tensor([i + [pad] * (L - len(i)) for i, _ in rows], dtype=torch.long).reshape(-1, L),
-                "attention_mask": torch.tensor([[1] * len(i) + [0] * (L - len(i)) for i, _ in rows],
-                                               dtype=torch.long).reshape(-1, L),
-                "token_type_ids": torch.tensor([t + [0] * (L - len(t)) for _, t in rows], dtype=torch.long).reshape(-1, L)}
+
+        def padded(rows: list[list[int]], value: int) -> Tensor:
+            return torch.tensor([r + [value] * (L - len(r)) for r in rows], dtype=torch.long).reshape(-1, L)
+
+        return {"input_ids": padded([e.ids for e in encodings], self.encoder.config.pad_token_id),
+                "attention_mask": padded([[1] * len(e.ids) for e in encodings], 0),
+                "token_type_ids": padded([e.type_ids for e in encodings], 0)}
 
     def forward(self, inputs: Sequence[str] | str | dict | Packed, normalize: bool = False) -> Tensor:
         """Differentiable pooled embeddings ``(n, dim)`` for fine-tuning (Reimers & Gurevych 2019, sec. 3):
@@ -147,7 +148,8 @@ class SentenceEncoder(nn.Module):
             mask = inputs.get("attention_mask")
             mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
             types = inputs.get("token_type_ids") if self.encoder.embeddings.token_type is not None else None
-            hidden = self.encoder(ids, attention_mask=mask, token_type_ids=None if types is None else types.to(device))
+            types = None if types is None else types.to(device)
+            hidden = self.encoder(ids, attention_mask=mask, token_type_ids=types)
             emb = pool(Packed.from_padded(hidden.last_hidden_state, mask=mask), self.pooling)
         elif isinstance(inputs, Packed):
             emb = self._embed(inputs, None)
