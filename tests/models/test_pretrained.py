@@ -1,5 +1,5 @@
 """One-call save / load: ``save_pretrained`` -> ``from_pretrained`` gives the same outputs (eval mode,
-exactly) for every registered variant (the hf_* peers and the graph models included); ``config.json``
+exactly) for every registered variant (the hf_* / pyg_* peers and the graph models included); ``config.json``
 holds the class, every field, the variant and relformer's version; training run folders load in one
 call (``best/``, else ``latest``); damaged or mismatched folders fail with errors that name the
 problem; ``create_model(pretrained=...)``."""
@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import relformer
-import relformer.interop.transformers  # noqa: F401  (registers the hf_* peer variants: they round-trip too)
+import relformer.interop.pyg  # noqa: F401  (registers the pyg_* peer variants: they round-trip too)
+import relformer.interop.transformers  # noqa: F401  (and the hf_* ones)
 from relformer.models import (DETRConfig, GPSConfig, GraphormerConfig, GTConfig, PretrainedMixin, SentenceEncoder,
                               SwinConfig, TextConfig, TextEncoder, ViT, ViTConfig, create_model, from_pretrained,
                               list_models, model_config, save_config, save_pretrained, shipped_weights)
@@ -24,7 +25,9 @@ from tests.models.test_graph import random_graphs
 # The graph model classes round-trip through the functions (save_pretrained(model, dir)) already; the
 # methods (model.save_pretrained, GPS.from_pretrained) come when models/graph adopts PretrainedMixin.
 # Then empty this set and add the graph micro variants to MICRO.
-AWAITING_ADOPTION = {"gps_micro", "gps_zinc", "graphormer_micro", "graphormer_zinc", "gt_micro", "gt_zinc"}
+AWAITING_ADOPTION = {"gps_micro", "gps_zinc", "graphormer_micro", "graphormer_zinc", "gt_micro", "gt_zinc",
+                     "pyg_gps_micro", "pyg_gps_zinc"}
+PEERS = ("hf_", "pyg_")  # other libraries' modules behind relformer configs (interop/)
 SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion"}  # 5-10 s on one core (build, write, read, forward)
 MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro"]
 
@@ -87,8 +90,8 @@ def test_save_load_round_trip_gives_equal_outputs(name, tmp_path):
 
 
 def test_every_relformer_model_class_has_the_methods(tmp_path):
-    own = {type(model_config(n)) for n in set(list_models()) - AWAITING_ADOPTION if not n.startswith("hf_")}
-    assert own == {type(model_config(n)) for n in MICRO}  # the peers (hf_*) are HF modules in a wrapper
+    own = {type(model_config(n)) for n in set(list_models()) - AWAITING_ADOPTION if not n.startswith(PEERS)}
+    assert own == {type(model_config(n)) for n in MICRO}
     for name in MICRO:
         assert isinstance(create_model(name), PretrainedMixin), name
     model = create_model("vit_micro", num_classes=3)
