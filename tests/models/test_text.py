@@ -233,8 +233,8 @@ def test_sentence_encoder_matches_one_text_at_a_time(pooling):
 
 def test_sentence_encoder_contract():
     enc = _sentence_encoder()
-    torch.testing.assert_close(enc.encode(["", "   "])[0], enc.encode("")[0])  # both [CLS] [SEP]
-    assert enc.encode("a dog").shape == (1, 64)
+    torch.testing.assert_close(enc.encode(["", "   "])[0], enc.encode(""))  # both [CLS] [SEP]
+    assert enc.encode("a dog").shape == (64,)  # one str -> (dim,), as sentence-transformers
     assert enc.encode([]).shape == (0, 64)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -57,4 +57,4 @@ def test_encode_gives_unit_rows_or_a_clear_error(encoder, texts, batch_size):
         assert torch.isfinite(out).all()
         torch.testing.assert_close(out.norm(dim=-1), torch.ones(len(texts)), rtol=0, atol=1e-5)
         for i in range(min(len(texts), 2)):  # order kept: a row is its text encoded alone
-            torch.testing.assert_close(out[i], encoder.encode(texts[i])[0], rtol=0, atol=1e-5)
+            torch.testing.assert_close(out[i], encoder.encode([texts[i]])[0], rtol=0, atol=1e-5)

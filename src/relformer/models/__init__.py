@@ -1,6 +1,10 @@
-"""Model families built on relformer's one attention primitive, and the variant registry."""
-from . import detection, graph, text, vision
-from .registry import build_model, builds, create_model, list_models, model_config, register_model
+"""Model families built on relformer's one attention primitive, the variant registry and the
+one-call save / load (``save_pretrained`` / ``from_pretrained``, :mod:`.hub`)."""
+from . import detection, graph, hub, outputs, text, vision
+from .hub import save_config
+from .outputs import ModelOutput, classification_loss
+from .registry import (PretrainedMixin, build_model, builds, config_classes, create_model, from_pretrained, list_models,
+                       model_config, register_model, register_weights, save_pretrained, shipped_weights)
 from .graph import (GPS, GPSConfig, GPSLayer, GraphBatch, GraphLayout, GraphOutput, Graphormer,
                     GraphormerConfig, GraphTransformer, GraphTransformerLayer, GTConfig)
 from .detection import DETR, DETRConfig, DetectionOutput
@@ -8,6 +12,8 @@ from .text import CausalLM, KVCache, SentenceEncoder, TextConfig, TextEncoder, T
 from .vision import Swin, SwinConfig, ViT, ViTConfig, VisionOutput
 
 __all__ = ["list_models", "create_model", "model_config", "build_model", "register_model", "builds",
+           "from_pretrained", "save_pretrained", "save_config", "PretrainedMixin", "register_weights",
+           "shipped_weights", "config_classes", "hub", "outputs", "ModelOutput", "classification_loss",
            "detection", "DETR", "DETRConfig", "DetectionOutput",
            "graph", "GraphBatch", "GraphOutput", "GraphLayout", "GPS", "GPSConfig", "GPSLayer", "GraphTransformer",
            "GraphTransformerLayer", "GTConfig", "Graphormer", "GraphormerConfig",

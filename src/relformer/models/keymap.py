@@ -3,7 +3,7 @@ checkpoint) -> relformer's, as regex renames plus fused attention projections (s
 -> ``qkv``, cross-attention k / v -> ``kv``). Used by the checkpoint readers of the families
 (:mod:`relformer.models.text.checkpoint`) and by :mod:`relformer.interop.transformers`.
 
-A :class:`KeyMap` is data; :func:`convert_state` applies it, :func:`load_into` inverts it."""
+A :class:`KeyMap` is data; :func:`convert_state` applies it, :func:`export_state` / :func:`load_into` invert it."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["KeyMap", "convert_state", "load_into", "plan", "QKV", "IGNORED"]
+__all__ = ["KeyMap", "convert_state", "export_state", "load_into", "plan", "QKV", "IGNORED"]
 
 # (module prefix, "q" / "k" / "v" as the first letter of group 2, parameter)
 QKV = re.compile(r"(.*)attention\.([qkv])_proj\.(\w+)$")
@@ -70,15 +70,22 @@ def convert_state(state: dict[str, Tensor], keymap: KeyMap) -> dict[str, Tensor]
             for k, src in plan(state, keymap).items()}
 
 
-def load_into(model: nn.Module, state: dict[str, Tensor], keymap: KeyMap) -> None:
-    """The inverse of :func:`convert_state`: relformer weights ``state`` into the source-layout ``model``."""
-    source = model.state_dict()
+def export_state(state: dict[str, Tensor], source_rows: dict[str, int], keymap: KeyMap) -> dict[str, Tensor]:
+    """The inverse of :func:`convert_state`: relformer weights ``state`` -> the source layout whose keys
+    are ``source_rows`` (key -> its tensor's first dimension, which splits a fused ``qkv`` / ``kv``)."""
     new: dict[str, Tensor] = {}
-    for key, source_keys in plan(source, keymap).items():
+    for key, source_keys in plan(source_rows, keymap).items():
         if len(source_keys) == 1:  # a rename (0-d buffers such as num_batches_tracked included)
             new[source_keys[0]] = state[key]
         else:
-            new.update(zip(source_keys, state[key].split([source[s].shape[0] for s in source_keys])))
+            new.update(zip(source_keys, state[key].split([source_rows[s] for s in source_keys])))
+    return new
+
+
+def load_into(model: nn.Module, state: dict[str, Tensor], keymap: KeyMap) -> None:
+    """The inverse of :func:`convert_state`: relformer weights ``state`` into the source-layout ``model``."""
+    source = model.state_dict()
+    new = export_state(state, {k: v.shape[0] if v.dim() else 0 for k, v in source.items()}, keymap)
     missing = set(source) - set(new)
     if missing:
         raise RuntimeError(f"relformer weights do not cover weights {sorted(missing)}")

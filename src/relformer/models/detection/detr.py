@@ -32,14 +32,15 @@ from torch import Tensor, nn
 from ...nn import MLP, Decoder, Encoder, Linear
 from ...relations import BoxRelationBias, Documents
 from ..checks import check_rate
-from ..registry import builds, register_model
+from ..outputs import ModelOutput
+from ..registry import PretrainedMixin, builds, register_model
 from .backbone import ResNetBackbone, sine_positions
 
 __all__ = ["DETRConfig", "DETR", "DetectionOutput", "BoxHead"]
 
 
 @dataclass
-class DetectionOutput:
+class DetectionOutput(ModelOutput):
     """``logits (B, Q, num_classes + 1)`` (last class: no object); ``pred_boxes (B, Q, 4)`` (cx, cy, w,
     h) in ``[0, 1]``; ``aux_outputs``: ``{"logits", "pred_boxes"}`` of every decoder layer but the
     last (empty without auxiliary losses); ``last_hidden_state (B, Q, C)``: the decoder output after
@@ -130,7 +131,7 @@ class BoxHead(nn.Module):
 
 
 @builds(DETRConfig)
-class DETR(nn.Module):
+class DETR(PretrainedMixin, nn.Module):
     """DETR / Relation-DETR / Group DETR (see the module docstring).
     ``forward(images (B, C, H, W), pixel_mask (B, H, W) | None) -> DetectionOutput``."""
 

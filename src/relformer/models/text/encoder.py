@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ...attention import Relation
 from ...data import Packed, Rows
 from ...nn import Linear
+from ..registry import PretrainedMixin
 from .config import TextConfig, TextEmbeddings, TextOutput, check_ids, init_weights, layer_stack, relative_bias
 
 __all__ = ["TextEncoder", "TextLayout"]
@@ -34,7 +35,7 @@ class TextLayout:
     positions: Tensor | None
 
 
-class TextEncoder(nn.Module):
+class TextEncoder(PretrainedMixin, nn.Module):
     """BERT-style encoder: ``input_ids -> TextOutput``, called like HF ``BertModel``.
 
     ``forward(input_ids, attention_mask=None, token_type_ids=None, output_hidden_states=False,

@@ -16,6 +16,7 @@ from ...data import Packed
 from .checkpoint import load_bert_folder, max_length, pooling_mode
 from .config import POOLINGS, evaluating
 from .encoder import TextEncoder
+from .export import save_sentence_folder
 
 __all__ = ["SentenceEncoder", "pool"]
 
@@ -53,7 +54,8 @@ class SentenceEncoder(nn.Module):
 
     ``SentenceEncoder.from_pretrained(folder)`` reads a Hugging Face / sentence-transformers
     folder: ``config.json`` (BERT), ``model.safetensors``, ``tokenizer.json`` and the pooling of
-    ``1_Pooling/config.json``. ``encode(texts) -> (n, dim)`` fp32.
+    ``1_Pooling/config.json``; :meth:`save_pretrained` writes one. ``encode(texts) -> (n, dim)`` fp32
+    (sentence-transformers' keywords accepted); ``forward(texts)`` the differentiable embeddings.
 
     Args:
         encoder: the :class:`TextEncoder`. tokenizer: a ``tokenizers.Tokenizer`` that adds the
@@ -90,7 +92,7 @@ class SentenceEncoder(nn.Module):
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         model = cls(encoder, tokenizer, pooling_mode(folder), max_length(folder, encoder.config))
         model.path = str(folder.resolve())
-        return model
+        return model.eval()  # as HF's from_pretrained; call .train() to fine-tune
 
     def _tokenize(self, texts) -> list:
         if isinstance(texts, str):
@@ -106,10 +108,65 @@ class SentenceEncoder(nn.Module):
                           "tokens and were truncated", stacklevel=3)
         return encodings
 
-    def encode(self, texts: Sequence[str] | str, batch_size: int = 64, normalize: bool = True,
-               show_progress: bool = False) -> Tensor:
-        """Embed ``texts`` -> ``(n, dim)`` fp32 on the model's device, in input order (one str -> ``(1, dim)``).
+    def _features(self, encodings: list, device) -> tuple[Packed, Tensor | None]:
+        """Tokenizer encodings -> packed ids ``(N,)`` and token types ``(N,)`` (None without a type table)."""
+        ids = torch.tensor([t for e in encodings for t in e.ids], device=device, dtype=torch.long)
+        offsets = torch.tensor([0, *accumulate(len(e.ids) for e in encodings)], device=device)
+        types = None
+        if self.encoder.embeddings.token_type is not None:
+            types = torch.tensor([t for e in encodings for t in e.type_ids], device=device, dtype=torch.long)
+        return Packed(ids, offsets), types
 
+    def _embed(self, packed: Packed, types: Tensor | None) -> Tensor:
+        """Pooled embeddings ``(n, dim)`` of a packed batch, in the encoder's dtype."""
+        return pool(self.encoder(packed, token_type_ids=types).last_hidden_state, self.pooling)
+
+    def tokenize(self, texts: Sequence[str] | str) -> dict[str, Tensor]:
+        """Padded features as sentence-transformers' ``tokenize``: ``input_ids``, ``attention_mask``,
+        ``token_type_ids``, each ``(n, L)`` (right padding with ``pad_token_id``)."""
+        encodings = self._tokenize(texts)
+        L = max((len(e.ids) for e in encodings), default=0)
+
+        def padded(rows: list[list[int]], value: int) -> Tensor:
+            return torch.tensor([r + [value] * (L - len(r)) for r in rows], dtype=torch.long).reshape(-1, L)
+
+        return {"input_ids": padded([e.ids for e in encodings], self.encoder.config.pad_token_id),
+                "attention_mask": padded([[1] * len(e.ids) for e in encodings], 0),
+                "token_type_ids": padded([e.type_ids for e in encodings], 0)}
+
+    def forward(self, inputs: Sequence[str] | str | dict | Packed, normalize: bool = False) -> Tensor:
+        """Differentiable pooled embeddings ``(n, dim)`` for fine-tuning (Reimers & Gurevych 2019, sec. 3):
+        ``inputs`` are texts, :meth:`tokenize`'s padded features (``input_ids``, ``attention_mask``,
+        optional ``token_type_ids``) or a Packed batch of ids. Runs in the module's mode, with grad."""
+        device = next(self.encoder.parameters()).device
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+            if "input_ids" not in inputs or unknown:
+                raise ValueError(f"features need 'input_ids' (and may have attention_mask, token_type_ids); "
+                                 f"got keys {sorted(inputs)}")
+            ids = inputs["input_ids"].to(device)
+            mask = inputs.get("attention_mask")
+            mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
+            types = inputs.get("token_type_ids") if self.encoder.embeddings.token_type is not None else None
+            types = None if types is None else types.to(device)
+            hidden = self.encoder(ids, attention_mask=mask, token_type_ids=types)
+            emb = pool(Packed.from_padded(hidden.last_hidden_state, mask=mask), self.pooling)
+        elif isinstance(inputs, Packed):
+            emb = self._embed(inputs, None)
+        else:
+            emb = self._embed(*self._features(self._tokenize(inputs), device))
+        return F.normalize(emb, dim=-1) if normalize else emb
+
+    def encode(self, texts: Sequence[str] | str, batch_size: int = 64, normalize: bool = True,
+               show_progress: bool = False, *, normalize_embeddings: bool | None = None,
+               convert_to_tensor: bool = False, convert_to_numpy: bool = False,
+               show_progress_bar: bool | None = None):
+        """Embed ``texts`` -> ``(n, dim)`` fp32 on the model's device, in input order; one str -> ``(dim,)``
+        (sentence-transformers' shapes).
+
+        sentence-transformers' keywords are aliases: ``normalize_embeddings`` of ``normalize``,
+        ``show_progress_bar`` of ``show_progress``; ``convert_to_numpy=True`` returns a numpy array
+        (``convert_to_tensor=True``, the default here, a tensor; it wins when both are set).
         Texts are sorted by length and encoded ``batch_size`` at a time, packed (no padding). Texts
         longer than ``max_length`` tokens are truncated (one warning says how many). An empty or
         whitespace-only text is ``[CLS] [SEP]`` and gets that embedding; ``[]`` gives ``(0, dim)``.
@@ -118,24 +175,25 @@ class SentenceEncoder(nn.Module):
         """
         if not (isinstance(batch_size, int) and batch_size > 0):
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        normalize = normalize if normalize_embeddings is None else normalize_embeddings
+        show_progress = show_progress if show_progress_bar is None else show_progress_bar
         encodings = self._tokenize(texts)
         device = next(self.encoder.parameters()).device
         out = torch.zeros(len(encodings), self.dim, device=device)
         order = sorted(range(len(encodings)), key=lambda i: -len(encodings[i].ids))
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         if show_progress:
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # imported on use: it is slow to import
 
             batches = tqdm(batches, desc="encode", unit="batch")
         with evaluating(self):
             for batch in batches:
-                ids = torch.tensor([t for i in batch for t in encodings[i].ids], device=device)  # (N,)
-                types = torch.tensor([t for i in batch for t in encodings[i].type_ids], device=device)
-                offsets = torch.tensor([0, *accumulate(len(encodings[i].ids) for i in batch)], device=device)
-                if self.encoder.embeddings.token_type is None:
-                    types = None
-                hidden = self.encoder(Packed(ids, offsets), token_type_ids=types).last_hidden_state
-                emb = pool(hidden, self.pooling).float()
+                emb = self._embed(*self._features([encodings[i] for i in batch], device)).float()
                 out[torch.tensor(batch, device=device)] = F.normalize(emb, dim=-1) if normalize else emb
-        return out
+        out = out[0] if isinstance(texts, str) else out
+        return out.cpu().numpy() if convert_to_numpy and not convert_to_tensor else out
 
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write a Hugging Face / sentence-transformers folder that :meth:`from_pretrained` and HF
+        ``AutoModel`` read (see :func:`~relformer.models.text.export.save_sentence_folder`)."""
+        return save_sentence_folder(self, folder)

@@ -7,20 +7,29 @@ import torch
 from torch import Tensor, nn
 
 from ...nn import Attention
+from ..outputs import ModelOutput, classification_loss
+from ..registry import PretrainedMixin
 
 __all__ = ["VisionOutput", "pair", "prepare_pixels", "init_weights", "Classifier"]
 
 
 @dataclass
-class VisionOutput:
-    """``last_hidden_state (B, L, C)`` after the final norm; ``pooler_output (B, C')``; ``logits
-    (B, num_classes)`` or None without a head; ``hidden_states``: the embeddings and every
-    layer's (ViT) / stage's (Swin) output, when asked for."""
+class VisionOutput(ModelOutput):
+    """``loss``: the classification loss when ``labels`` were given (first, as in HF's
+    ``ImageClassifierOutput``); ``last_hidden_state (B, L, C)`` after the final norm;
+    ``pooler_output (B, C')``; ``logits (B, num_classes)`` or None without a head;
+    ``hidden_states``: the embeddings and every layer's (ViT) / stage's (Swin) output, when asked for."""
 
     last_hidden_state: Tensor
     pooler_output: Tensor | None = None
     logits: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
+    loss: Tensor | None = None
+
+    def keys(self) -> list[str]:
+        """``loss`` first when set (HF's order), then the other fields that are set."""
+        keys = super().keys()
+        return ["loss", *keys[:-1]] if self.loss is not None else keys
 
 
 def pair(x) -> tuple[int, int]:
@@ -51,13 +60,16 @@ def init_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-class Classifier(nn.Module):
-    """Shared tail: optional ``head`` on the pooled features; attention capture for the maps."""
+class Classifier(PretrainedMixin, nn.Module):
+    """Shared tail: optional ``head`` on the pooled features, the output with HF's ``labels -> loss``
+    rule (:func:`~relformer.models.outputs.classification_loss`); attention capture for the maps."""
 
     head: nn.Module | None
 
-    def _head(self, features: Tensor) -> Tensor | None:
-        return self.head(features) if self.head is not None else None
+    def _output(self, x: Tensor, pooled: Tensor, features: Tensor, hidden, labels: Tensor | None) -> VisionOutput:
+        logits = self.head(features) if self.head is not None else None
+        loss = classification_loss(logits, labels) if labels is not None else None
+        return VisionOutput(x, pooled, logits, hidden, loss)
 
     @torch.no_grad()
     def _capture(self, attn: Attention, pixel_values: Tensor) -> Tensor:

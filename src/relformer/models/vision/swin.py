@@ -305,7 +305,9 @@ class Swin(Classifier):
             x = x + self.pos_embed
         return self.pos_drop(x), grid
 
-    def forward(self, pixel_values: Tensor, output_hidden_states: bool = False) -> VisionOutput:
+    def forward(self, pixel_values: Tensor, output_hidden_states: bool = False,
+                labels: Tensor | None = None) -> VisionOutput:
+        """``labels (B,)`` class ids (or float targets, see ``classification_loss``) add ``.loss``."""
         x, grid = self.embed(pixel_values)
         hidden = [x]
         for stage in self.stages:
@@ -313,7 +315,7 @@ class Swin(Classifier):
             hidden.append(x)
         x = self.norm(x)
         pooled = x.mean(1)
-        return VisionOutput(x, pooled, self._head(pooled), tuple(hidden) if output_hidden_states else None)
+        return self._output(x, pooled, pooled, tuple(hidden) if output_hidden_states else None, labels)
 
     @torch.no_grad()
     def attention_maps(self, pixel_values: Tensor) -> Tensor:

@@ -164,7 +164,9 @@ class ViT(Classifier):
             x = x + self._position_embeddings(grid)
         return x, grid
 
-    def forward(self, pixel_values: Tensor, output_hidden_states: bool = False) -> VisionOutput:
+    def forward(self, pixel_values: Tensor, output_hidden_states: bool = False,
+                labels: Tensor | None = None) -> VisionOutput:
+        """``labels (B,)`` class ids (or float targets, see ``classification_loss``) add ``.loss``."""
         x, grid = self.embed(pixel_values)
         if self.rel_bias is not None and grid != self.config.grid_size:
             raise ValueError(f"this ViT has a relative position bias for a {self.config.grid_size} patch grid; "
@@ -174,7 +176,7 @@ class ViT(Classifier):
         x, hidden = out if output_hidden_states else (out, None)
         features = x[:, 0] if self.config.pool == "cls" else x.mean(1)
         pooled = torch.tanh(self.pooler(x[:, 0])) if self.pooler is not None else features
-        return VisionOutput(x, pooled, self._head(features), hidden)
+        return self._output(x, pooled, features, hidden, labels)
 
     def attention_maps(self, pixel_values: Tensor) -> Tensor:
         """Where the last layer looks, ``(B, Gh, Gw)``: the class token's attention to the patches
