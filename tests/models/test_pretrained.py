@@ -22,14 +22,10 @@ from relformer.models.text.checkpoint import minilm_l6_path
 from relformer.train.checkpoint import CheckpointDir
 from tests.models.test_graph import random_graphs
 
-# The graph model classes round-trip through the functions (save_pretrained(model, dir)) already; the
-# methods (model.save_pretrained, GPS.from_pretrained) come when models/graph adopts PretrainedMixin.
-# Then empty this set and add the graph micro variants to MICRO.
-AWAITING_ADOPTION = {"gps_micro", "gps_zinc", "graphormer_micro", "graphormer_zinc", "gt_micro", "gt_zinc",
-                     "pyg_gps_micro", "pyg_gps_zinc"}
 PEERS = ("hf_", "pyg_")  # other libraries' modules behind relformer configs (interop/)
 SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion"}  # 5-10 s on one core (build, write, read, forward)
-MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro"]
+MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro", "gps_micro", "gt_micro",
+         "graphormer_micro"]
 
 
 def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
@@ -65,11 +61,6 @@ def _tensors(out) -> list[torch.Tensor]:
     return []
 
 
-def test_awaiting_adoption_is_exactly_the_graph_variants():
-    graph = {n for n in list_models() if isinstance(model_config(n), (GPSConfig, GTConfig, GraphormerConfig))}
-    assert graph == AWAITING_ADOPTION
-
-
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in list_models()])
 def test_save_load_round_trip_gives_equal_outputs(name, tmp_path):
     torch.manual_seed(0)
@@ -90,7 +81,7 @@ def test_save_load_round_trip_gives_equal_outputs(name, tmp_path):
 
 
 def test_every_relformer_model_class_has_the_methods(tmp_path):
-    own = {type(model_config(n)) for n in set(list_models()) - AWAITING_ADOPTION if not n.startswith(PEERS)}
+    own = {type(model_config(n)) for n in set(list_models()) if not n.startswith(PEERS)}
     assert own == {type(model_config(n)) for n in MICRO}
     for name in MICRO:
         assert isinstance(create_model(name), PretrainedMixin), name

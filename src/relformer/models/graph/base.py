@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from ...data.graph import GraphBatch
 from ...nn import MLP, Linear, laplacian_eigenvectors, random_sign_flip, random_walk_encoding
+from ..outputs import ModelOutput
+from ..registry import PretrainedMixin
 from .layers import NORM_LAYERS, FeatureEncoder
 from .layout import ROW_LEN
 
@@ -25,7 +27,7 @@ MICRO = dict(node_types=16, edge_types=4, dim=32, depth=2, num_heads=4)
 
 
 @dataclass
-class GraphOutput:
+class GraphOutput(ModelOutput):
     """``last_hidden_state (N, C)``: the packed node states after the last layer; ``pooler_output
     (G, C)``: one vector per graph (sum / mean pooling, or Graphormer's graph token); ``logits (G,
     num_outputs)``: the head's output (regression values or class scores)."""
@@ -114,7 +116,7 @@ def _pool(x: Tensor, graph: GraphBatch, mode: str) -> Tensor:
     return out / graph.sizes.clamp_min(1).unsqueeze(1).to(x.dtype) if mode == "mean" else out
 
 
-class _GraphModel(nn.Module):
+class _GraphModel(PretrainedMixin, nn.Module):
     """Shared input encoders (nodes, edges, LapPE, RWSE) and the prediction head."""
 
     def __init__(self, config: _GraphConfig, edge_width: int | None = None) -> None:
