@@ -1,6 +1,8 @@
 """The relformer command: explain, and the attention benchmark end to end at a tiny size."""
 import json
 
+import pytest
+
 from relformer.cli import main
 
 
@@ -11,6 +13,7 @@ def test_explain_prints_choice_and_reason(capsys):
     assert capsys.readouterr().out.startswith("chunked:")
 
 
+@pytest.mark.slow
 def test_bench_attention_runs_and_writes_report(tmp_path, capsys):
     out = tmp_path / "attention.md"
     main(["bench", "attention", "--lengths", "128", "--reps", "1", "--memory-lengths", "128",

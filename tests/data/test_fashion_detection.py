@@ -47,6 +47,7 @@ def _same(a: dict, b: dict, tol: float = 0.0) -> bool:
     return a.keys() == b.keys() and all((math.isnan(a[k]) and math.isnan(b[k])) or abs(a[k] - b[k]) <= tol for k in a)
 
 
+@pytest.mark.slow
 def test_same_arguments_give_identical_files_and_other_seeds_do_not(built, tmp_path):
     _, first = built
     second = build_fashion_detection(tmp_path, sizes=SIZES, max_occlusion=OCCLUSION)

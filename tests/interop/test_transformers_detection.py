@@ -69,6 +69,7 @@ def targets(num_labels: int, seed: int = 2):
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 @pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.slow
 def test_detr_outputs_match(name, attn):
     hf = hf_detr(name, attn)
     ours = from_hf(hf)

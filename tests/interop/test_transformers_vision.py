@@ -86,6 +86,7 @@ def test_vit_without_pooler():
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("kwargs", SWIN_CONFIGS)
+@pytest.mark.slow
 def test_swin_equals_hf(kwargs, attn):
     config = transformers.SwinConfig(num_labels=5, **kwargs)
     x = torch.randn(2, config.num_channels, config.image_size, config.image_size)

@@ -36,6 +36,7 @@ def _by_hand(model: DETR, images: torch.Tensor, mask: torch.Tensor):
 
 
 @pytest.mark.parametrize("options", [{}, dict(box_relation=True), dict(num_groups=2), dict(aux_loss=False)])
+@pytest.mark.slow
 def test_detr_equals_its_layers_called_by_hand(options):
     torch.manual_seed(0)
     model = create_model("detr_micro", dropout=0.0, **options).train()

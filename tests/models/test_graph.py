@@ -56,6 +56,7 @@ def test_registry_covers_the_graph_variants():
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.slow
 def test_every_graph_variant_runs_trains_and_round_trips(name, tmp_path):
     config = model_config(name, **SMALL[name])
     batch = random_graphs(seed=1)
@@ -291,6 +292,7 @@ def _assert_same(got, ref, what):
 
 
 @pytest.mark.parametrize("edge_features", [True, False])
+@pytest.mark.slow
 def test_graph_transformer_sparse_and_dense_attention_agree(edge_features):
     batch = random_graphs(seed=2)
     ref = _run("gt_micro", batch, edge_features=edge_features)  # sparse edge softmax

@@ -38,6 +38,7 @@ def test_registry_covers_the_text_variants():
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.slow
 def test_every_text_variant_runs_trains_and_round_trips(name, tmp_path):
     config = model_config(name, **SMALL[name])
     if config.causal:

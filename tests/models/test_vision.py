@@ -39,6 +39,7 @@ def test_unknown_names_and_options_are_rejected():
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.slow
 def test_every_variant_runs_trains_and_round_trips(name, tmp_path):
     config = model_config(name, **SMALL[name])
     x = _pixels(config)
@@ -197,6 +198,7 @@ def test_model_classes_are_the_builders():
 
 
 @pytest.mark.parametrize("name", ["swin_micro", "vit_micro"])
+@pytest.mark.slow
 def test_inference_mode_first_then_training(name):
     """Layouts cached during a first call under inference_mode must still work with autograd."""
     model = create_model(name).eval()

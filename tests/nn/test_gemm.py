@@ -45,6 +45,7 @@ def _big(*lead, k=96):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("layout", ["2d", "3d", "4d", "transposed", "long"])
 @pytest.mark.parametrize("k, n", [(96, 96), (96, 288), (384, 96)])  # weight grad: torch.mm, oneDNN both ways
+@pytest.mark.slow
 def test_forward_backward_equal_f_linear(calls, bias, layout, k, n):
     x = {"2d": lambda: _big(2048, k=k), "3d": lambda: _big(4, 512, k=k), "4d": lambda: _big(2, 4, 256, k=k),
          "transposed": lambda: _big(512, 4, k=k).transpose(0, 1),  # non-contiguous (4, 512, k)

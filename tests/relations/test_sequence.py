@@ -45,6 +45,7 @@ SHAPES = [  # (B, Lq, Lk, Hkv): Lq != Lk, one token, batch 1, grouped-query
 
 @pytest.mark.parametrize("name", list(RELATIONS))
 @pytest.mark.parametrize("B,Lq,Lk,Hkv", SHAPES)
+@pytest.mark.slow
 def test_backends_agree(name, B, Lq, Lk, Hkv):
     if name == "documents" or name == "documents&relative":
         make = lambda: Documents(_segments(B, Lq, 3, 1), _segments(B, Lk, 3, 2)) if name == "documents" else (

@@ -32,6 +32,7 @@ def _run(tmp_path, name: str, epochs: int, *extra: str) -> list[dict]:
     return list(csv.DictReader(open(tmp_path / name / "metrics.csv")))
 
 
+@pytest.mark.slow
 def test_short_detr_run_learns_and_reports(tmp_path):
     rows = _run(tmp_path, "detr-fashion", 3)
     evals = [r for r in rows if r["kind"] == "eval"]
@@ -49,6 +50,7 @@ def test_short_detr_run_learns_and_reports(tmp_path):
 
 @pytest.mark.parametrize("name, options", [("group-detr-fashion", "model.options.num_groups=3"),
                                            ("relation-detr-fashion", "model.options.box_relation=true")])
+@pytest.mark.slow
 def test_group_and_relation_detr_train_through_the_task(tmp_path, name, options):
     rows = _run(tmp_path, name, 1, options)
     losses = [float(r["train_loss"]) for r in rows if r["kind"] == "train"]

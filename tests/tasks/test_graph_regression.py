@@ -17,6 +17,7 @@ def test_zinc_recipes_validate_and_build(name):
     assert recipe.model.build() is not None
 
 
+@pytest.mark.slow
 def test_short_gps_run_learns_and_reports(tmp_path):
     overrides = [f"data.root={tmp_path / 'cache'}", "data.limit=[256, 64, 64]", "model.options.depth=2",
                  "epochs=3", "batch_size=32", "optim.lr=3e-3", f"out_dir={tmp_path / 'run'}", "checkpoint_every=0"]

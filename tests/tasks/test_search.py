@@ -27,6 +27,7 @@ class BagOfLetters:
         return torch.nn.functional.normalize(out, dim=-1)
 
 
+@pytest.mark.slow
 def test_stdlib_corpus_is_real_and_clean(tmp_path):
     pkg = tmp_path / "lib" / "pkg"
     pkg.mkdir(parents=True)

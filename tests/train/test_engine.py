@@ -70,6 +70,7 @@ def test_augmentation_is_a_function_of_the_generator():
     assert len({step_seed(0, s, r) for s in range(100) for r in range(4)}) == 400
 
 
+@pytest.mark.slow
 def test_smoke_on_fashion_mnist_writes_the_whole_run(tmp_path):
     sets = [*TINY_VIT, "data.train_subset=1000", "data.eval_subset=257", "eval_batch_size=64", "epochs=2",
             "batch_size=100", "log_every=3", "checkpoint_every=4", f"out_dir={tmp_path}"]

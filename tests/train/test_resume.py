@@ -42,6 +42,7 @@ def reference(tmp_path_factory):
     return out / "run"
 
 
+@pytest.mark.slow
 def test_kill_mid_epoch_then_resume_equals_the_uninterrupted_run(reference, tmp_path):
     out = tmp_path / "run"
     args = [*tiny(out, *RANDOM), "--deterministic", "vit-fashion-mnist"]
@@ -75,6 +76,7 @@ def test_resume_refuses_a_changed_recipe_or_a_missing_checkpoint(reference, tmp_
         train(resolve_recipe("vit-fashion-mnist", tiny(tmp_path)[1::2]), resume=True)
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(tmp_path):
     """Two runs in one process (different global RNG state in between) agree bit for bit; another seed does not."""
     def run(name, seed):
@@ -87,6 +89,7 @@ def test_same_seed_same_weights(tmp_path):
     assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_ddp_on_two_processes_equals_one_process(tmp_path):
     """torchrun --nproc_per_node=2 (gloo, 16 images per rank) vs 1 process (32), dropout 0, no augmentation:
     the same global batches, so the weights after 32 steps agree to 1e-5 (only the order in which
