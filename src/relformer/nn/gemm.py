@@ -258,8 +258,9 @@ def _onednn_ops(in_features: int, out_features: int) -> tuple[bool, bool, bool]:
 
 def _eligible(x: Tensor, w: Tensor) -> bool:
     """A product oneDNN may take: large fp32 on CPU, outside autocast and compile."""
-    return (_kernel != "torch" and _ONEDNN_BUILT and x.device.type == "cpu" and x.dtype == torch.float32
-            and w.dtype == torch.float32 and x.numel() * w.shape[0] >= MIN_MACS and torch.backends.mkldnn.enabled
+    return (_kernel != "torch" and x.numel() * w.shape[0] >= MIN_MACS and _ONEDNN_BUILT  # cheapest first
+            and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+            and torch.backends.mkldnn.enabled
             and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling())
 
 
