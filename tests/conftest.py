@@ -6,6 +6,16 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--fuzz", action="store_true",
+                     help="release-check depth for every fuzz suite (25x the examples; same as RELFORMER_FUZZ=deep)")
+
+
+def pytest_configure(config):
+    if config.getoption("--fuzz"):
+        os.environ["RELFORMER_FUZZ"] = "deep"  # read by tests/fuzz.py when the suites are collected
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -3,11 +3,9 @@
 ``RELFORMER_FUZZ=deep`` selects the release-check depth (2,000 examples per property, Flex over
 every relation); the default keeps the file within about a minute on one core.
 """
-import os
-
 from hypothesis import HealthCheck, settings
 
-FUZZ_DEEP = os.environ.get("RELFORMER_FUZZ", "").lower() == "deep"
+from tests.fuzz import DEEP as FUZZ_DEEP  # one switch for every fuzz suite: RELFORMER_FUZZ=deep
 
 _common = dict(deadline=None, derandomize=not FUZZ_DEEP, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large])
