@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..utils import atomic_write_text
 from .callbacks import Callback, run_callbacks
 from .checkpoint import CheckpointDir, CheckpointError, load_weights, read_checkpoint, read_state
-from .distributed import Dist, barrier, init_distributed, shutdown
+from .distributed import Dist, all_reduce_sum, barrier, init_distributed, shutdown
 from .logger import RunLogger, progress_bar
 from .loop import (RUN_ENTRIES, Sums, WarmupCosine, configure_determinism, epoch_batches, eval_batches, move_to,
                    param_groups, prepare_folder, step_seed)
@@ -350,6 +350,7 @@ class Engine:
         self._early_stopping(metrics)
         self._save(best=better)
         run_callbacks(self.callbacks, "on_epoch_end", self, row)
+        self._callback_stop()  # asked in on_epoch_end: this checkpoint does not record it
 
     def _early_stopping(self, metrics: dict[str, float]) -> None:
         """Count the evaluations without improvement; stop after ``patience`` of them (or on request)."""
@@ -364,11 +365,18 @@ class Engine:
             p.early_stop_best, p.stale_evals = value, 0
         else:
             p.stale_evals += 1
-        if (e.patience and p.stale_evals >= e.patience) or self._stop_requested:
+        if e.patience and p.stale_evals >= e.patience:
             p.stopped = True
-            self.logger.message(f"stopping after epoch {p.epoch}: " + (
-                "a callback asked to" if self._stop_requested else
-                f"{metric} has not improved for {p.stale_evals} evaluations"))
+            self.logger.message(f"stopping after epoch {p.epoch}: {metric} has not improved for {p.stale_evals} "
+                                "evaluations")
+        self._callback_stop()
+
+    def _callback_stop(self) -> None:
+        """Stop if a callback asked to (on the main process: every process learns it)."""
+        asked = torch.tensor(float(self._stop_requested), device=self.device)
+        if all_reduce_sum({"stop": asked})["stop"].item() > 0 and not self.progress.stopped:
+            self.progress.stopped = True
+            self.logger.message(f"stopping after epoch {self.progress.epoch}: a callback asked to")
 
     def _save(self, best: bool) -> None:
         p = self.progress
