@@ -258,7 +258,7 @@ class ClassificationTask(TaskBase):
 
     @torch.no_grad()
     def report_figures(self, model: nn.Module, run_dir: Path, n: int = 16) -> list[tuple[str, Path]]:
-        images, labels = self.eval_dataset().__getitems__(range(min(n, 16)))
+        images, labels = self.eval_dataset().__getitems__(range(min(n, 16, len(self.eval_dataset()))))
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()

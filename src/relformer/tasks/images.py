@@ -33,7 +33,7 @@ def read_image(path: str | Path, channels: int | None = None) -> Tensor:
     if _PIL is not None:
         with _PIL.open(path) as image:
             mode = {1: "L", 3: "RGB"}.get(channels) or ("L" if image.mode in ("L", "1", "I;16", "I") else "RGB")
-            pixels = np.asarray(image.convert(mode))
+            pixels = np.array(image.convert(mode))
     else:
         from matplotlib.image import imread  # the fallback reader, imported only without Pillow
         pixels = imread(path)
