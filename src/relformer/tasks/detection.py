@@ -27,7 +27,7 @@ from .registry import register_recipe, register_task
 from .boxes import box_cxcywh_to_xyxy
 from .coco import coco_evaluate, draw_detections
 from .set_prediction import HungarianMatcher, SetCriterion, postprocess, to_coco_results
-from .splits import ValTest, train_subset
+from .splits import ValTest, gather_objects, train_subset
 
 __all__ = ["DetectionTask", "DetectionRecipe", "FashionDetectionSection", "SetLossSection"]
 
@@ -74,15 +74,6 @@ class DetectionRecipe(Recipe):
         for key, value in vars(self.loss).items():
             if not (value >= 0 and math.isfinite(value)):
                 raise RecipeError(f"loss.{key} must be >= 0 and finite, got {value!r}")
-
-
-def _gather(items: list) -> list:
-    """Every rank's ``items``, concatenated (one list when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return items
-    parts = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
 
 
 @register_task("detection")
@@ -163,7 +154,7 @@ class DetectionTask:
         """COCO box mAP of the detections collected by :meth:`eval_step` (from every rank)."""
         out = {}
         for split in ("val", "test"):
-            detections, self._detections[split] = _gather(self._detections[split]), []
+            detections, self._detections[split] = gather_objects(self._detections[split]), []
             stats = coco_evaluate(self.splits()[split].coco_json, detections)
             out.update({f"{split}_{m}": stats[m] for m in SPLIT_METRICS})
             out[f"{split}_images"] = sums[f"{split}_images"]
