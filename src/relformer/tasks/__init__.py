@@ -24,10 +24,11 @@ from .graph_regression import GraphRegressionTask
 from .detection import DetectionTask
 from .graph import GraphTask
 from .text_pairs import TextPairTask
+from .coco_detection import CocoDetectionTask
 from .trainer import ObjectTask, Trainer
 
 __all__ = ["Task", "TaskBase", "Trainer", "ObjectTask", "ClassificationTask", "GraphRegressionTask", "DetectionTask",
-           "GraphTask", "TextPairTask",
+           "GraphTask", "TextPairTask", "CocoDetectionTask",
            "register_task", "register_recipe", "get_task", "build_task", "list_recipes", "recipe_summary",
            "load_recipe", "parse_recipe", "resolve_recipe", "train", "import_tasks", "load_plugins",
            "ENTRY_POINT_GROUP"]

@@ -88,15 +88,21 @@ class DetectionTask:
     def __init__(self, recipe: DetectionRecipe) -> None:
         self.recipe = recipe
         self.model_config = model_config(recipe.model.name, **recipe.model.options)
-        c, loss = self.model_config, recipe.loss
+        c = self.model_config
         if getattr(c, "in_channels", 1) != 1 or getattr(c, "num_classes", 10) != 10:
-            raise RecipeError("model: Fashion-MNIST canvases need in_channels=1 and num_classes=10, got "
-                              f"{getattr(c, 'in_channels', None)} and {getattr(c, 'num_classes', None)}")
-        matcher = HungarianMatcher(loss.cost_class, loss.cost_bbox, loss.cost_giou)
-        self.criterion = SetCriterion(10, matcher, loss.weight_class, loss.weight_bbox, loss.weight_giou,
-                                      loss.eos_coef, num_groups=getattr(c, "num_groups", 1))
+            raise RecipeError("model: Fashion-MNIST canvases (grey, 10 classes) need in_channels=1 and num_classes=10, "
+                              f"got {getattr(c, 'in_channels', None)} and {getattr(c, 'num_classes', None)}; "
+                              "other data: the coco_detection task")
+        self.criterion = self.set_criterion(10)
         self._splits: dict | None = None
         self._detections: dict[str, list] = {"val": [], "test": []}
+
+    def set_criterion(self, num_classes: int) -> SetCriterion:
+        """DETR's set loss for ``num_classes`` classes with the recipe's costs and weights."""
+        loss = self.recipe.loss
+        matcher = HungarianMatcher(loss.cost_class, loss.cost_bbox, loss.cost_giou)
+        return SetCriterion(num_classes, matcher, loss.weight_class, loss.weight_bbox, loss.weight_giou,
+                            loss.eos_coef, num_groups=getattr(self.model_config, "num_groups", 1))
 
     @property
     def eval_description(self) -> str:
