@@ -26,7 +26,8 @@ def write_coco(folder, n, seed):
         pixels = np.zeros((40, 48, 3), np.uint8)
         for _ in range(1 + i % 2):
             c = int(rng.integers(0, 3))
-            x, y, w, h = int(rng.integers(0, 28)), int(rng.integers(0, 20)), int(rng.integers(8, 20)), int(rng.integers(8, 20))
+            x, y = int(rng.integers(0, 28)), int(rng.integers(0, 20))
+            w, h = int(rng.integers(8, 20)), int(rng.integers(8, 20))
             pixels[y:y + h, x:x + w, c] = 255
             annotations.append({"id": len(annotations) + 1, "image_id": 100 + i, "category_id": CATEGORIES[c]["id"],
                                 "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
@@ -53,7 +54,8 @@ def test_the_reader_keeps_boxes_relative_and_maps_categories(tmp_path):
     assert ids == [3, 7, 12] and names == ["green", "red", "blue"] and data.images.shape == (3, 3, 32, 32)
     first = [a for a in coco["annotations"] if a["image_id"] == 100]
     x, y, w, h = first[0]["bbox"]
-    torch.testing.assert_close(data.targets[0]["boxes"][0], torch.tensor([(x + w / 2) / 48, (y + h / 2) / 40, w / 48, h / 40]))
+    expected = torch.tensor([(x + w / 2) / 48, (y + h / 2) / 40, w / 48, h / 40])
+    torch.testing.assert_close(data.targets[0]["boxes"][0], expected)
     assert data.targets[0]["labels"].tolist() == [ids.index(first[0]["category_id"])]
     gt = data.coco["annotations"][0]
     assert gt["category_id"] == data.targets[0]["labels"][0] + 1 and gt["bbox"] == pytest.approx(

@@ -64,7 +64,8 @@ class CocoDetectionRecipe(Recipe):
             if not getattr(d, key):
                 raise RecipeError(f"data.{key} is required (a COCO JSON file / its image folder)")
         if d.channels not in (1, 3) or d.image_size < 8:
-            raise RecipeError(f"data.channels must be 1 or 3 and data.image_size >= 8, got {d.channels}, {d.image_size}")
+            raise RecipeError(f"data.channels must be 1 or 3 and data.image_size >= 8, got {d.channels}, "
+                              f"{d.image_size}")
 
 
 class CocoImages(Dataset):
@@ -89,7 +90,8 @@ def _load_json(path: str, key: str) -> dict:
         raise ValueError(f"data.{key}: no such file {path}") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"data.{key}: {path} is not JSON ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+    lists = ("images", "annotations", "categories")
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in lists):
         raise ValueError(f"data.{key}: {path} is not a COCO file (images, annotations, categories lists)")
     return data
 

@@ -23,6 +23,7 @@ from ..data.fashion_detection import build_fashion_detection
 from ..interop import transformers as _hf_baselines  # noqa: F401  (registers the hf_detr_* model variants)
 from ..models import model_config
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
+from .base import TaskBase
 from .registry import register_recipe, register_task
 from .boxes import box_cxcywh_to_xyxy
 from .coco import coco_evaluate, draw_detections
@@ -77,7 +78,7 @@ class DetectionRecipe(Recipe):
 
 
 @register_task("detection")
-class DetectionTask:
+class DetectionTask(TaskBase):
     """DETR-family detection on Fashion-MNIST canvases; see :class:`relformer.tasks.Task`."""
 
     recipe_type = DetectionRecipe

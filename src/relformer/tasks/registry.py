@@ -122,7 +122,8 @@ def recipe_summary(name: str) -> str:
     doc = (_RECIPES[name].__doc__ or "").strip()
     paragraph = " ".join(doc.split("\n\n")[0].split())
     for i, char in enumerate(paragraph):
-        if char == "." and (i + 1 == len(paragraph) or paragraph[i + 1] == " ") and not paragraph[:i].endswith(("e.g", "i.e", "et al")):
+        ends = i + 1 == len(paragraph) or paragraph[i + 1] == " "
+        if char == "." and ends and not paragraph[:i].endswith(("e.g", "i.e", "et al")):
             return paragraph[:i + 1]
     return paragraph
 

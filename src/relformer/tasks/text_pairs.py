@@ -155,8 +155,8 @@ class TextBatch:
     index: Tensor
 
     def to(self, device) -> "TextBatch":
-        return TextBatch([(i.to(device), None if t is None else t.to(device), o.to(device)) for i, t, o in self.columns],
-                         self.index.to(device))
+        columns = [(i.to(device), None if t is None else t.to(device), o.to(device)) for i, t, o in self.columns]
+        return TextBatch(columns, self.index.to(device))
 
     def __len__(self) -> int:
         return len(self.index)

@@ -2,7 +2,7 @@
 
     trainer = Trainer(model=net, train_data=(x, y), eval_data=(x_val, y_val),
                       loss=lambda model, batch: F.cross_entropy(model(batch[0]), batch[1]),
-                      metrics={"accuracy": lambda model, batch: (model(batch[0]).argmax(-1) == batch[1]).float().mean()},
+                      metrics={"accuracy": lambda model, batch: (model(batch[0]).argmax(-1) == batch[1]).float()},
                       epochs=3, batch_size=32, lr=1e-3, out_dir="runs/mine")
     net = trainer.fit()          # the trained model; trainer.run_dir holds the run folder
 
@@ -79,7 +79,7 @@ class ObjectRecipe(Recipe):
 
 class ObjectTask(TaskBase):
     """A task from objects: ``loss(model, batch)`` returns the scalar loss (or ``(loss, logs)``);
-    each ``metrics[name](model, batch)`` a batch mean. Evaluation reports the batch-size-weighted
+    each ``metrics[name](model, batch)`` a batch mean (or per-sample values, averaged). Evaluation reports the batch-size-weighted
     mean of ``loss`` and of every metric over the whole eval set."""
 
     recipe_type = ObjectRecipe
@@ -125,7 +125,7 @@ class ObjectTask(TaskBase):
         n = float(self.batch_size_of(batch))
         sums = {"count": torch.tensor(n), "loss": self.loss(model, batch)[0].detach().float() * n}
         for name, fn in self.metric_fns.items():
-            sums[name] = torch.as_tensor(fn(model, batch)).detach().float() * n
+            sums[name] = torch.as_tensor(fn(model, batch)).detach().float().mean() * n
         return sums
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:

@@ -26,7 +26,8 @@ import yaml
 
 from ..models import create_model
 
-__all__ = ["Recipe", "ModelSection", "OptimSection", "EarlyStoppingSection", "RecipeError", "recipe_from_dict", "read_recipe_yaml",
+__all__ = ["Recipe", "ModelSection", "OptimSection", "EarlyStoppingSection", "RecipeError",
+           "recipe_from_dict", "read_recipe_yaml",
            "recipe_to_dict", "recipe_to_yaml", "apply_overrides", "recipe_diff", "suggest", "MAX_LR", "MAX_SEED"]
 
 MAX_LR = 10.0  # AdamW moves each weight by about lr per step: beyond this no run can converge
