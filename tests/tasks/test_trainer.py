@@ -143,3 +143,12 @@ def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="main_metric 'acc'"):
         Trainer(model=nn.Linear(4, 1), train_data=regression_data(8, 0), eval_data=regression_data(8, 1), loss=mse,
                 main_metric="acc")
+
+
+def test_a_registered_recipe_by_name_with_options(tmp_path):
+    trainer = Trainer(task="vit-fashion-mnist", epochs=1, batch_size=32, device="cpu", out_dir=str(tmp_path / "v"),
+                      model={"options": {"dim": 32, "depth": 1, "num_heads": 2}},
+                      data={"train_subset": 64, "eval_subset": 32})
+    assert trainer.recipe.model.name == "vit_micro" and trainer.recipe.model.options["stem"] == "conv"  # merged
+    model = trainer.fit()
+    assert model.config.dim == 32 and len(read_metrics(trainer.run_dir / "metrics.csv")) == 2

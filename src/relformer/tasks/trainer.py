@@ -155,7 +155,8 @@ def _merge(base: dict, options: Mapping[str, Any]) -> dict:
 
 class Trainer:
     """Train ``model`` on ``train_data`` with ``loss`` (and ``metrics``), or a ``task``; see the
-    module's docstring. ``callbacks``: :class:`~relformer.train.callbacks.Callback` objects;
+    module's docstring. With a ``task``, ``model`` is a module to train instead of the task's, or
+    a mapping: the recipe's model section (``{"options": {"depth": 2}}``). ``callbacks``: :class:`~relformer.train.callbacks.Callback` objects;
     ``resume``: continue the run in ``out_dir``. :meth:`fit` returns the trained model."""
 
     def __init__(self, model: nn.Module | None = None, task: Any = None, *, train_data: Any = None,
@@ -163,6 +164,10 @@ class Trainer:
                  main_metric: str | None = None, mode: Literal["max", "min"] | None = None,
                  collate: Callable | None = None, callbacks: Sequence[Callback] = (), resume: bool = False,
                  **options: Any) -> None:
+        if isinstance(model, Mapping):  # the recipe's model section (name / options), not a module
+            options["model"], model = model, None
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module (or a recipe model section), got {type(model).__name__}")
         if "lr" in options:
             options["optim"] = {**dict(options.get("optim") or {}), "lr": options.pop("lr")}
         if task is None:

@@ -4,7 +4,9 @@
     torchrun --nproc_per_node=2 -m relformer.cli train vit-fashion-mnist     # DDP
 
 This layer never imports a task: from Python, ``relformer.tasks.train(resolve_recipe(...))``
-builds the task a recipe names and hands it to :func:`train` here.
+builds the task a recipe names and hands it to :func:`train` here; ``relformer.tasks.Trainer``
+trains a model and data you hold. :class:`Engine` (formerly ``Trainer``, still importable under that
+name) is the loop itself; :class:`Callback` hooks into it.
 """
 from .callbacks import Callback
 from .checkpoint import CheckpointDir, CheckpointError, load_weights
