@@ -16,7 +16,6 @@ Losses: regression ``l1`` (reported: ``mae``, ``mse``) or ``mse``; classificatio
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import torch

@@ -90,7 +90,8 @@ class Recipe:
     ``eval_batch_size`` is per process; ``checkpoint_every`` in steps (0 = only at epoch ends);
     ``max_steps``: stop after that many optimizer steps (None: ``epochs`` decide; the LR schedule
     spans whichever ends first); ``init_from``: start from the model weights of a run folder (its
-    ``best/``) or a checkpoint folder (weights only, manifest verified); ``out_dir`` defaults to
+    ``best/``) or a checkpoint folder (weights only, manifest verified; ``--resume`` restores the
+    run's own weights instead); ``out_dir`` defaults to
     ``runs/<name>``; ``device``: ``"auto"`` = cuda if available else cpu."""
 
     name: str = "custom"
