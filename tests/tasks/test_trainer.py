@@ -129,8 +129,12 @@ def test_a_resumed_run_may_train_past_its_planned_epochs(tmp_path):
     make_trainer(tmp_path, epochs=2).fit()
     trainer = make_trainer(tmp_path, epochs=3, resume=True)
     trainer.fit()
-    evals = [r for r in read_metrics(trainer.run_dir / "metrics.csv") if r["kind"] == "eval"]
+    rows = read_metrics(trainer.run_dir / "metrics.csv")
+    evals = [r for r in rows if r["kind"] == "eval"]
     assert [(r["epoch"], r["step"]) for r in evals] == [("1", "4"), ("2", "8"), ("3", "12")]
+    # the schedule planned for 2 epochs is restored: the extra epoch trains at optim.min_lr
+    extra = [float(r["lr"]) for r in rows if r["kind"] == "train" and r["epoch"] == "3"]
+    assert extra == [pytest.approx(trainer.recipe.optim.min_lr, rel=1e-12)]
     with pytest.raises(RecipeError, match="differs .* in batch_size"):
         make_trainer(tmp_path, epochs=4, batch_size=4, resume=True).fit()
 

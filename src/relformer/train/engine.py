@@ -52,8 +52,9 @@ __all__ = ["train", "Engine", "Trainer", "Progress", "param_groups", "WarmupCosi
            "configure_determinism", "RUN_ENTRIES"]
 
 _epoch_batches, _eval_batches = epoch_batches, eval_batches  # the names the tests of the loop use
-#: recipe keys a resumed run may change: where it writes, and how long it goes on (the LR schedule
-#: is then planned over the new length, from the step it resumes at)
+#: recipe keys a resumed run may change: where it writes, and how long it goes on. The LR schedule
+#: is the one the run started with (the checkpoint restores it): steps past its planned end train at
+#: ``optim.min_lr``. For a new schedule, start a new run from the weights with ``init_from``.
 RESUMABLE_CHANGES = frozenset({"out_dir", "epochs", "max_steps", "early_stopping.patience"})
 
 
