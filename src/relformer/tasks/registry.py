@@ -11,7 +11,12 @@ the engine is handed, and :func:`train` does both::
 """
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 from ..train import engine
@@ -19,10 +24,53 @@ from ..train.recipe import Recipe, RecipeError, apply_overrides, read_recipe_yam
 from ..train.task import Task
 
 __all__ = ["register_task", "register_recipe", "get_task", "build_task", "list_recipes", "recipe_summary",
-           "load_recipe", "resolve_recipe", "parse_recipe", "train"]
+           "load_recipe", "resolve_recipe", "parse_recipe", "train", "import_tasks", "load_plugins",
+           "ENTRY_POINT_GROUP"]
 
 _TASKS: dict[str, type] = {}
 _RECIPES: dict[str, Callable[[], Recipe]] = {}
+#: installed packages add tasks and recipes under this entry-point group: each entry point names a
+#: module (``my_pkg.tasks``) whose import registers them; loaded the first time a name is unknown
+ENTRY_POINT_GROUP = "relformer.tasks"
+_plugins_loaded = False
+
+
+def import_tasks(module: str | Path) -> ModuleType:
+    """Import the user's module ``module`` (a dotted name, or a path to a ``.py`` file) so that
+    its ``@register_task`` / ``@register_recipe`` take effect; returns the module."""
+    text = str(module)
+    if text.endswith(".py") or Path(text).is_file():
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"--import {text}: no such file")
+        name = path.stem
+        if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path.resolve()):
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path.resolve())
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[name] = loaded
+        spec.loader.exec_module(loaded)
+        return loaded
+    try:
+        return importlib.import_module(text)
+    except ModuleNotFoundError as e:
+        if e.name is not None and text.startswith(e.name):
+            raise ValueError(f"--import {text}: no module named {e.name!r} (a module on sys.path or a .py file)") \
+                from None
+        raise
+
+
+def load_plugins() -> list[str]:
+    """Import the modules of the ``relformer.tasks`` entry points (once); returns their names."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return []
+    _plugins_loaded = True
+    names = []
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
+        names.append(entry.name)
+    return names
 
 
 def register_task(name: str) -> Callable[[type], type]:
@@ -48,7 +96,9 @@ def register_recipe(name: str) -> Callable[[Callable[[], Recipe]], Callable[[], 
 
 
 def get_task(name: str) -> type:
-    """The task class registered as ``name``."""
+    """The task class registered as ``name`` (the entry-point plugins are loaded if it is unknown)."""
+    if name not in _TASKS:
+        load_plugins()
     if name not in _TASKS:
         raise RecipeError(f"task: unknown task {name!r}{suggest(name, _TASKS)}; known: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]
@@ -62,13 +112,20 @@ def build_task(recipe: Recipe) -> Task:
 
 
 def list_recipes() -> list[str]:
+    load_plugins()
     return sorted(_RECIPES)
 
 
 def recipe_summary(name: str) -> str:
-    """``name``'s docstring's first line."""
+    """The first sentence of ``name``'s docstring (its first paragraph's lines joined, never cut
+    mid-word; the whole paragraph when no sentence ends in it)."""
     doc = (_RECIPES[name].__doc__ or "").strip()
-    return doc.splitlines()[0] if doc else ""
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    for i, char in enumerate(paragraph):
+        ends = i + 1 == len(paragraph) or paragraph[i + 1] == " "
+        if char == "." and ends and not paragraph[:i].endswith(("e.g", "i.e", "et al")):
+            return paragraph[:i + 1]
+    return paragraph
 
 
 def parse_recipe(data: Any) -> Recipe:
@@ -85,6 +142,8 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def resolve_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     """A registered recipe by name, or a YAML file by path, with ``overrides`` applied."""
+    if name_or_path not in _RECIPES and not Path(name_or_path).is_file():
+        load_plugins()
     if name_or_path in _RECIPES:
         recipe = _RECIPES[name_or_path]()
     elif Path(name_or_path).is_file():
@@ -95,6 +154,6 @@ def resolve_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
     return apply_overrides(recipe, list(overrides)) if overrides else recipe
 
 
-def train(recipe: Recipe, *, resume: bool = False) -> Path:
+def train(recipe: Recipe, *, resume: bool = False, callbacks=()) -> Path:
     """Run (or with ``resume``, continue) ``recipe`` with its task; returns the run folder."""
-    return engine.train(build_task(recipe), resume=resume)
+    return engine.train(build_task(recipe), resume=resume, callbacks=callbacks)

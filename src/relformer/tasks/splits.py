@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch.utils.data import Dataset
 
 from ..train.recipe import RecipeError
 
-__all__ = ["First", "ValTest", "train_subset"]
+__all__ = ["First", "ValTest", "train_subset", "gather_objects"]
 
 
 class ValTest(Dataset):
@@ -45,3 +46,12 @@ def train_subset(train: Dataset, n: int | None, items: str) -> Dataset:
     if n is not None and n > len(train):
         raise RecipeError(f"data.train_subset = {n} exceeds the {len(train)} training {items}")
     return train if n is None else First(train, n)
+
+
+def gather_objects(items: list) -> list:
+    """Every rank's ``items``, concatenated in rank order (the list itself when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return items
+    parts = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, items)
+    return [x for part in parts for x in part]

@@ -4,12 +4,15 @@
     torchrun --nproc_per_node=2 -m relformer.cli train vit-fashion-mnist     # DDP
 
 This layer never imports a task: from Python, ``relformer.tasks.train(resolve_recipe(...))``
-builds the task a recipe names and hands it to :func:`train` here.
+builds the task a recipe names and hands it to :func:`train` here; ``relformer.tasks.Trainer``
+trains a model and data you hold. :class:`Engine` (formerly ``Trainer``, still importable under that
+name) is the loop itself; :class:`Callback` hooks into it.
 """
-from .checkpoint import CheckpointDir, CheckpointError
-from .engine import Trainer, train
-from .recipe import ModelSection, OptimSection, Recipe, RecipeError, apply_overrides
+from .callbacks import Callback
+from .checkpoint import CheckpointDir, CheckpointError, load_weights
+from .engine import Engine, Trainer, train
+from .recipe import EarlyStoppingSection, ModelSection, OptimSection, Recipe, RecipeError, apply_overrides
 from .task import Task
 
-__all__ = ["train", "Trainer", "Task", "Recipe", "ModelSection", "OptimSection", "RecipeError", "apply_overrides",
-           "CheckpointDir", "CheckpointError"]
+__all__ = ["train", "Engine", "Trainer", "Callback", "Task", "Recipe", "ModelSection", "OptimSection",
+           "EarlyStoppingSection", "RecipeError", "apply_overrides", "CheckpointDir", "CheckpointError", "load_weights"]

@@ -52,8 +52,8 @@ from torch import Tensor, nn
 from ..utils import atomic_write_bytes, atomic_write_text, fsync_dir
 
 __all__ = ["CheckpointDir", "CheckpointError", "write_checkpoint", "read_checkpoint", "verify_checkpoint",
-           "read_state", "model_tensors", "optimizer_tensors", "optimizer_state_from", "MODEL_FILE",
-           "OPTIMIZER_FILE", "STATE_FILE", "MANIFEST_FILE", "PHASES"]
+           "load_weights", "weights_folder", "read_state", "model_tensors", "optimizer_tensors",
+           "optimizer_state_from", "MODEL_FILE", "OPTIMIZER_FILE", "STATE_FILE", "MANIFEST_FILE", "PHASES"]
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -234,6 +234,34 @@ def read_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     if scheduler is not None:
         scheduler.load_state_dict(state["scheduler"])
     return state["trainer"]
+
+
+def weights_folder(path: str | os.PathLike) -> Path:
+    """The checkpoint folder ``path`` names: itself, or for a run folder its ``checkpoints/best``
+    (else the newest intact checkpoint)."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    checkpoints = CheckpointDir(root)
+    if (checkpoints.best / MANIFEST_FILE).is_file():
+        return checkpoints.best
+    latest = checkpoints.resume_point() if root.is_dir() else None
+    if latest is None:
+        raise CheckpointError(f"{path} is neither a checkpoint folder nor a run folder with checkpoints")
+    return latest
+
+
+def load_weights(path: str | os.PathLike, model: nn.Module) -> Path:
+    """Load only the model weights of a checkpoint or run folder (:func:`weights_folder`) into
+    ``model``, after verifying its manifest; returns the checkpoint folder used."""
+    folder = weights_folder(path)
+    verify_checkpoint(folder)
+    try:
+        model.load_state_dict(_load_tensors(folder / MODEL_FILE))
+    except RuntimeError as e:  # missing / unexpected keys, shape mismatch
+        raise CheckpointError(f"init_from {folder}: the weights do not fit this model: {e}") from None
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------

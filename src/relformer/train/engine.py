@@ -24,111 +24,38 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import platform
 import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Sequence
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..utils import atomic_write_text
-from .checkpoint import CheckpointDir, CheckpointError, read_checkpoint, read_state
+from .callbacks import Callback, run_callbacks
+from .checkpoint import CheckpointDir, CheckpointError, load_weights, read_checkpoint, read_state
 from .distributed import Dist, all_reduce_sum, barrier, init_distributed, shutdown
-from .logger import RunLogger
+from .logger import RunLogger, progress_bar
+from .loop import (RUN_ENTRIES, Sums, WarmupCosine, configure_determinism, epoch_batches, eval_batches, move_to,
+                   param_groups, prepare_folder, step_seed)
 from .recipe import Recipe, RecipeError, recipe_diff, recipe_from_dict, recipe_to_dict, recipe_to_yaml
 from .report import write_report
 from .task import Task
 
-__all__ = ["train", "Trainer", "Progress", "param_groups", "WarmupCosine", "step_seed", "move_to",
+__all__ = ["train", "Engine", "Trainer", "Progress", "param_groups", "WarmupCosine", "step_seed", "move_to",
            "configure_determinism", "RUN_ENTRIES"]
 
-NO_DECAY_KEYWORDS = ("token", "pos_embed", "position", "bias_table", "norm")
-#: what a run writes in its folder; anything else there is the user's and is never touched
-RUN_ENTRIES = frozenset({"recipe.yaml", "metrics.csv", "report.md", "tb", "plots", "checkpoints"})
-
-
-def step_seed(seed: int, step: int, rank: int, stream: int = 0) -> int:
-    """A well-mixed 63-bit seed for ``(seed, step, rank, stream)``."""
-    words = np.random.SeedSequence([seed, step, rank, stream]).generate_state(2, np.uint32)
-    return (int(words[0]) << 31) ^ int(words[1])
-
-
-def configure_determinism(enabled: bool) -> None:
-    """Deterministic kernels (errors on ops that have none) and cuDNN without autotuning."""
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
-    torch.backends.cudnn.deterministic = enabled
-    torch.backends.cudnn.benchmark = False
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups: decayed matrices, and undecayed biases, norms, 1-D parameters, tokens and
-    position tables (plus any name ``model.no_weight_decay()`` returns)."""
-    extra = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        skip = param.ndim <= 1 or name.endswith(".bias") or name in extra or any(k in name for k in NO_DECAY_KEYWORDS)
-        (no_decay if skip else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-class WarmupCosine:
-    """LambdaLR factor: linear warmup ``(step + 1) / warmup`` then cosine from 1 to ``min_ratio``."""
-
-    def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
-        self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def move_to(batch: Any, device: torch.device) -> Any:
-    """Tensors (inside tuples, lists, dicts, or objects with ``.to``) moved to ``device``."""
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(b, device) for b in batch)
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    return batch.to(device) if callable(getattr(batch, "to", None)) else batch
-
-
-class _Sums:
-    """Running float64 sums on the device (no host sync per step). :meth:`state` is their total
-    over the ranks (for the checkpoint), which one rank alone loads back on resume."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.values = device, {}
-
-    def add(self, name: str, value: Tensor | float) -> None:
-        value = torch.as_tensor(value, device=self.device).detach().to(torch.float64)
-        self.values[name] = self.values[name] + value if name in self.values else value
-
-    def state(self) -> dict[str, float]:
-        return {k: v.item() for k, v in all_reduce_sum(self.values).items()}
-
-    def load(self, state: dict[str, float]) -> None:
-        self.values = {k: torch.tensor(v, dtype=torch.float64, device=self.device) for k, v in state.items()}
-
-    def reduce(self) -> dict[str, float]:
-        """The sums over all ranks, as floats, and reset."""
-        out = {k: v.item() for k, v in all_reduce_sum(self.values).items()}
-        self.values = {}
-        return out
+_epoch_batches, _eval_batches = epoch_batches, eval_batches  # the names the tests of the loop use
+#: recipe keys a resumed run may change: where it writes, and how long it goes on. The LR schedule
+#: is the one the run started with (the checkpoint restores it): steps past its planned end train at
+#: ``optim.min_lr``. For a new schedule, start a new run from the weights with ``init_from``.
+RESUMABLE_CHANGES = frozenset({"out_dir", "epochs", "max_steps", "early_stopping.patience"})
 
 
 @dataclass
@@ -147,43 +74,19 @@ class Progress:
     train_seconds: float = 0.0
     train_samples: int = 0
     wall_seconds: float = 0.0
+    stale_evals: int = 0         # evaluations in a row without improvement of the early-stopping metric
+    early_stop_best: float | None = None
+    stopped: bool = False        # early stopping (or a callback) ended the run
 
 
-def _epoch_batches(sampler: DistributedSampler, epoch: int, batch_size: int) -> list[list[int]]:
-    """This rank's index batches for ``epoch`` (full batches only)."""
-    sampler.set_epoch(epoch)
-    indices = list(sampler)
-    return [indices[i:i + batch_size] for i in range(0, len(indices) - batch_size + 1, batch_size)]
+class Engine:
+    """One run of ``task.recipe``: build everything in the constructor, then :meth:`fit`.
+    ``callbacks``: :class:`~relformer.train.callbacks.Callback` objects (main process only)."""
 
-
-def _eval_batches(n: int, rank: int, world_size: int, batch_size: int) -> list[list[int]]:
-    """This rank's contiguous shard of ``range(n)`` (shards cover it once: no padding, no repeats)."""
-    start, stop = n * rank // world_size, n * (rank + 1) // world_size
-    return [list(range(i, min(i + batch_size, stop))) for i in range(start, stop, batch_size)]
-
-
-def _prepare_folder(run_dir: Path, resume: bool) -> None:
-    """Create the run folder; refuse a file, an uncreatable path, or (fresh) somebody else's folder."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RecipeError(f"out_dir {run_dir} is a file, not a folder")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RecipeError(f"out_dir {run_dir}: cannot create the run folder ({e.strerror or e})") from None
-    entries = {p.name for p in run_dir.iterdir()}
-    if not resume and entries and not entries & RUN_ENTRIES:
-        raise RecipeError(f"out_dir {run_dir} is not empty and is not a run folder (it holds "
-                          f"{', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''}); pick a new or "
-                          "empty folder")
-
-
-class Trainer:
-    """One run of ``task.recipe``: build everything in the constructor, then :meth:`fit`."""
-
-    def __init__(self, task: Task, *, resume: bool = False) -> None:
+    def __init__(self, task: Task, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> None:
         recipe = getattr(task, "recipe", None)
         if not isinstance(recipe, Recipe):
-            raise TypeError(f"Trainer needs a task object with a .recipe (a Recipe), got {type(task).__name__}; "
+            raise TypeError(f"Engine needs a task object with a .recipe (a Recipe), got {type(task).__name__}; "
                             "relformer.tasks.build_task(recipe) builds one")
         recipe.validate()
         self.task, self.recipe, r = task, recipe, recipe
@@ -196,9 +99,16 @@ class Trainer:
         configure_determinism(r.deterministic)
         torch.manual_seed(r.seed)
         self.model: nn.Module = self.task.build_model().to(self.device)  # the plain module: saved and loaded
+        self.callbacks = list(callbacks) if self.dist.is_main else []
+        self._stop_requested = False
         self.run_dir = r.run_dir()
         self.checkpoints = CheckpointDir(self.run_dir / "checkpoints", keep=r.keep_checkpoints)
         resume_from = self._check_run_dir(resume)
+        if resume_from is None and r.init_from is not None:
+            try:
+                self.init_folder = load_weights(r.init_from, self.model)
+            except CheckpointError as e:
+                raise RecipeError(f"init_from: {e}") from None
         self._build_data()
         self._build_optimizer()
         self.progress = Progress()
@@ -206,7 +116,7 @@ class Trainer:
             self.progress = Progress(**read_checkpoint(resume_from, self.model, self.optimizer, self.scheduler))
             if self.dist.is_main:
                 self._repair_best()
-        self._log_sums, self._epoch_sums = _Sums(self.device), _Sums(self.device)
+        self._log_sums, self._epoch_sums = Sums(self.device), Sums(self.device)
         if self.dist.is_main:  # the saved sums are totals over the ranks: one rank carries them on
             self._log_sums.load(self.progress.log_sums)
             self._epoch_sums.load(self.progress.epoch_sums)
@@ -229,7 +139,7 @@ class Trainer:
         """The checkpoint to resume from; errors for a resume without one, a changed recipe, or a
         fresh start that would clobber a run."""
         if self.dist.is_main:
-            _prepare_folder(self.run_dir, resume)
+            prepare_folder(self.run_dir, resume)
             self.checkpoints.clean()  # hidden leftovers only: the other ranks may read meanwhile
         if not resume:
             if self.checkpoints.has_checkpoints():
@@ -245,7 +155,8 @@ class Trainer:
         saved = read_state(latest).get("recipe")
         if not isinstance(saved, dict):
             raise RecipeError(f"--resume: {latest} does not record its recipe")
-        differ = [k for k in recipe_diff(recipe_from_dict(saved, type(self.recipe)), self.recipe) if k != "out_dir"]
+        differ = [k for k in recipe_diff(recipe_from_dict(saved, type(self.recipe)), self.recipe)
+                  if k not in RESUMABLE_CHANGES]
         if differ:
             raise RecipeError(f"--resume: the recipe differs from the one {latest} was trained with in "
                               f"{', '.join(differ)}; a resumed run must use the recipe it started with")
@@ -268,12 +179,15 @@ class Trainer:
         self.eval_set: Dataset = self.task.eval_dataset()
         self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.dist.rank, shuffle=True,
                                           seed=r.seed, drop_last=True)
-        self.steps_per_epoch = len(self.sampler) // self.per_rank_batch
+        self.steps_per_epoch = len(self.sampler) // (self.per_rank_batch * r.accumulate_grad_batches)
         if self.steps_per_epoch == 0:
-            raise RecipeError(f"batch_size = {r.batch_size} exceeds the {len(self.train_set)} training samples")
+            raise RecipeError(f"batch_size = {r.batch_size} x accumulate_grad_batches = {r.accumulate_grad_batches} "
+                              f"exceeds the {len(self.train_set)} training samples")
         if len(self.eval_set) < world:
             raise RecipeError(f"the eval set has {len(self.eval_set)} samples, fewer than the {world} processes")
         self.total_steps = r.epochs * self.steps_per_epoch
+        if r.max_steps is not None:
+            self.total_steps = min(self.total_steps, r.max_steps)
 
     def _build_optimizer(self) -> None:
         o = self.recipe.optim
@@ -308,14 +222,25 @@ class Trainer:
         return nullcontext()
 
     # -- the loop ----------------------------------------------------------------------------------
-    def fit(self) -> Path:
-        """Train to the last epoch (from where a resumed run stopped), then write the report."""
+    def request_stop(self) -> None:
+        """End the run after the current epoch's evaluation (for callbacks)."""
+        self._stop_requested = True
+
+    def _done(self) -> bool:
         r, p = self.recipe, self.progress
+        at_max = r.max_steps is not None and p.global_step >= r.max_steps and p.step_in_epoch == 0
+        return p.stopped or p.epoch >= r.epochs or at_max
+
+    def fit(self) -> Path:
+        """Train to the last epoch (from where a resumed run stopped), ``max_steps`` or an early
+        stop, then write the report."""
         self.model.train()
         try:
-            while p.epoch < r.epochs:
+            run_callbacks(self.callbacks, "on_train_start", self)
+            while not self._done():
                 self._train_epoch()
                 self._end_epoch()
+            run_callbacks(self.callbacks, "on_train_end", self)
             if self.dist.is_main:
                 report = self._report()
                 self.logger.message(f"report: {report}")
@@ -324,15 +249,17 @@ class Trainer:
         return self.run_dir
 
     def _train_epoch(self) -> None:
-        r, p = self.recipe, self.progress
-        batches = _epoch_batches(self.sampler, p.epoch, self.per_rank_batch)[p.step_in_epoch:]
-        loader = DataLoader(self.train_set, batch_sampler=batches, collate_fn=self.task.collate)
+        r, p, k = self.recipe, self.progress, self.recipe.accumulate_grad_batches
+        micro = epoch_batches(self.sampler, p.epoch, self.per_rank_batch)[:self.steps_per_epoch * k]
+        loader = iter(DataLoader(self.train_set, batch_sampler=micro[p.step_in_epoch * k:],
+                                 collate_fn=self.task.collate))
         window_start, window_samples = time.perf_counter(), 0
-        step_start = time.perf_counter()
-        for batch in loader:
-            lr = self._train_step(batch)
+        step_start, start_step = time.perf_counter(), p.global_step
+        while p.step_in_epoch < self.steps_per_epoch and not (r.max_steps is not None and p.global_step >= r.max_steps):
+            batches = [next(loader) for _ in range(k)]
+            lr = self._train_step(batches)
             self._last_lr = lr
-            samples = self.task.batch_size_of(batch) * self.dist.world_size
+            samples = sum(self.task.batch_size_of(b) for b in batches) * self.dist.world_size
             p.global_step += 1
             p.step_in_epoch += 1
             p.train_samples += samples
@@ -340,36 +267,40 @@ class Trainer:
             now = time.perf_counter()
             p.train_seconds += now - step_start
             if p.global_step % r.log_every == 0:
-                speed = window_samples / max(now - window_start, 1e-9)
-                self._log_train(lr, speed)
+                self._log_train(lr, window_samples / max(now - window_start, 1e-9))
                 window_start, window_samples = time.perf_counter(), 0
             else:
                 self.logger.advance()
             if r.checkpoint_every and p.global_step % r.checkpoint_every == 0 and p.step_in_epoch < self.steps_per_epoch:
                 self._save(best=False)
             step_start = time.perf_counter()
+        if p.global_step > start_step and p.global_step % r.log_every:  # a train row at least every epoch
+            self._log_train(self._last_lr, window_samples / max(time.perf_counter() - window_start, 1e-9), advance=0)
 
-    def _train_step(self, batch: Any) -> float:
-        """One optimizer step; returns the learning rate it used."""
+    def _train_step(self, batches: list) -> float:
+        """One optimizer step over the gradients of ``batches`` (``accumulate_grad_batches``
+        micro-batches, each loss weighted by its share of the samples); returns the LR it used."""
         r, p, rank = self.recipe, self.progress, self.dist.rank
-        torch.manual_seed(step_seed(r.seed, p.global_step, rank))
-        generator = torch.Generator().manual_seed(step_seed(r.seed, p.global_step, rank, stream=1))
-        batch = move_to(self.task.augment(batch, generator), self.device)
-        with self._autocast():
-            loss, logs = self.task.loss(self.train_net, batch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        sizes = [self.task.batch_size_of(b) for b in batches]
+        for i, batch in enumerate(batches):  # micro-batch 0 draws the seeds a plain step draws
+            torch.manual_seed(step_seed(r.seed, p.global_step, rank, stream=2 * i))
+            generator = torch.Generator().manual_seed(step_seed(r.seed, p.global_step, rank, stream=2 * i + 1))
+            batch = move_to(self.task.augment(batch, generator), self.device)
+            with self._autocast():
+                loss, logs = self.task.loss(self.train_net, batch)
+            (loss * (sizes[i] / sum(sizes)) if len(batches) > 1 else loss).backward()
+            n = sizes[i]
+            for sums in (self._log_sums, self._epoch_sums):
+                sums.add("samples", n)
+                sums.add("loss", loss.detach() * n)
+                for name in self.task.log_names:
+                    sums.add(name, logs[name] * n)
         if r.optim.clip_grad > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), r.optim.clip_grad)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
-        n = self.task.batch_size_of(batch)
-        for sums in (self._log_sums, self._epoch_sums):
-            sums.add("samples", n)
-            sums.add("loss", loss.detach() * n)
-            for name in self.task.log_names:
-                sums.add(name, logs[name] * n)
         return lr
 
     def _mean_logs(self, sums: dict[str, float]) -> dict[str, float]:
@@ -378,22 +309,22 @@ class Trainer:
             raise FloatingPointError(f"the training loss is {sums['loss'] / n} at step {self.progress.global_step}")
         return {f"train_{k}": v / n for k, v in sums.items() if k != "samples"} if n else {}
 
-    def _log_train(self, lr: float, speed: float) -> None:
+    def _log_train(self, lr: float, speed: float, advance: int = 1) -> None:
         p = self.progress
         logs = self._mean_logs(self._log_sums.reduce())
         self.logger.log("train", p.epoch + 1, p.global_step, {"lr": lr, "samples_per_s": speed, **logs})
-        self.logger.advance(loss=f"{logs.get('train_loss', float('nan')):.4f}", lr=f"{lr:.2e}",
+        self.logger.advance(advance, loss=f"{logs.get('train_loss', float('nan')):.4f}", lr=f"{lr:.2e}",
                             samples_per_s=f"{speed:.0f}")
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """The task's metrics on the whole eval set (this rank's shard, summed over ranks)."""
-        batches = _eval_batches(len(self.eval_set), self.dist.rank, self.dist.world_size, self.recipe.eval_batch_size)
+        batches = eval_batches(len(self.eval_set), self.dist.rank, self.dist.world_size, self.recipe.eval_batch_size)
         loader = DataLoader(self.eval_set, batch_sampler=batches, collate_fn=self.task.collate)
-        sums = _Sums(self.device)
+        sums = Sums(self.device)
         self.model.eval()
         try:
-            for batch in loader:
+            for batch in progress_bar(loader, total=len(batches), desc="eval", enabled=self.dist.is_main):
                 with self._autocast():
                     for name, value in self.task.eval_step(self.eval_net, move_to(batch, self.device)).items():
                         sums.add(name, value)
@@ -416,7 +347,37 @@ class Trainer:
         self.logger.log("eval", p.epoch, p.global_step, {f"eval_{k}": v for k, v in metrics.items()})
         self.logger.message(f"epoch {p.epoch}/{self.recipe.epochs}: " +
                             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+        run_callbacks(self.callbacks, "on_eval", self, metrics)
+        self._early_stopping(metrics)
         self._save(best=better)
+        run_callbacks(self.callbacks, "on_epoch_end", self, row)
+        self._callback_stop()  # asked in on_epoch_end: this checkpoint does not record it
+
+    def _early_stopping(self, metrics: dict[str, float]) -> None:
+        """Count the evaluations without improvement; stop after ``patience`` of them (or on request)."""
+        p, e, task = self.progress, self.recipe.early_stopping, self.task
+        metric = e.metric or task.main_metric
+        if metric not in metrics:
+            raise RecipeError(f"early_stopping.metric: {metric!r} is not a metric of this task "
+                              f"({', '.join(metrics)})")
+        value, mode = metrics[metric], task.mode if e.mode == "auto" else e.mode
+        best = p.early_stop_best
+        if best is None or (value > best + e.min_delta if mode == "max" else value < best - e.min_delta):
+            p.early_stop_best, p.stale_evals = value, 0
+        else:
+            p.stale_evals += 1
+        if e.patience and p.stale_evals >= e.patience:
+            p.stopped = True
+            self.logger.message(f"stopping after epoch {p.epoch}: {metric} has not improved for {p.stale_evals} "
+                                "evaluations")
+        self._callback_stop()
+
+    def _callback_stop(self) -> None:
+        """Stop if a callback asked to (on the main process: every process learns it)."""
+        asked = torch.tensor(float(self._stop_requested), device=self.device)
+        if all_reduce_sum({"stop": asked})["stop"].item() > 0 and not self.progress.stopped:
+            self.progress.stopped = True
+            self.logger.message(f"stopping after epoch {self.progress.epoch}: a callback asked to")
 
     def _save(self, best: bool) -> None:
         p = self.progress
@@ -457,14 +418,17 @@ class Trainer:
                             recipe_yaml=recipe_to_yaml(self.recipe))
 
 
-def train(task: Task, *, resume: bool = False) -> Path:
+Trainer = Engine  # the engine's former name
+
+
+def train(task: Task, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> Path:
     """Run (or with ``resume``, continue) a built task; returns the run folder. From a recipe:
     ``relformer.tasks.train(recipe)``."""
     if isinstance(task, Recipe):
         raise TypeError("relformer.train.train is handed a task object; for a recipe call "
                         "relformer.tasks.train(recipe), which builds its task")
     try:
-        run_dir = Trainer(task, resume=resume).fit()
+        run_dir = Engine(task, resume=resume, callbacks=callbacks).fit()
         barrier()  # the others wait for the main rank's report: a rank leaving early aborts gloo's teardown
         return run_dir
     finally:

@@ -11,6 +11,7 @@ import csv
 import io
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -19,9 +20,21 @@ from tqdm.auto import tqdm
 
 from ..utils import atomic_write_text
 
-__all__ = ["RunLogger", "read_metrics"]
+__all__ = ["RunLogger", "read_metrics", "progress_bar", "show_progress"]
 
 BASE_COLUMNS = ("kind", "epoch", "step", "wall_s")
+
+
+def show_progress() -> bool:
+    """Progress bars only for a person watching: stderr is a terminal and ``CI`` is not set."""
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def progress_bar(iterable, *, total: int | None = None, desc: str = "", enabled: bool = True):
+    """``iterable`` wrapped in a tqdm bar that clears itself when done; disabled unless
+    :func:`show_progress` (and ``enabled``)."""
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
+                disable=not (enabled and show_progress()))
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, str]]:
@@ -48,7 +61,7 @@ class RunLogger:
         # for a fresh run), so the curves read as one run; the folder's other files are left alone
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=0 if resume_step is None else resume_step + 1)
         self.bar = tqdm(total=total_steps, initial=resume_step or 0, unit="step", dynamic_ncols=True,
-                        desc="train")
+                        desc="train", disable=not show_progress())
 
     def _prepare_csv(self, resume_step: int | None) -> None:
         """A fresh header, or on resume the rows up to ``resume_step``; a changed header is an error."""

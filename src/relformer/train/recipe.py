@@ -26,7 +26,8 @@ import yaml
 
 from ..models import create_model
 
-__all__ = ["Recipe", "ModelSection", "OptimSection", "RecipeError", "recipe_from_dict", "read_recipe_yaml",
+__all__ = ["Recipe", "ModelSection", "OptimSection", "EarlyStoppingSection", "RecipeError",
+           "recipe_from_dict", "read_recipe_yaml",
            "recipe_to_dict", "recipe_to_yaml", "apply_overrides", "recipe_diff", "suggest", "MAX_LR", "MAX_SEED"]
 
 MAX_LR = 10.0  # AdamW moves each weight by about lr per step: beyond this no run can converge
@@ -71,10 +72,27 @@ class OptimSection:
 
 
 @dataclass
+class EarlyStoppingSection:
+    """Stop when ``metric`` (None: the task's main metric) has not improved by more than
+    ``min_delta`` for ``patience`` evaluations in a row (0 = never stop early); ``mode``: ``"auto"``
+    takes the task's direction for its main metric, else ``"max"`` / ``"min"``."""
+
+    patience: int = 0
+    metric: str | None = None
+    mode: Literal["auto", "max", "min"] = "auto"
+    min_delta: float = 0.0
+
+
+@dataclass
 class Recipe:
-    """The fields every task shares. ``batch_size`` is global (split over DDP ranks);
+    """The fields every task shares. ``batch_size`` is global (split over DDP ranks) and is one
+    micro-batch: an optimizer step sums the gradients of ``accumulate_grad_batches`` of them;
     ``eval_batch_size`` is per process; ``checkpoint_every`` in steps (0 = only at epoch ends);
-    ``out_dir`` defaults to ``runs/<name>``; ``device``: ``"auto"`` = cuda if available else cpu."""
+    ``max_steps``: stop after that many optimizer steps (None: ``epochs`` decide; the LR schedule
+    spans whichever ends first); ``init_from``: start from the model weights of a run folder (its
+    ``best/``) or a checkpoint folder (weights only, manifest verified; ``--resume`` restores the
+    run's own weights instead); ``out_dir`` defaults to
+    ``runs/<name>``; ``device``: ``"auto"`` = cuda if available else cpu."""
 
     name: str = "custom"
     task: str = ""
@@ -92,6 +110,10 @@ class Recipe:
     log_every: int = 50
     out_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_steps: int | None = None
+    accumulate_grad_batches: int = 1
+    early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
+    init_from: str | None = None
 
     def run_dir(self) -> Path:
         return Path(self.out_dir if self.out_dir is not None else Path("runs") / self.name)
@@ -99,10 +121,14 @@ class Recipe:
     def validate(self) -> None:
         """Range checks the types cannot express; raises :class:`RecipeError` naming the key."""
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
-                    "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints, "optim.lr": self.optim.lr}
+                    "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints, "optim.lr": self.optim.lr,
+                    "accumulate_grad_batches": self.accumulate_grad_batches,
+                    "max_steps": 1 if self.max_steps is None else self.max_steps}
         non_negative = {"checkpoint_every": self.checkpoint_every, "optim.min_lr": self.optim.min_lr,
                         "optim.weight_decay": self.optim.weight_decay, "optim.warmup_epochs": self.optim.warmup_epochs,
-                        "optim.clip_grad": self.optim.clip_grad, "optim.eps": self.optim.eps}
+                        "optim.clip_grad": self.optim.clip_grad, "optim.eps": self.optim.eps,
+                        "early_stopping.patience": self.early_stopping.patience,
+                        "early_stopping.min_delta": self.early_stopping.min_delta}
         for key, value in positive.items():
             if not (value > 0 and _finite(value)):
                 raise RecipeError(f"{key} must be > 0 and finite, got {value!r}")
@@ -116,6 +142,8 @@ class Recipe:
             raise RecipeError(f"optim.betas must lie in [0, 1), got {self.optim.betas}")
         if not 0 <= self.seed <= MAX_SEED:
             raise RecipeError(f"seed must lie in [0, 2**63 - 1], got {self.seed}")
+        if self.init_from is not None and not self.init_from.strip():
+            raise RecipeError("init_from must not be empty; give a run folder or a checkpoint folder, or null")
         if self.out_dir is not None and not self.out_dir.strip():
             raise RecipeError("out_dir must not be empty (it would be the current folder); give a folder name")
 
