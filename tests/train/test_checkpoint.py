@@ -122,3 +122,31 @@ def test_incomplete_checkpoint_is_refused(tmp_path):
     (path / ckpt.OPTIMIZER_FILE).unlink()
     with pytest.raises(ckpt.CheckpointError, match="incomplete: missing optimizer.safetensors"):
         read_checkpoint(path, model)
+
+
+def test_a_registry_model_checkpoint_loads_in_one_call_and_its_config_is_checksummed(tmp_path):
+    from relformer.models import create_model, from_pretrained
+
+    torch.manual_seed(0)
+    model = create_model("vit_micro", num_classes=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    CheckpointDir(tmp_path / "run" / "checkpoints").save(4, model, opt, None, {"epoch": 1}, best=True)
+    manifest = ckpt.verify_checkpoint(tmp_path / "run" / "checkpoints" / "best")
+    assert "config.json" in manifest["sha256"]
+    loaded = from_pretrained(tmp_path / "run")  # the run folder: picks best/
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(loaded(x).logits, model.eval()(x).logits)
+    assert loaded.variant == "vit_micro" and loaded.config.num_classes == 3
+    config = tmp_path / "run" / "checkpoints" / "best" / "config.json"
+    config.write_text(config.read_text().replace('"num_classes": 3', '"num_classes": 4'))
+    with pytest.raises(ckpt.CheckpointError, match="config.json is damaged"):
+        ckpt.verify_checkpoint(config.parent)
+
+
+def test_a_plain_module_checkpoint_has_no_config(tmp_path):
+    model, opt, sched = make()
+    ckpt.write_checkpoint(tmp_path / "c", model, opt, sched, {"epoch": 0})
+    assert not (tmp_path / "c" / "config.json").exists()
+    assert set(ckpt.verify_checkpoint(tmp_path / "c")["sha256"]) == {"model.safetensors", "optimizer.safetensors",
+                                                                     "trainer_state.json"}

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from ..data import Packed
 from ..data.stdlib_docs import parsed_sources
-from ..models.text import SentenceEncoder, TextEncoder, pool
+from ..models.text import SentenceEncoder, TextEncoder
 from ..train.recipe import ModelSection, Recipe, RecipeError
 from .base import TaskBase
 from .classification import fill_model_options
@@ -163,10 +163,9 @@ class TextBatch:
 
 
 def embed(encoder: SentenceEncoder, ids: Tensor, types: Tensor | None, offsets: Tensor) -> Tensor:
-    """Differentiable, L2-normalised sentence embeddings ``(B, dim)`` of packed tokens: the text
-    encoder, the encoder's pooling. (The same computation as ``SentenceEncoder.encode``, with gradients.)"""
-    hidden = encoder.encoder(Packed(ids, offsets), token_type_ids=types).last_hidden_state
-    return F.normalize(pool(hidden, encoder.pooling).float(), dim=-1)
+    """Differentiable, L2-normalised sentence embeddings ``(B, dim)`` of packed tokens
+    (:meth:`SentenceEncoder.forward`: the same computation as ``encode``, with gradients)."""
+    return F.normalize(encoder(Packed(ids, offsets), token_type_ids=types).float(), dim=-1)
 
 
 def multiple_negatives_ranking_loss(anchors: Tensor, candidates: Tensor, scale: float = 20.0) -> Tensor:

@@ -11,7 +11,9 @@ Layout of ``run_dir/checkpoints/``::
 ``optimizer.safetensors`` the optimizer's per-parameter tensors as ``state.<param id>.<key>``;
 ``trainer_state.json`` everything else (the optimizer's ``param_groups`` and non-tensor state, the
 scheduler's ``state_dict``, the trainer's progress and the recipe); ``manifest.json`` the step and
-the sha256 of each of those three files. A folder is intact when its manifest parses and every
+the sha256 of each of those three files (and of ``config.json``, written for models built from a
+registered config, which makes the folder loadable with ``relformer.models.from_pretrained``). A
+folder is intact when its manifest parses and every
 checksum matches, so a truncated, emptied or bit-flipped file is detected, never loaded.
 
 Publish order (:meth:`CheckpointDir.save`), each step atomic (:mod:`relformer.utils`):
@@ -49,6 +51,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
+from ..models import config_classes
+from ..models.hub import CONFIG_FILE, config_dict
 from ..utils import atomic_write_bytes, atomic_write_text, fsync_dir
 
 __all__ = ["CheckpointDir", "CheckpointError", "write_checkpoint", "read_checkpoint", "verify_checkpoint",
@@ -88,6 +92,16 @@ def _pause(phase: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Tensors <-> state dicts
 # ---------------------------------------------------------------------------------------------
+def model_config_json(model: nn.Module) -> bytes | None:
+    """``config.json`` for a model built from a registered config (``model.config``), else None (a
+    plain module trained from Python has no config to rebuild it from)."""
+    model = getattr(model, "module", model)  # DDP
+    config = getattr(model, "config", None)
+    if config is None or type(config) not in config_classes().values():
+        return None
+    return (json.dumps(config_dict(config, getattr(model, "variant", None)), indent=2) + "\n").encode()
+
+
 def model_tensors(model: nn.Module) -> dict[str, Tensor]:
     """``model.state_dict()`` on the CPU, contiguous, with no two tensors sharing memory (tied
     weights are copied) as safetensors requires."""
@@ -165,6 +179,9 @@ def write_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch
     files = {MODEL_FILE: save_safetensors(model_tensors(model), metadata={"format": "pt"}),
              OPTIMIZER_FILE: save_safetensors(opt_tensors, metadata={"format": "pt"}),
              STATE_FILE: json.dumps(state, indent=1, default=_json_default).encode()}
+    config = model_config_json(model)
+    if config is not None:  # a registry model: the folder loads with relformer.models.from_pretrained
+        files[CONFIG_FILE] = config
     for name, data in files.items():
         atomic_write_bytes(tmp / name, data)
     _pause("files")
@@ -187,6 +204,9 @@ def _read_json(path: Path, what: str) -> dict:
     return value
 
 
+_CHECKED = {MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE}  # config.json: registry models only
+
+
 def verify_checkpoint(path: str | os.PathLike) -> dict:
     """The manifest of an intact checkpoint folder; :class:`CheckpointError` naming the damage otherwise."""
     path = Path(path)
@@ -196,7 +216,7 @@ def verify_checkpoint(path: str | os.PathLike) -> dict:
     if manifest.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} has format {manifest.get('format')!r}; this relformer reads {FORMAT}")
     sums = manifest.get("sha256")
-    if not isinstance(sums, dict) or set(sums) != {MODEL_FILE, OPTIMIZER_FILE, STATE_FILE} \
+    if not isinstance(sums, dict) or not {MODEL_FILE, OPTIMIZER_FILE, STATE_FILE} <= set(sums) <= _CHECKED \
             or not isinstance(manifest.get("step"), int):
         raise CheckpointError(f"checkpoint {path}: {MANIFEST_FILE} does not list the checkpoint's files")
     for name, expected in sums.items():
@@ -368,8 +388,8 @@ class CheckpointDir:
         tmp = self.root / f".best.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp)
-        for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, MANIFEST_FILE):
-            fsync_dir(tmp / name)  # fsync the copied files (fsync_dir opens any path read-only)
+        for child in tmp.iterdir():
+            fsync_dir(child)  # fsync the copied files (fsync_dir opens any path read-only)
         fsync_dir(tmp)
         _install_dir(tmp, self.best, aside_phase="best-aside")
 

@@ -134,10 +134,12 @@ class SentenceEncoder(nn.Module):
                 "attention_mask": padded([[1] * len(e.ids) for e in encodings], 0),
                 "token_type_ids": padded([e.type_ids for e in encodings], 0)}
 
-    def forward(self, inputs: Sequence[str] | str | dict | Packed, normalize: bool = False) -> Tensor:
+    def forward(self, inputs: Sequence[str] | str | dict | Packed, normalize: bool = False,
+                token_type_ids: Tensor | None = None) -> Tensor:
         """Differentiable pooled embeddings ``(n, dim)`` for fine-tuning (Reimers & Gurevych 2019, sec. 3):
         ``inputs`` are texts, :meth:`tokenize`'s padded features (``input_ids``, ``attention_mask``,
-        optional ``token_type_ids``) or a Packed batch of ids. Runs in the module's mode, with grad."""
+        optional ``token_type_ids``) or a Packed batch of ids (with its packed ``token_type_ids (N,)``).
+        Runs in the module's mode, with grad."""
         device = next(self.encoder.parameters()).device
         if isinstance(inputs, dict):
             unknown = set(inputs) - {"input_ids", "attention_mask", "token_type_ids"}
@@ -152,7 +154,7 @@ class SentenceEncoder(nn.Module):
             hidden = self.encoder(ids, attention_mask=mask, token_type_ids=types)
             emb = pool(Packed.from_padded(hidden.last_hidden_state, mask=mask), self.pooling)
         elif isinstance(inputs, Packed):
-            emb = self._embed(inputs, None)
+            emb = self._embed(inputs, token_type_ids)
         else:
             emb = self._embed(*self._features(self._tokenize(inputs), device))
         return F.normalize(emb, dim=-1) if normalize else emb
