@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from . import backends as _b
+from . import probe as _probe
 from .chunked import chunked_attention
 from .relation import Relation
 
@@ -45,9 +46,10 @@ CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk*tile_cost above which `chunked` bea
 CHUNKED_MIN_PAIRS = 128 * 128    # Lq*Lk below which chunked runs one 64x64-or-smaller tile: no memory saved
 EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (e.g. the box MLP)
 SMALL_PAIRS = 64 * 64            # CPU at or below this Lq*Lk (and < CHUNKED_MIN_SCORES scores in all, unless
-                                 # training a learnable bias): matmul + softmax beat SDPA's kernels, in training
-                                 # and inference
-SMALL_MIN_MATRICES = 64          # ... when there are many of them (B*H): with few (DETR-base's encoder, 4 x 8
+                                 # training a learnable bias): eager or SDPA by measurement (attention/probe.py);
+                                 # the fixed rule below is the default the measurement must beat
+SMALL_MIN_MATRICES = 64          # the rule: eager for this many (B*H) or more, whose matmul + softmax beat SDPA's
+                                 # kernels on the AMD EPYC first measured; with few (DETR-base's encoder, 4 x 8
                                  # heads of 64 x 64) the fused kernel was level or ahead in training
 
 
@@ -104,7 +106,53 @@ def _check(q: Tensor, k: Tensor, v: Tensor, relation, backend: str, scale, dropo
 
 
 def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, dropout_p: float = 0.0) -> Choice:
-    """Which backend ``backend="auto"`` picks for these inputs, and why."""
+    """Which backend ``backend="auto"`` picks for these inputs, and why.
+
+    The fixed rule (:func:`_rule`) decides, except between eager and SDPA for small CPU score
+    matrices, where the rule's answer stands unless the other backend measured faster on this CPU
+    by :data:`~relformer.attention.probe.MARGIN` (:func:`_small_choice`)."""
+    choice = _rule(q, k, v, relation, dropout_p)
+    if choice.backend in ("eager", "sdpa") and _small_contested(q, k, v, relation, dropout_p):
+        return _small_choice(choice, q, k, v, relation)
+    return choice
+
+
+def _small_contested(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, dropout_p: float) -> bool:
+    """Small fp32 CPU score matrices, where eager and SDPA trade places from one CPU to another: the
+    rule's small-score conditions, whatever the number of matrices. Not under ``torch.compile`` or
+    autocast, nor for SDPA's causal kernel, which the probe does not model."""
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    if not (q.device.type == "cpu" and q.dtype == torch.float32 and Lq * Lk <= SMALL_PAIRS and dropout_p == 0.0):
+        return False
+    if relation is not None and (relation.has_prob or relation.tile_cost >= EXPENSIVE_BIAS or relation.is_causal(Lq, Lk)):
+        return False
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return False
+    training, rel_grad = _b.needs_grad(q, k, v, relation)
+    return B * H * Lq * Lk < CHUNKED_MIN_SCORES or (training and rel_grad)
+
+
+def _small_choice(rule: Choice, q: Tensor, k: Tensor, v: Tensor, relation: Relation | None) -> Choice:
+    """Eager or SDPA for small CPU score matrices: forced by ``RELFORMER_SMALL_ATTENTION``, else the rule's
+    answer unless the other backend measured at least ``MARGIN`` times faster on this bucket."""
+    B, H, Lq, _ = q.shape
+    what = f"CPU, small score matrices ({Lq}x{k.shape[2]}, {B * H} of them)"
+    policy = _probe.small_attention()
+    if policy != "auto":
+        return Choice(policy, f"{what}: RELFORMER_SMALL_ATTENTION={policy}")
+    training, rel_grad = _b.needs_grad(q, k, v, relation)
+    dead = (relation is not None and relation.has_mask
+            and _b.dense_mask_and_dead(relation, B, H, Lq, k.shape[2], q.device)[1] is not None)
+    ratio, _ = _probe.measured_ratio(_probe.bucket_of(q, k, v, relation, training, rel_grad, dead))
+    measured = f"{what}: sdpa measured {ratio:.2f}x as fast as eager on this CPU"
+    if (ratio if rule.backend == "eager" else 1.0 / ratio) > _probe.MARGIN:
+        return Choice("sdpa" if rule.backend == "eager" else "eager", measured)
+    return Choice(rule.backend, f"{measured}; {rule.backend} stays (the other needs a {_probe.MARGIN:.2f}x win)")
+
+
+def _rule(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, dropout_p: float) -> Choice:
+    """The fixed policy, from measurements on one CPU (module doc)."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     dev = q.device
@@ -125,7 +173,7 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
     if (dev.type == "cpu" and Lq * Lk <= SMALL_PAIRS and cost < EXPENSIVE_BIAS and B * H >= SMALL_MIN_MATRICES
             and (B * H * Lq * Lk < CHUNKED_MIN_SCORES or (training and rel_grad))):
         return Choice("eager", f"CPU, small score matrices ({Lq}x{Lk}, {B * H} of them): matmul + softmax beat "
-                               "SDPA's kernels, whose per-call overhead dominates tiny matrices")
+                               "SDPA's kernels on the CPU first measured (per-call overhead dominates tiny matrices)")
     if relation is None or not (relation.has_mask or relation.has_bias):
         return Choice("sdpa", "no relation: fused SDPA")
     if cost >= EXPENSIVE_BIAS and big and dropout_p == 0.0:
