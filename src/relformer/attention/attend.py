@@ -18,6 +18,9 @@ chunked     blockwise online-softmax autograd Function; bias recomputed per tile
   SDPA in inference, while for dense biases SDPA is as fast or faster.
 * ``chunked`` trades a little time for O(tile) memory when the bias is learnable and the
   score matrix is large, and is the only fused path for post-softmax multipliers.
+* Between eager and SDPA for small CPU score matrices no fixed rule holds on every CPU (eager won
+  on an AMD EPYC, SDPA on an Intel Xeon for packed rows): the rule's answer there is checked by a
+  short probe cached per shape bucket (:mod:`relformer.attention.probe`).
 """
 from __future__ import annotations
 
@@ -112,36 +115,41 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
     matrices, where the rule's answer stands unless the other backend measured faster on this CPU
     by :data:`~relformer.attention.probe.MARGIN` (:func:`_small_choice`)."""
     choice = _rule(q, k, v, relation, dropout_p)
-    if choice.backend in ("eager", "sdpa") and _small_contested(q, k, v, relation, dropout_p):
-        return _small_choice(choice, q, k, v, relation)
+    if choice.backend in ("eager", "sdpa"):
+        grads = _small_contested(q, k, v, relation, dropout_p)
+        if grads is not None:
+            return _small_choice(choice, q, k, v, relation, *grads)
     return choice
 
 
-def _small_contested(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, dropout_p: float) -> bool:
-    """Small fp32 CPU score matrices, where eager and SDPA trade places from one CPU to another: the
-    rule's small-score conditions, whatever the number of matrices. Not under ``torch.compile`` or
-    autocast, nor for SDPA's causal kernel, which the probe does not model."""
+def _small_contested(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None,
+                     dropout_p: float) -> tuple[bool, bool] | None:
+    """``(training, rel_grad)`` for small fp32 CPU score matrices, where eager and SDPA trade places from
+    one CPU to another (the rule's small-score conditions, whatever the number of matrices); None
+    elsewhere, under ``torch.compile`` or autocast, and for SDPA's causal kernel (not what the probe
+    models)."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     if not (q.device.type == "cpu" and q.dtype == torch.float32 and Lq * Lk <= SMALL_PAIRS and dropout_p == 0.0):
-        return False
-    if relation is not None and (relation.has_prob or relation.tile_cost >= EXPENSIVE_BIAS or relation.is_causal(Lq, Lk)):
-        return False
+        return None
+    if relation is not None and (relation.has_prob or relation.tile_cost >= EXPENSIVE_BIAS
+                                 or relation.is_causal(Lq, Lk)):
+        return None
     if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
-        return False
+        return None
     training, rel_grad = _b.needs_grad(q, k, v, relation)
-    return B * H * Lq * Lk < CHUNKED_MIN_SCORES or (training and rel_grad)
+    return (training, rel_grad) if B * H * Lq * Lk < CHUNKED_MIN_SCORES or (training and rel_grad) else None
 
 
-def _small_choice(rule: Choice, q: Tensor, k: Tensor, v: Tensor, relation: Relation | None) -> Choice:
+def _small_choice(rule: Choice, q: Tensor, k: Tensor, v: Tensor, relation: Relation | None,
+                  training: bool, rel_grad: bool) -> Choice:
     """Eager or SDPA for small CPU score matrices: forced by ``RELFORMER_SMALL_ATTENTION``, else the rule's
-    answer unless the other backend measured at least ``MARGIN`` times faster on this bucket."""
+    answer unless the other backend measured more than ``MARGIN`` times faster on this bucket."""
     B, H, Lq, _ = q.shape
     what = f"CPU, small score matrices ({Lq}x{k.shape[2]}, {B * H} of them)"
     policy = _probe.small_attention()
     if policy != "auto":
         return Choice(policy, f"{what}: RELFORMER_SMALL_ATTENTION={policy}")
-    training, rel_grad = _b.needs_grad(q, k, v, relation)
     dead = (relation is not None and relation.has_mask
             and _b.dense_mask_and_dead(relation, B, H, Lq, k.shape[2], q.device)[1] is not None)
     ratio, _ = _probe.measured_ratio(_probe.bucket_of(q, k, v, relation, training, rel_grad, dead))

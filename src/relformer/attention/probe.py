@@ -5,8 +5,8 @@ matmul) and SDPA's CPU kernels is faster depends on the CPU: on the AMD EPYC the
 tuned on, eager won for many such matrices; on an Intel Xeon SDPA won by about 2x for GPS's packed
 64-slot rows (``bench/results/attention.md``). No rule written in advance holds on both, so
 :func:`measured_ratio` times the two on synthetic inputs shaped like the call's :class:`Bucket`
-(mode, learnable bias, mask with or without dead rows, bias, lengths rounded up, head dims, number of matrices rounded to a
-power of two and capped at :data:`PROBE_SCORES` scores): a warm-up of each, then
+(mode, learnable bias, mask with or without dead rows, bias, lengths rounded up, head dims,
+number of matrices rounded to a power of two and capped at :data:`PROBE_SCORES` scores): a warm-up of each, then
 :data:`PROBE_REPS` pairs, alternating which runs first, forward only in inference and
 forward + backward in training. The ratio is eager's time / SDPA's -- the lower of the median
 per-pair ratio and the ratio of the fastest runs (noise only adds time). The probe draws from a
@@ -104,20 +104,21 @@ def bucket_of(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, traini
     matrices = max(1, min(matrices, 1 << int(math.log2(max(PROBE_SCORES // (lq * lk), 1)))))
     heads = min(H, matrices)
     mask = relation is not None and relation.has_mask
-    return Bucket(training, rel_grad, mask, mask and dead, relation is not None and relation.has_bias, lq, lk, D, v.shape[3], heads, matrices)
+    bias = relation is not None and relation.has_bias
+    return Bucket(training, rel_grad, mask, mask and dead, bias, lq, lk, D, v.shape[3], heads, matrices)
 
 
 def _segments(length: int, batch: int, padded: bool) -> Tensor:
     """``(batch, length)`` segment ids of packed rows: three items, then (``padded``) an eighth of padding
     (-1): rows without any key cost eager a pass of their own, so they are part of the bucket."""
-    used = length - length // 8 if padded else length
+    used = length - max(1, length // 8) if padded and length > 1 else length
     ids = torch.arange(length) * 3 // used
     return ids.masked_fill(ids >= 3, -1).expand(batch, -1)
 
 
 class _ProbeRelation(Relation):
-    """A packed-rows mask (three items per row, as packed graphs are, and padding when the bucket has dead rows) and/or a per-head ``(H, Lq, Lk)``
-    bias table, for the probe's synthetic inputs."""
+    """The probe's relation: a packed-rows mask (three items per row, as packed graphs have, and padding
+    when the bucket has dead rows) and/or a per-head ``(H, Lq, Lk)`` bias table."""
 
     def __init__(self, bucket: Bucket, batch: int, generator: torch.Generator) -> None:
         super().__init__()
