@@ -17,9 +17,15 @@ from tests.equivalence import make_qkv
 def _fresh_probe(monkeypatch, tmp_path):
     """A private cache folder and an empty process cache for each test (never the user's cache)."""
     monkeypatch.setenv("RELFORMER_CACHE", str(tmp_path))
+    _new_process(monkeypatch)
+    monkeypatch.setattr(probe, "_policy", "auto")
+
+
+def _new_process(monkeypatch):
+    """The probe's state as a fresh process finds it (the disk cache stays)."""
     monkeypatch.setattr(probe, "_ratios", {})
     monkeypatch.setattr(probe, "_loaded_threads", set())
-    monkeypatch.setattr(probe, "_policy", "auto")
+    monkeypatch.setattr(probe, "_by_shape", {})
 
 
 def _stub_measure(monkeypatch, ratio):
@@ -123,8 +129,7 @@ def test_disk_cache_round_trip(monkeypatch, tmp_path):
     data = json.loads(files[0].read_text())
     assert data["ratios"] == {bucket.key(): 1.7} and data["threads"] == torch.get_num_threads()
     # a new process (empty process cache) reads the disk and chooses as the first one did, measuring nothing
-    monkeypatch.setattr(probe, "_ratios", {})
-    monkeypatch.setattr(probe, "_loaded_threads", set())
+    _new_process(monkeypatch)
     calls = _stub_measure(monkeypatch, 0.5)
     assert probe.measured_ratio(bucket) == (1.7, "disk")
     assert relformer.explain(q, k, v, None).backend == "sdpa" and calls == []
@@ -143,8 +148,7 @@ def test_a_corrupt_cache_file_is_ignored_and_rewritten(monkeypatch, tmp_path, co
     if content is None:
         content = path.read_text().replace("1.3", "-Infinity")
     path.write_text(content)
-    monkeypatch.setattr(probe, "_ratios", {})
-    monkeypatch.setattr(probe, "_loaded_threads", set())
+    _new_process(monkeypatch)
     calls = _stub_measure(monkeypatch, 1.4)
     assert probe.measured_ratio(bucket) == (1.4, "measured") and len(calls) == 1
     assert json.loads(path.read_text())["ratios"] == {bucket.key(): 1.4}
@@ -155,8 +159,8 @@ def test_explain_names_the_measurement(monkeypatch):
     reason = relformer.explain(*_many(), None).reason
     assert "measured 2.35x" in reason and "50x50, 256 of them" in reason
     _stub_measure(monkeypatch, 1.0)
-    monkeypatch.setattr(probe, "_ratios", {})
-    reason = relformer.explain(*_many(), None).reason
+    with torch.no_grad():  # inference: another bucket, measured level
+        reason = relformer.explain(*_many(), None).reason
     assert "measured 1.00x" in reason and "eager stays" in reason
 
 
@@ -201,3 +205,17 @@ def test_auto_on_small_scores_equals_eager_forward_and_backward(policy, case):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for g, rg in zip(grads, ref_grads):
         torch.testing.assert_close(g, rg, rtol=1e-5, atol=1e-5)
+
+
+def test_buckets_round_lengths_and_bound_the_probe():
+    """49 and 50 share a length bucket; the matrix count rounds to a power of two and the probe's size
+    is capped at PROBE_SCORES scores (GPS's 240 packed rows x heads probe 128 matrices of 64 x 64)."""
+    gps = probe.bucket_of(*make_qkv(60, 4, 64, 64, 16), None, True, False, False)
+    assert (gps.lq, gps.lk, gps.heads, gps.matrices) == (64, 64, 4, 128)
+    vit = probe.bucket_of(*make_qkv(64, 2, 50, 50, 32), None, False, False, False)
+    swin = probe.bucket_of(*make_qkv(64, 2, 49, 49, 32), None, False, False, False)
+    assert vit == swin and vit.lq == 56
+    for B, H, Lq, Lk in ((4096, 3, 49, 49), (1, 1, 1, 4096), (3, 5, 7, 9), (64, 16, 64, 64)):
+        b = probe.bucket_of(*make_qkv(B, H, Lq, Lk, 8), None, True, False, False)
+        assert 1 <= b.matrices * b.lq * b.lk <= probe.PROBE_SCORES and b.lq >= Lq and b.lk >= Lk
+        assert b.heads <= H and b.matrices >= b.heads

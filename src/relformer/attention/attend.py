@@ -152,7 +152,7 @@ def _small_choice(rule: Choice, q: Tensor, k: Tensor, v: Tensor, relation: Relat
         return Choice(policy, f"{what}: RELFORMER_SMALL_ATTENTION={policy}")
     dead = (relation is not None and relation.has_mask
             and _b.dense_mask_and_dead(relation, B, H, Lq, k.shape[2], q.device)[1] is not None)
-    ratio, _ = _probe.measured_ratio(_probe.bucket_of(q, k, v, relation, training, rel_grad, dead))
+    ratio = _probe.ratio_for(q, k, v, relation, training, rel_grad, dead)
     measured = f"{what}: sdpa measured {ratio:.2f}x as fast as eager on this CPU"
     if (ratio if rule.backend == "eager" else 1.0 / ratio) > _probe.MARGIN:
         return Choice("sdpa" if rule.backend == "eager" else "eager", measured)

@@ -38,8 +38,8 @@ from ..utils.cpu import cpu_model
 from . import backends as _b
 from .relation import Relation
 
-__all__ = ["SMALL_ATTENTION", "MARGIN", "Bucket", "bucket_of", "measured_ratio", "set_small_attention",
-           "small_attention"]
+__all__ = ["SMALL_ATTENTION", "MARGIN", "Bucket", "bucket_of", "measured_ratio", "ratio_for",
+           "set_small_attention", "small_attention"]
 
 SMALL_ATTENTION = ("auto", "eager", "sdpa")
 MARGIN = 1.10  # the backend the fixed rule does not pick takes a bucket only when it is this much faster
@@ -49,6 +49,7 @@ _CACHE_SCHEMA = 1
 _policy = "auto"
 _ratios: dict[tuple[int, str], float] = {}  # (threads, bucket key) -> eager time / sdpa time
 _loaded_threads: set[int] = set()  # thread counts whose disk cache has been read
+_by_shape: dict[tuple, float] = {}  # exact call shape -> its bucket's ratio: the hot path's one lookup
 
 
 def set_small_attention(name: str) -> None:
@@ -218,6 +219,17 @@ def _load_cache(threads: int) -> None:
     _loaded_threads.add(threads)
     for key, ratio in _read_cache(threads).items():
         _ratios.setdefault((threads, key), float(ratio))
+
+
+def ratio_for(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, training: bool, rel_grad: bool,
+              dead: bool) -> float:
+    """:func:`measured_ratio` of the call's :func:`bucket_of`, memoised on the exact shapes."""
+    shape = (torch.get_num_threads(), training, rel_grad, dead, relation is not None and relation.has_mask,
+             relation is not None and relation.has_bias, q.shape, k.shape[2], v.shape[3])
+    ratio = _by_shape.get(shape)
+    if ratio is None:
+        ratio = _by_shape[shape] = measured_ratio(bucket_of(q, k, v, relation, training, rel_grad, dead))[0]
+    return ratio
 
 
 def measured_ratio(bucket: Bucket) -> tuple[float, str]:
