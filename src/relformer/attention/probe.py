@@ -154,8 +154,8 @@ def _probe_calls(bucket: Bucket):
         def call():
             with torch.set_grad_enabled(bucket.training):
                 out = backend(q, k, v, rel, scale, 0.0)
-                if bucket.training:
-                    torch.autograd.grad(out, inputs, grad_out)
+                if bucket.training:  # a scalar loss: explicit grad_outputs would import sympy on first use
+                    torch.autograd.grad((out * grad_out).sum(), inputs)
         return call
     return way(_b.eager), way(_b.sdpa)
 
