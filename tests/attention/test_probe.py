@@ -2,6 +2,7 @@
 import importlib
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -219,3 +220,21 @@ def test_buckets_round_lengths_and_bound_the_probe():
         b = probe.bucket_of(*make_qkv(B, H, Lq, Lk, 8), None, True, False, False)
         assert 1 <= b.matrices * b.lq * b.lk <= probe.PROBE_SCORES and b.lq >= Lq and b.lk >= Lk
         assert b.heads <= H and b.matrices >= b.heads
+
+
+def test_a_slow_pair_shortens_the_probe(monkeypatch):
+    """The repetitions after the warm-up fit PROBE_SECONDS (at least one pair runs)."""
+    calls = []
+
+    def slow(name):
+        def way():
+            calls.append(name)
+            time.sleep(0.01)
+        return way
+    monkeypatch.setattr(probe, "PROBE_SECONDS", 0.001)
+    assert probe._paired_ratio(slow("eager"), slow("sdpa"), reps=5) > 0
+    assert sorted(calls) == ["eager"] * 2 + ["sdpa"] * 2  # warm-up + one pair
+    calls.clear()
+    monkeypatch.setattr(probe, "PROBE_SECONDS", 10.0)
+    probe._paired_ratio(slow("eager"), slow("sdpa"), reps=3)
+    assert len(calls) == 8

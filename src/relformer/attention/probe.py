@@ -6,15 +6,15 @@ tuned on, eager won for many such matrices; on an Intel Xeon SDPA won by about 2
 64-slot rows (``bench/results/attention.md``). No rule written in advance holds on both, so
 :func:`measured_ratio` times the two on synthetic inputs shaped like the call's :class:`Bucket`
 (mode, learnable bias, mask with or without dead rows, bias, lengths rounded up, head dims,
-number of matrices rounded to a power of two and capped at :data:`PROBE_SCORES` scores): a warm-up of each, then
-:data:`PROBE_REPS` pairs, alternating which runs first, forward only in inference and
-forward + backward in training. The ratio is eager's time / SDPA's -- the lower of the median
+number of matrices rounded to a power of two and capped at :data:`PROBE_SCORES` scores): one
+warm-up of each, then :data:`PROBE_REPS` pairs alternating which runs first (fewer when a pair
+takes long: at most about :data:`PROBE_SECONDS` after the warm-up), forward only in inference,
+forward + backward in training. The ratio is eager's time / SDPA's: the lower of the median
 per-pair ratio and the ratio of the fastest runs (noise only adds time). The probe draws from a
-private generator (the user's random stream is untouched) and costs a few milliseconds per
-bucket on one core; each bucket is measured once per process and kept on disk (JSON under
-``relformer.utils.cache_root()/attention``, keyed on CPU model, torch version and thread count;
-a file that does not parse or validate is ignored and rewritten), so a resumed run chooses as
-the first one did.
+private generator (the user's random stream is untouched). Each bucket is measured once per
+process and kept on disk (JSON under ``relformer.utils.cache_root()/attention``, keyed on CPU
+model, torch version and thread count; a file that does not parse or validate is ignored and
+rewritten), so a resumed run chooses as the first one did.
 
 ``RELFORMER_SMALL_ATTENTION`` in the environment, or :func:`set_small_attention`, sets the
 policy: ``"auto"`` (the default, measured), ``"eager"`` or ``"sdpa"`` (forced; for benchmarks).
@@ -45,6 +45,7 @@ SMALL_ATTENTION = ("auto", "eager", "sdpa")
 MARGIN = 1.10  # the backend the fixed rule does not pick takes a bucket only when it is this much faster
 PROBE_SCORES = 1 << 19  # scores per probe call at most (128 matrices of 64 x 64): bounds the probe's time
 PROBE_REPS = 3  # paired repetitions after one warm-up of each backend
+PROBE_SECONDS = 0.04  # the repetitions' time budget: a slow machine runs fewer (the warm-up pair always runs)
 _CACHE_SCHEMA = 1
 _policy = "auto"
 _ratios: dict[tuple[int, str], float] = {}  # (threads, bucket key) -> eager time / sdpa time
@@ -161,9 +162,13 @@ def _probe_calls(bucket: Bucket):
 
 
 def _paired_ratio(eager_way, sdpa_way, reps: int = PROBE_REPS) -> float:
-    """Eager's time / SDPA's over ``reps`` back-to-back pairs (order alternating): the lower of the
-    median per-pair ratio and the ratio of the fastest runs."""
+    """Eager's time / SDPA's over ``reps`` back-to-back pairs (order alternating; fewer when a pair takes
+    longer than :data:`PROBE_SECONDS` / ``reps``, at least one): the lower of the median per-pair ratio and
+    the ratio of the fastest runs."""
+    start = time.perf_counter()
     eager_way(), sdpa_way()  # warm-up: first-call allocation, the mask's memoisation
+    pair = time.perf_counter() - start
+    reps = max(1, min(reps, int(PROBE_SECONDS / max(pair, 1e-9))))
     seconds = {"eager": [], "sdpa": []}
     for rep in range(reps):
         for name, way in (("eager", eager_way), ("sdpa", sdpa_way))[::1 if rep % 2 else -1]:
