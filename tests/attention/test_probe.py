@@ -11,6 +11,7 @@ import relformer
 from relformer import relations as R
 from relformer.attention import probe
 from relformer.relations import Documents
+from relformer.utils.cpu import paired_ratio
 from tests.equivalence import make_qkv
 
 
@@ -128,7 +129,7 @@ def test_disk_cache_round_trip(monkeypatch, tmp_path):
     files = list((tmp_path / "attention").glob("*.json"))
     assert len(files) == 1
     data = json.loads(files[0].read_text())
-    assert data["ratios"] == {bucket.key(): 1.7} and data["threads"] == torch.get_num_threads()
+    assert data["entries"] == {bucket.key(): 1.7} and data["threads"] == torch.get_num_threads()
     # a new process (empty process cache) reads the disk and chooses as the first one did, measuring nothing
     _new_process(monkeypatch)
     calls = _stub_measure(monkeypatch, 0.5)
@@ -152,7 +153,7 @@ def test_a_corrupt_cache_file_is_ignored_and_rewritten(monkeypatch, tmp_path, co
     _new_process(monkeypatch)
     calls = _stub_measure(monkeypatch, 1.4)
     assert probe.measured_ratio(bucket) == (1.4, "measured") and len(calls) == 1
-    assert json.loads(path.read_text())["ratios"] == {bucket.key(): 1.4}
+    assert json.loads(path.read_text())["entries"] == {bucket.key(): 1.4}
 
 
 def test_explain_names_the_measurement(monkeypatch):
@@ -222,8 +223,8 @@ def test_buckets_round_lengths_and_bound_the_probe():
         assert b.heads <= H and b.matrices >= b.heads
 
 
-def test_a_slow_pair_shortens_the_probe(monkeypatch):
-    """The repetitions after the warm-up fit PROBE_SECONDS (at least one pair runs)."""
+def test_a_slow_pair_shortens_the_probe():
+    """The repetitions after the warm-up fit the probe's time budget (at least one pair runs)."""
     calls = []
 
     def slow(name):
@@ -231,10 +232,8 @@ def test_a_slow_pair_shortens_the_probe(monkeypatch):
             calls.append(name)
             time.sleep(0.01)
         return way
-    monkeypatch.setattr(probe, "PROBE_SECONDS", 0.001)
-    assert probe._paired_ratio(slow("eager"), slow("sdpa"), reps=5) > 0
+    assert paired_ratio(slow("eager"), slow("sdpa"), reps=5, budget_s=0.001) > 0
     assert sorted(calls) == ["eager"] * 2 + ["sdpa"] * 2  # warm-up + one pair
     calls.clear()
-    monkeypatch.setattr(probe, "PROBE_SECONDS", 10.0)
-    probe._paired_ratio(slow("eager"), slow("sdpa"), reps=3)
+    paired_ratio(slow("eager"), slow("sdpa"), reps=3, budget_s=10.0)
     assert len(calls) == 8

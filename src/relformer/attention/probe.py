@@ -21,20 +21,14 @@ policy: ``"auto"`` (the default, measured), ``"eager"`` or ``"sdpa"`` (forced; f
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import statistics
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ..utils import atomic_write_text, cache_root
-from ..utils.cpu import cpu_model
+from ..utils.cpu import CpuCache, finite_positive, paired_ratio
 from . import backends as _b
 from .relation import Relation
 
@@ -46,7 +40,7 @@ MARGIN = 1.10  # the backend the fixed rule does not pick takes a bucket only wh
 PROBE_SCORES = 1 << 19  # scores per probe call at most (128 matrices of 64 x 64): bounds the probe's time
 PROBE_REPS = 3  # paired repetitions after one warm-up of each backend
 PROBE_SECONDS = 0.04  # the repetitions' time budget: a slow machine runs fewer (the warm-up pair always runs)
-_CACHE_SCHEMA = 1
+_CACHE = CpuCache("attention", schema=1, valid=finite_positive)  # {bucket key: ratio} per thread count
 _policy = "auto"
 _ratios: dict[tuple[int, str], float] = {}  # (threads, bucket key) -> eager time / sdpa time
 _loaded_threads: set[int] = set()  # thread counts whose disk cache has been read
@@ -161,68 +155,22 @@ def _probe_calls(bucket: Bucket):
     return way(_b.eager), way(_b.sdpa)
 
 
-def _paired_ratio(eager_way, sdpa_way, reps: int = PROBE_REPS) -> float:
-    """Eager's time / SDPA's over ``reps`` back-to-back pairs (order alternating; fewer when a pair takes
-    longer than :data:`PROBE_SECONDS` / ``reps``, at least one): the lower of the median per-pair ratio and
-    the ratio of the fastest runs."""
-    start = time.perf_counter()
-    eager_way(), sdpa_way()  # warm-up: first-call allocation, the mask's memoisation
-    pair = time.perf_counter() - start
-    reps = max(1, min(reps, int(PROBE_SECONDS / max(pair, 1e-9))))
-    seconds = {"eager": [], "sdpa": []}
-    for rep in range(reps):
-        for name, way in (("eager", eager_way), ("sdpa", sdpa_way))[::1 if rep % 2 else -1]:
-            start = time.perf_counter()
-            way()
-            seconds[name].append(max(time.perf_counter() - start, 1e-9))
-    paired = statistics.median(e / s for e, s in zip(seconds["eager"], seconds["sdpa"]))
-    return min(paired, min(seconds["eager"]) / min(seconds["sdpa"]))
-
-
 def _measure(bucket: Bucket) -> float:
     with torch.inference_mode(False):
-        return _paired_ratio(*_probe_calls(bucket))
+        return paired_ratio(*_probe_calls(bucket), PROBE_REPS, PROBE_SECONDS)
 
 
 # --- the cache --------------------------------------------------------------------------------------
 
-def _cache_file(threads: int) -> Path:
-    key = f"{cpu_model()}|torch {torch.__version__}|{threads} threads"
-    return cache_root() / "attention" / f"small-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-
-
-def _read_cache(threads: int) -> dict[str, float]:
-    """``{bucket key: ratio}`` measured before on this CPU, torch and thread count; a missing,
-    unreadable or malformed file counts as empty (it is rewritten on the next measurement)."""
-    try:
-        data = json.loads(_cache_file(threads).read_text())
-    except (OSError, ValueError):
-        return {}
-    ok = (isinstance(data, dict) and data.get("schema") == _CACHE_SCHEMA and data.get("cpu") == cpu_model()
-          and data.get("torch") == torch.__version__ and data.get("threads") == threads
-          and isinstance(data.get("ratios"), dict)
-          and all(isinstance(k, str) and isinstance(r, (int, float)) and not isinstance(r, bool)
-                  and math.isfinite(r) and r > 0 for k, r in data["ratios"].items()))
-    return data["ratios"] if ok else {}
-
-
 def _write_cache(threads: int) -> None:
-    """This process's ratios merged over what is on disk now (another process may have added buckets)."""
-    ratios = _read_cache(threads)
-    ratios.update({key: r for (t, key), r in _ratios.items() if t == threads})
-    text = json.dumps({"schema": _CACHE_SCHEMA, "cpu": cpu_model(), "torch": torch.__version__,
-                       "threads": threads, "ratios": dict(sorted(ratios.items()))}, indent=1)
-    try:
-        atomic_write_text(_cache_file(threads), text)
-    except OSError:
-        pass  # a read-only cache folder costs a re-measurement next process, nothing else
+    _CACHE.write(threads, {key: r for (t, key), r in _ratios.items() if t == threads})
 
 
 def _load_cache(threads: int) -> None:
     if threads in _loaded_threads:
         return
     _loaded_threads.add(threads)
-    for key, ratio in _read_cache(threads).items():
+    for key, ratio in _CACHE.read(threads).items():
         _ratios.setdefault((threads, key), float(ratio))
 
 
