@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,6 +46,7 @@ _policy = "auto"
 _ratios: dict[tuple[int, str], float] = {}  # (threads, bucket key) -> eager time / sdpa time
 _loaded_threads: set[int] = set()  # thread counts whose disk cache has been read
 _by_shape: dict[tuple, float] = {}  # exact call shape -> its bucket's ratio: the hot path's one lookup
+_lock = threading.Lock()  # threads asking for one bucket at once get one measurement
 
 
 def set_small_attention(name: str) -> None:
@@ -191,9 +193,13 @@ def measured_ratio(bucket: Bucket) -> tuple[float, str]:
     key = (torch.get_num_threads(), bucket.key())
     if key in _ratios:
         return _ratios[key], "process"
-    _load_cache(key[0])
-    if key in _ratios:
-        return _ratios[key], "disk"
-    _ratios[key] = _measure(bucket)
-    _write_cache(key[0])
-    return _ratios[key], "measured"
+    with _lock:
+        if key in _ratios:  # another thread measured it meanwhile
+            return _ratios[key], "process"
+        _load_cache(key[0])
+        if key in _ratios:
+            return _ratios[key], "disk"
+        ratio = _measure(bucket)
+        _ratios[key] = ratio
+        _write_cache(key[0])
+    return ratio, "measured"
