@@ -171,6 +171,7 @@ def test_no_probe_off_cpu_under_compile_or_for_other_dtypes(monkeypatch):
     meta = [t.detach().to("meta") for t in _many()]
     assert relformer.explain(*meta, None).backend == "sdpa"  # the rule off CPU: no small-score branch
     assert relformer.explain(*make_qkv(64, 4, 50, 50, 16, dtype=torch.float64), None).backend == "eager"
+    assert relformer.attend(*make_qkv(0, 4, 50, 50, 16), None).shape == (0, 4, 50, 16)  # nothing to compute
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert relformer.explain(*_many(), None).backend == "eager"
 

@@ -126,11 +126,12 @@ def _small_contested(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None,
                      dropout_p: float) -> tuple[bool, bool] | None:
     """``(training, rel_grad)`` for small fp32 CPU score matrices, where eager and SDPA trade places from
     one CPU to another (the rule's small-score conditions, whatever the number of matrices); None
-    elsewhere, under ``torch.compile`` or autocast, and for SDPA's causal kernel (not what the probe
-    models)."""
+    elsewhere (an empty batch included), under ``torch.compile`` or autocast, and for SDPA's causal
+    kernel (not what the probe models)."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
-    if not (q.device.type == "cpu" and q.dtype == torch.float32 and Lq * Lk <= SMALL_PAIRS and dropout_p == 0.0):
+    if not (q.device.type == "cpu" and q.dtype == torch.float32 and 0 < B * H and Lq * Lk <= SMALL_PAIRS
+            and dropout_p == 0.0):
         return None
     if relation is not None and (relation.has_prob or relation.tile_cost >= EXPENSIVE_BIAS
                                  or relation.is_causal(Lq, Lk)):
