@@ -18,6 +18,9 @@ chunked     blockwise online-softmax autograd Function; bias recomputed per tile
   SDPA in inference, while for dense biases SDPA is as fast or faster.
 * ``chunked`` trades a little time for O(tile) memory when the bias is learnable and the
   score matrix is large, and is the only fused path for post-softmax multipliers.
+* Between eager and SDPA for small CPU score matrices no fixed rule holds on every CPU (eager won
+  on an AMD EPYC, SDPA on an Intel Xeon for packed rows): the rule's answer there is checked by a
+  short probe cached per shape bucket (:mod:`relformer.attention.probe`).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import backends as _b
+from . import probe as _probe
 from .chunked import chunked_attention
 from .relation import Relation
 
@@ -45,9 +49,10 @@ CHUNKED_MIN_SCORES = 1 << 24     # B*H*Lq*Lk*tile_cost above which `chunked` bea
 CHUNKED_MIN_PAIRS = 128 * 128    # Lq*Lk below which chunked runs one 64x64-or-smaller tile: no memory saved
 EXPENSIVE_BIAS = 4.0             # tile_cost from which materialising the bias dominates (e.g. the box MLP)
 SMALL_PAIRS = 64 * 64            # CPU at or below this Lq*Lk (and < CHUNKED_MIN_SCORES scores in all, unless
-                                 # training a learnable bias): matmul + softmax beat SDPA's kernels, in training
-                                 # and inference
-SMALL_MIN_MATRICES = 64          # ... when there are many of them (B*H): with few (DETR-base's encoder, 4 x 8
+                                 # training a learnable bias): eager or SDPA by measurement (attention/probe.py);
+                                 # the fixed rule below is the default the measurement must beat
+SMALL_MIN_MATRICES = 64          # the rule: eager for this many (B*H) or more, whose matmul + softmax beat SDPA's
+                                 # kernels on the AMD EPYC first measured; with few (DETR-base's encoder, 4 x 8
                                  # heads of 64 x 64) the fused kernel was level or ahead in training
 
 
@@ -104,7 +109,59 @@ def _check(q: Tensor, k: Tensor, v: Tensor, relation, backend: str, scale, dropo
 
 
 def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, dropout_p: float = 0.0) -> Choice:
-    """Which backend ``backend="auto"`` picks for these inputs, and why."""
+    """Which backend ``backend="auto"`` picks for these inputs, and why.
+
+    The fixed rule (:func:`_rule`) decides, except between eager and SDPA for small CPU score
+    matrices, where the rule's answer stands unless the other backend measured faster on this CPU
+    by :data:`~relformer.attention.probe.MARGIN` (:func:`_small_choice`)."""
+    choice = _rule(q, k, v, relation, dropout_p)
+    if choice.backend in ("eager", "sdpa"):
+        grads = _small_contested(q, k, v, relation, dropout_p)
+        if grads is not None:
+            return _small_choice(choice, q, k, v, relation, *grads)
+    return choice
+
+
+def _small_contested(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None,
+                     dropout_p: float) -> tuple[bool, bool] | None:
+    """``(training, rel_grad)`` for small fp32 CPU score matrices, where eager and SDPA trade places from
+    one CPU to another (the rule's small-score conditions, whatever the number of matrices); None
+    elsewhere (an empty batch included), under ``torch.compile`` or autocast, and for SDPA's causal
+    kernel (not what the probe models)."""
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    if not (q.device.type == "cpu" and q.dtype == torch.float32 and 0 < B * H and Lq * Lk <= SMALL_PAIRS
+            and dropout_p == 0.0):
+        return None
+    if relation is not None and (relation.has_prob or relation.tile_cost >= EXPENSIVE_BIAS
+                                 or relation.is_causal(Lq, Lk)):
+        return None
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+        return None
+    training, rel_grad = _b.needs_grad(q, k, v, relation)
+    return (training, rel_grad) if B * H * Lq * Lk < CHUNKED_MIN_SCORES or (training and rel_grad) else None
+
+
+def _small_choice(rule: Choice, q: Tensor, k: Tensor, v: Tensor, relation: Relation | None,
+                  training: bool, rel_grad: bool) -> Choice:
+    """Eager or SDPA for small CPU score matrices: forced by ``RELFORMER_SMALL_ATTENTION``, else the rule's
+    answer unless the other backend measured more than ``MARGIN`` times faster on this bucket."""
+    B, H, Lq, _ = q.shape
+    what = f"CPU, small score matrices ({Lq}x{k.shape[2]}, {B * H} of them)"
+    policy = _probe.small_attention()
+    if policy != "auto":
+        return Choice(policy, f"{what}: RELFORMER_SMALL_ATTENTION={policy}")
+    dead = (relation is not None and relation.has_mask
+            and _b.dense_mask_and_dead(relation, B, H, Lq, k.shape[2], q.device)[1] is not None)
+    ratio = _probe.ratio_for(q, k, v, relation, training, rel_grad, dead)
+    measured = f"{what}: sdpa measured {ratio:.2f}x as fast as eager on this CPU"
+    if (ratio if rule.backend == "eager" else 1.0 / ratio) > _probe.MARGIN:
+        return Choice("sdpa" if rule.backend == "eager" else "eager", measured)
+    return Choice(rule.backend, f"{measured}; {rule.backend} stays (the other needs a {_probe.MARGIN:.2f}x win)")
+
+
+def _rule(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, dropout_p: float) -> Choice:
+    """The fixed policy, from measurements on one CPU (module doc)."""
     B, H, Lq, _ = q.shape
     Lk = k.shape[2]
     dev = q.device
@@ -125,7 +182,7 @@ def explain(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None = None, d
     if (dev.type == "cpu" and Lq * Lk <= SMALL_PAIRS and cost < EXPENSIVE_BIAS and B * H >= SMALL_MIN_MATRICES
             and (B * H * Lq * Lk < CHUNKED_MIN_SCORES or (training and rel_grad))):
         return Choice("eager", f"CPU, small score matrices ({Lq}x{Lk}, {B * H} of them): matmul + softmax beat "
-                               "SDPA's kernels, whose per-call overhead dominates tiny matrices")
+                               "SDPA's kernels on the CPU first measured (per-call overhead dominates tiny matrices)")
     if relation is None or not (relation.has_mask or relation.has_bias):
         return Choice("sdpa", "no relation: fused SDPA")
     if cost >= EXPENSIVE_BIAS and big and dropout_p == 0.0:
