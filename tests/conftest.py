@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -12,6 +13,10 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    # relformer's caches (datasets, and the kernel choices measured on this CPU) go to a folder of the
+    # session's own: measurements taken on a machine busy with tests never reach the user's cache
+    if not os.environ.get("RELFORMER_CACHE"):
+        os.environ["RELFORMER_CACHE"] = tempfile.mkdtemp(prefix="relformer-test-cache-")
     if config.getoption("--fuzz"):
         os.environ["RELFORMER_FUZZ"] = "deep"  # read by tests/fuzz.py when the suites are collected
 

@@ -228,25 +228,25 @@ def test_choice_is_read_back_from_disk(auto, monkeypatch):
 
 @needs_onednn
 @pytest.mark.parametrize("content", [
-    "not json", '{"schema": 1, "cpu": ', "[]", "null",
-    '{"schema": 1, "ratios": {"96x288": {"forward": 2.0, "input_grad": 2.0, "weight_grad": 2.0}}}',  # no key
+    "not json", '{"schema": 2, "cpu": ', "[]", "null",
+    '{"schema": 2, "entries": {"96x288": {"forward": 2.0, "input_grad": 2.0, "weight_grad": 2.0}}}',  # no key
     'SAME_KEY {"96x288": {"forward": "fast", "input_grad": 2.0, "weight_grad": 2.0}}',
     'SAME_KEY {"96x288": {"forward": NaN, "input_grad": 2.0, "weight_grad": 2.0}}',
     'SAME_KEY {"96x288": {"forward": 2.0}}',
     'SAME_KEY ["96x288"]',
 ])
 def test_corrupted_cache_is_ignored_and_rebuilt(auto, monkeypatch, content):
-    path = linear_mod._cache_file(torch.get_num_threads())
+    path = linear_mod._CACHE.file(torch.get_num_threads())
     if content.startswith("SAME_KEY"):
-        content = json.dumps({"schema": 1, "cpu": linear_mod.cpu_model(), "torch": torch.__version__,
-                              "threads": torch.get_num_threads()})[:-1] + ', "ratios": ' + content[9:] + "}"
+        content = json.dumps({"schema": 2, "cpu": linear_mod.cpu_model(), "torch": torch.__version__,
+                              "threads": torch.get_num_threads()})[:-1] + ', "entries": ' + content[9:] + "}"
     path.parent.mkdir(parents=True)
     path.write_text(content)
     probed = _fake_measure(monkeypatch, {"forward": 0.5, "input_grad": 0.5, "weight_grad": 0.5})
     choice = linear_mod.linear_choice(96, 288)
     assert choice["source"] == "measured" and choice["ops"] == dict.fromkeys(linear_mod.OPS, "torch")
     assert probed == [(96, 288)]
-    assert json.loads(path.read_text())["ratios"] == {"96x288": dict.fromkeys(linear_mod.OPS, 0.5)}
+    assert json.loads(path.read_text())["entries"] == {"96x288": dict.fromkeys(linear_mod.OPS, 0.5)}
 
 
 def test_linear_choice_rejects_bad_widths():

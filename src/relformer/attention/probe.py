@@ -46,7 +46,16 @@ _policy = "auto"
 _ratios: dict[tuple[int, str], float] = {}  # (threads, bucket key) -> eager time / sdpa time
 _loaded_threads: set[int] = set()  # thread counts whose disk cache has been read
 _by_shape: dict[tuple, float] = {}  # exact call shape -> its bucket's ratio: the hot path's one lookup
-_lock = threading.Lock()  # threads asking for one bucket at once get one measurement
+_lock = threading.RLock()  # threads asking for one bucket at once get one measurement (re-entrant: never
+# a self-deadlock); a forked child (DataLoader workers, the kill tests) starts with a fresh one
+
+
+def _reset_lock_in_child() -> None:
+    global _lock
+    _lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def set_small_attention(name: str) -> None:

@@ -33,21 +33,14 @@ for benchmarks and tests).
 """
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import math
 import os
-import platform
-import statistics
-import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils import atomic_write_text, cache_root
+from ..utils.cpu import CpuCache, cpu_model, finite_positive, paired_ratio
 
 __all__ = ["Linear", "linear", "set_linear_kernel", "linear_kernel", "linear_choice", "cpu_model",
            "LINEAR_KERNELS", "OPS"]
@@ -61,7 +54,7 @@ MARGIN = 1.10  # oneDNN takes an operation only when F.linear's time / oneDNN's 
 PROBE_MACS = 1 << 24  # multiply-adds per probe call: 4x MIN_MACS, where the per-call cost no longer dominates
 PROBE_ROWS = (64, WEIGHT_GRAD_ROWS)  # probe token bounds
 PROBE_REPS = 5  # paired repetitions per operation, after one warm-up of each kernel
-_CACHE_SCHEMA = 1
+_CACHE_SCHEMA = 2  # 2: the shared utils.cpu.CpuCache layout
 _ONEDNN_BUILT = torch.backends.mkldnn.is_available()  # a property of the build: checked once
 _kernel = "auto"
 _ratios: dict[tuple[int, int, int], dict[str, float]] = {}  # (threads, in, out) -> op -> torch/oneDNN time
@@ -81,18 +74,6 @@ def linear_kernel() -> str:
 
 
 set_linear_kernel(os.environ.get("RELFORMER_LINEAR", "auto"))
-
-
-@functools.lru_cache(maxsize=None)
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
 
 
 # --- the two kernels, each operand dense --------------------------------------------------------------
@@ -149,65 +130,28 @@ def _probe_pairs(in_features: int, out_features: int) -> dict[str, tuple]:
             "weight_grad": (lambda: grad.t().mm(x), lambda: _weight_grad_onednn(grad, x))}
 
 
-def _paired_ratio(torch_way, onednn_way, reps: int = PROBE_REPS) -> float:
-    """F.linear's time / oneDNN's over ``reps`` back-to-back pairs (order alternating): the lower of the
-    median per-pair ratio and the ratio of the fastest runs (noise only adds time), so oneDNN must win
-    on both counts."""
-    torch_way(), onednn_way()  # warm-up: first-call allocation and oneDNN primitive creation
-    seconds = {"torch": [], "onednn": []}
-    for rep in range(reps):
-        for name, way in (("torch", torch_way), ("onednn", onednn_way))[::1 if rep % 2 else -1]:
-            start = time.perf_counter()
-            way()
-            seconds[name].append(max(time.perf_counter() - start, 1e-9))
-    paired = statistics.median(t / o for t, o in zip(seconds["torch"], seconds["onednn"]))
-    return min(paired, min(seconds["torch"]) / min(seconds["onednn"]))
-
-
 def _measure_ratios(in_features: int, out_features: int) -> dict[str, float]:
     """``{op: F.linear time / oneDNN time}`` for the three products at this width."""
     with torch.no_grad():
-        return {op: _paired_ratio(*ways) for op, ways in _probe_pairs(in_features, out_features).items()}
-
-
-def _cache_file(threads: int) -> Path:
-    key = f"{cpu_model()}|torch {torch.__version__}|{threads} threads"
-    return cache_root() / "linear" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+        return {op: paired_ratio(*ways, PROBE_REPS) for op, ways in _probe_pairs(in_features, out_features).items()}
 
 
 def _valid_ratios(entry) -> bool:
-    return (isinstance(entry, dict) and set(entry) == set(OPS)
-            and all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in entry.values()))
+    return isinstance(entry, dict) and set(entry) == set(OPS) and all(finite_positive(v) for v in entry.values())
 
 
-def _read_cache(threads: int) -> dict[str, dict[str, float]]:
-    """The widths measured before on this CPU, torch and thread count: ``{"in x out": ratios}``; a
-    missing, unreadable or malformed file counts as empty (it is rewritten on the next measurement)."""
-    try:
-        data = json.loads(_cache_file(threads).read_text())
-    except (OSError, ValueError):
-        return {}
-    ok = (isinstance(data, dict) and data.get("schema") == _CACHE_SCHEMA and data.get("cpu") == cpu_model()
-          and data.get("torch") == torch.__version__ and data.get("threads") == threads
-          and isinstance(data.get("ratios"), dict) and all(_valid_ratios(v) for v in data["ratios"].values()))
-    return data["ratios"] if ok else {}
+_CACHE = CpuCache("linear", _CACHE_SCHEMA, _valid_ratios)  # {"in x out": {op: ratio}} per thread count
 
 
 def _write_cache(threads: int) -> None:
-    ratios = {f"{i}x{o}": r for (t, i, o), r in sorted(_ratios.items()) if t == threads}
-    text = json.dumps({"schema": _CACHE_SCHEMA, "cpu": cpu_model(), "torch": torch.__version__,
-                       "threads": threads, "ratios": ratios}, indent=1, sort_keys=True)
-    try:
-        atomic_write_text(_cache_file(threads), text)
-    except OSError:
-        pass  # a read-only cache folder costs a re-measurement next process, nothing else
+    _CACHE.write(threads, {f"{i}x{o}": r for (t, i, o), r in sorted(_ratios.items()) if t == threads})
 
 
 def _load_cache(threads: int) -> None:
     if threads in _loaded_threads:
         return
     _loaded_threads.add(threads)
-    for width, ratios in _read_cache(threads).items():
+    for width, ratios in _CACHE.read(threads).items():
         i, o = width.split("x")
         _ratios.setdefault((threads, int(i), int(o)), ratios)
 
