@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -16,9 +17,14 @@ def pytest_configure(config):
     # relformer's caches (datasets, and the kernel choices measured on this CPU) go to a folder of the
     # session's own: measurements taken on a machine busy with tests never reach the user's cache
     if not os.environ.get("RELFORMER_CACHE"):
-        os.environ["RELFORMER_CACHE"] = tempfile.mkdtemp(prefix="relformer-test-cache-")
+        config._relformer_cache = os.environ["RELFORMER_CACHE"] = tempfile.mkdtemp(prefix="relformer-test-cache-")
     if config.getoption("--fuzz"):
         os.environ["RELFORMER_FUZZ"] = "deep"  # read by tests/fuzz.py when the suites are collected
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_relformer_cache", None):
+        shutil.rmtree(config._relformer_cache, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
