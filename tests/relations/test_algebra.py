@@ -1,11 +1,13 @@
 """Relation algebra (issue 18 item 4): ``&`` combines anything, ``+`` adds bias-only relations; bound
 and mapped relations survive state_dict, deepcopy, torch.compile and DDP."""
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-from torch import nn
 
 import relformer
 from relformer import relations as R
@@ -114,9 +116,16 @@ def test_bound_relation_under_torch_compile(backend):
         torch.testing.assert_close(t.grad, g, rtol=0, atol=1e-6)
 
 
-class _GraphAttention(nn.Module):
-    """A module that owns a relation and binds it per batch, as the graph models do."""
+DDP_CHECK = """
+import copy, sys
+import torch
+import torch.distributed as dist
+from torch import nn
+import relformer
+from relformer import relations as R
 
+
+class GraphAttention(nn.Module):  # owns a relation and binds it per batch, as the graph models do
     def __init__(self, H=2):
         super().__init__()
         self.spatial = R.ShortestPathBias(H, 3)
@@ -127,21 +136,32 @@ class _GraphAttention(nn.Module):
         return relformer.attend(q, k, v, self.spatial.bind(spd=spd), backend="eager")
 
 
+torch.manual_seed(0)
+model = GraphAttention()
+reference_model = copy.deepcopy(model)
+q, k, v = (torch.randn(1, 2, 6, 4) for _ in range(3))
+spd = torch.randint(-1, 4, (1, 6, 6))
+dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+ddp = nn.parallel.DistributedDataParallel(model)
+ddp(q, k, v, spd).square().sum().backward()
+state = {name: t.clone() for name, t in ddp.module.state_dict().items()}
+del ddp  # the reducer holds the process group: free it before the group goes
+dist.destroy_process_group()
+reference_model(q, k, v, spd).square().sum().backward()
+torch.testing.assert_close(model.spatial.table.grad, reference_model.spatial.table.grad, rtol=0, atol=1e-6)
+assert model.spatial.table.grad.abs().sum() > 0
+again = GraphAttention()
+again.load_state_dict(state)
+torch.testing.assert_close(again(q, k, v, spd), model(q, k, v, spd), rtol=0, atol=0)
+print("ok")
+"""
+
+
 def test_module_binding_a_relation_trains_under_ddp(tmp_path):
-    torch.manual_seed(0)
-    model = _GraphAttention()
-    reference_model = copy.deepcopy(model)
-    q, k, v = make_qkv(1, 2, 6, 6, 4, requires_grad=False)
-    spd = torch.randint(-1, 4, (1, 6, 6))
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        ddp = nn.parallel.DistributedDataParallel(model)
-        ddp(q, k, v, spd).square().sum().backward()
-    finally:
-        dist.destroy_process_group()
-    reference_model(q, k, v, spd).square().sum().backward()
-    torch.testing.assert_close(model.spatial.table.grad, reference_model.spatial.table.grad, rtol=0, atol=1e-6)
-    assert model.spatial.table.grad.abs().sum() > 0
-    again = _GraphAttention()
-    again.load_state_dict(ddp.module.state_dict())
-    torch.testing.assert_close(again(q, k, v, spd), model(q, k, v, spd), rtol=0, atol=0)
+    """In a process of its own (gloo's teardown must not meet the rest of the suite's state), with
+    a time limit: a hang fails instead of stalling the run."""
+    src = str(Path(relformer.__file__).parents[1])  # the copy of relformer under test
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, "-c", DDP_CHECK, str(tmp_path / "store")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stdout + done.stderr
