@@ -55,8 +55,8 @@ case "$cmd" in
     cat <<EOF2
 
 Report: $out/report.md (metrics.csv, plots/, tb/ and checkpoints/ beside it).
-That was a 3-epoch schedule of the vit-fashion-mnist recipe (about 3.5 minutes on 2 cores).
-The full recipe (12 epochs, about 11 minutes on 2 cores; results in bench/results/vision.md):
+That was a 3-epoch schedule of the vit-fashion-mnist recipe (3-5 minutes on 2 cores, by CPU).
+The full recipe (12 epochs, about 11 minutes on 2 AMD EPYC cores, longer on slower CPUs; results in bench/results/vision.md):
   $VENV/bin/relformer train vit-fashion-mnist
 the Swin recipe:
   $VENV/bin/relformer train swin-fashion-mnist
