@@ -5,7 +5,7 @@
 
 Training step = forward, the set-prediction loss (Hungarian matching, CE + L1 + GIoU on the final
 and every auxiliary decoder output), backward, AdamW step. relformer: :class:`relformer.models.DETR`
-+ :class:`relformer.tasks.set_prediction.SetCriterion`; HF: ``DetrForObjectDetection`` (HF ResNet
++ :class:`relformer.models.detection.set_prediction.SetCriterion`; HF: ``DetrForObjectDetection`` (HF ResNet
 backbone, ``auxiliary_loss=True``) called with ``labels``, its own matcher and loss. Both start from
 the same weights (HF's is loaded with the relformer model's: :class:`relformer.interop.transformers.HFDETR`,
 the ``hf_detr_fashion`` variant);
@@ -84,7 +84,7 @@ def step_case(case: str, quick: bool):
 
 
 def make_steps(ours, hf, images, targets) -> dict:
-    from relformer.tasks.set_prediction import HungarianMatcher, SetCriterion
+    from relformer.models.detection.set_prediction import HungarianMatcher, SetCriterion
 
     c = hf.config
     criterion = SetCriterion(c.num_labels, HungarianMatcher(c.class_cost, c.bbox_cost, c.giou_cost),
@@ -112,7 +112,7 @@ def make_steps(ours, hf, images, targets) -> dict:
 def matcher_steps(quick: bool):
     from transformers.loss.loss_for_object_detection import HungarianMatcher as HFMatcher
 
-    from relformer.tasks.set_prediction import HungarianMatcher
+    from relformer.models.detection.set_prediction import HungarianMatcher
 
     B, Q, C = (4, 100, 92) if quick else (16, 100, 92)
     g = torch.Generator().manual_seed(0)

@@ -205,7 +205,7 @@ def test_coco_evaluate_perfect_shifted_and_empty(built, backend):
     assert empty["AP"] == empty["AP50"] == empty["AP75"] == empty["APm"] == 0.0 and math.isnan(empty["APl"])
     # the model-side path: normalised cxcywh targets and class indices back to COCO results
     images, targets = val.__getitems__(range(len(val)))
-    from relformer.tasks.set_prediction import postprocess, to_coco_results
+    from relformer.models.detection.set_prediction import postprocess, to_coco_results
 
     for t in targets:  # one-hot "logits" (no-object column last) that reproduce the targets
         t["logits"] = torch.nn.functional.one_hot(t["labels"], len(CLASSES) + 1).float() * 50

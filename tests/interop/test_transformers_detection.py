@@ -9,7 +9,7 @@ from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
 from relformer.interop.transformers import from_hf
 from relformer.models import DETR
-from relformer.tasks.set_prediction import HungarianMatcher, SetCriterion
+from relformer.models.detection.set_prediction import HungarianMatcher, SetCriterion
 
 ATOL = 1e-4
 CONFIGS = {
@@ -166,3 +166,28 @@ def test_hf_baseline_with_trainable_batch_norms():
     torch.testing.assert_close(out.pred_boxes, ref.pred_boxes, rtol=0, atol=ATOL)
     torch.testing.assert_close(ours.backbone.stem.norm.running_var,
                                hf.hf.model.backbone.model.embedder.embedder.normalization.running_var)
+
+
+@pytest.mark.parametrize("coefficients", [{}, dict(class_cost=2, bbox_cost=3, giou_cost=1,
+                                                   bbox_loss_coefficient=4, giou_loss_coefficient=1,
+                                                   eos_coefficient=0.3)])
+def test_detr_labels_give_hf_loss(coefficients):
+    """``model(images, pixel_mask, labels=...)`` as HF's: the same ``loss``, ``loss_dict`` terms and
+    gradients, with HF's default and with other matching costs / loss weights (read by from_hf)."""
+    hf = hf_detr("basic-2-stages")
+    for key, value in coefficients.items():
+        setattr(hf.config, key, value)
+    hf.train()  # dropout is 0: train mode only switches the loss on
+    ours = from_hf(hf).train()
+    x, mask = images_and_mask()
+    labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets(hf.config.num_labels)]
+    ref = hf(pixel_values=x, pixel_mask=mask, labels=labels)
+    out = ours(x, mask, labels=labels)
+    assert out[0] is out.loss and out["loss_dict"] is out.loss_dict
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0, atol=1e-5)
+    for key in ("loss_ce", "loss_bbox", "loss_giou"):
+        torch.testing.assert_close(out.loss_dict[key], ref.loss_dict[key], rtol=0, atol=1e-5)
+    out.loss.backward()
+    ref.loss.backward()
+    torch.testing.assert_close(ours.class_head.weight.grad, hf.class_labels_classifier.weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours.input_proj.weight.grad, hf.model.input_projection.weight.grad, rtol=1e-4, atol=1e-5)

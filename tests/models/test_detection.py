@@ -71,3 +71,40 @@ def test_detr_variants_are_relformer_models_and_options_are_checked():
         create_model("detr_micro", num_classes=-3)
     with pytest.raises(ValueError, match=r"dropout must be a number in \[0, 1\), got -0\.1"):
         create_model("detr_micro", dropout=-0.1)
+
+
+@pytest.mark.parametrize("options", [dict(num_groups=2), dict(aux_loss=False, eos_coef=0.3, weight_giou=1.5)])
+def test_detr_labels_give_the_set_loss(options):
+    """``labels=`` (HF's ``class_labels`` or relformer's ``labels`` key) gives ``loss`` / ``loss_dict`` equal
+    to the set criterion applied to the outputs by hand, with the config's weights, Group DETR's groups
+    in training and every auxiliary layer."""
+    from relformer.models.detection.set_prediction import set_criterion
+
+    torch.manual_seed(0)
+    model = create_model("detr_micro", **options).train()
+    c = model.config
+    images = torch.randn(2, c.in_channels, 64, 64)
+    g = torch.Generator().manual_seed(3)
+    targets = [{"labels": torch.randint(0, c.num_classes, (m,), generator=g),
+                "boxes": torch.cat([torch.rand(m, 2, generator=g) * 0.5 + 0.25, torch.rand(m, 2, generator=g) * 0.2 + 0.05], 1)}
+               for m in (2, 0)]
+    torch.manual_seed(1)
+    out = model(images, labels=[{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets])
+    torch.manual_seed(1)
+    plain = model(images)
+    loss_keys = ("cost_class", "cost_bbox", "cost_giou", "weight_class", "weight_bbox", "weight_giou", "eos_coef")
+    expected = set_criterion(c.num_classes, num_groups=c.num_groups, **{k: getattr(c, k) for k in loss_keys})(plain, targets)
+    assert out.loss_dict.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(out.loss_dict[key], expected[key], rtol=0, atol=1e-6)
+    assert out[0] is out.loss and out.to_tuple()[1] is out.loss_dict
+    assert any(k.endswith("_0") for k in expected) == c.aux_loss
+    out.loss.backward()
+    assert model.class_head.weight.grad is not None
+    assert model(images).loss is None  # no labels: no loss, and out[0] is the logits
+    with pytest.raises(TypeError, match="labels must be a list"):
+        model(images, labels={"labels": targets[0]["labels"]})
+    with pytest.raises(ValueError, match="both 'class_labels' and 'labels'"):
+        model(images, labels=[{**t, "class_labels": t["labels"]} for t in targets])
+    with pytest.raises(ValueError, match="eos_coef"):
+        create_model("detr_micro", eos_coef=-1.0)

@@ -10,7 +10,7 @@ import torch
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from relformer.tasks.set_prediction import HungarianMatcher, SetCriterion, postprocess
+from relformer.models.detection.set_prediction import HungarianMatcher, SetCriterion, postprocess
 
 from ..fuzz import budget
 

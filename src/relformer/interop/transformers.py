@@ -150,7 +150,9 @@ def _detr_config(model: nn.Module, num_classes: int) -> DETRConfig:
                       num_heads=c.encoder_attention_heads, encoder_layers=c.encoder_layers,
                       decoder_layers=c.decoder_layers, encoder_mlp=c.encoder_ffn_dim, decoder_mlp=c.decoder_ffn_dim,
                       dropout=float(c.dropout), attn_dropout=float(c.attention_dropout), num_queries=c.num_queries,
-                      aux_loss=False)
+                      aux_loss=False, cost_class=float(c.class_cost), cost_bbox=float(c.bbox_cost),
+                      cost_giou=float(c.giou_cost), weight_bbox=float(c.bbox_loss_coefficient),
+                      weight_giou=float(c.giou_loss_coefficient), eos_coef=float(c.eos_coefficient))
 
 
 _DETR_KEYMAP = KeyMap("", _DETR_KEYS, _DETR_QKV, "self_attn.o_proj.weight", _DETR_KV, "encoder_attn.o_proj.weight")
@@ -202,7 +204,18 @@ def hf_detr_config(config: DETRConfig):
                       decoder_layers=config.decoder_layers, encoder_attention_heads=config.num_heads,
                       decoder_attention_heads=config.num_heads, encoder_ffn_dim=config.encoder_mlp,
                       decoder_ffn_dim=config.decoder_mlp, num_queries=config.num_queries, num_labels=config.num_classes,
-                      dropout=config.dropout, attention_dropout=config.attn_dropout, auxiliary_loss=config.aux_loss)
+                      dropout=config.dropout, attention_dropout=config.attn_dropout, auxiliary_loss=config.aux_loss,
+                      eos_coefficient=config.eos_coef, **_hf_integer_costs(config))
+
+
+def _hf_integer_costs(config: DETRConfig) -> dict[str, int]:
+    """HF's DetrConfig types its matching costs and box-loss weights as ints (strict dataclass fields)."""
+    names = dict(class_cost="cost_class", bbox_cost="cost_bbox", giou_cost="cost_giou",
+                 bbox_loss_coefficient="weight_bbox", giou_loss_coefficient="weight_giou")
+    values = {hf: getattr(config, ours) for hf, ours in names.items()}
+    _require(all(float(v).is_integer() for v in values.values()) and config.weight_class == 1,
+             f"non-integer matching costs or box-loss weights, or weight_class != 1 ({values}; HF's are ints)")
+    return {hf: int(v) for hf, v in values.items()}
 
 
 def _thaw_batch_norms(module: nn.Module) -> None:
@@ -253,8 +266,9 @@ class HFDETR(nn.Module):
         out = self.hf.model(pixel_values=images, pixel_mask=pixel_mask)
         final = self._heads(out.last_hidden_state)
         aux = [self._heads(h) for h in out.intermediate_hidden_states[:-1]] if self.config.aux_loss else []
-        return DetectionOutput(final["logits"], final["pred_boxes"], aux, out.last_hidden_state,
-                               out.encoder_last_hidden_state)
+        return DetectionOutput(logits=final["logits"], pred_boxes=final["pred_boxes"], aux_outputs=aux,
+                               last_hidden_state=out.last_hidden_state,
+                               encoder_last_hidden_state=out.encoder_last_hidden_state)
 
 
 @register_model

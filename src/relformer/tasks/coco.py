@@ -2,7 +2,7 @@
 
 :func:`coco_evaluate` runs COCO box mAP with ``faster_coco_eval`` (or ``pycocotools``) on a list
 of COCO results (model outputs become that list through
-:func:`relformer.tasks.set_prediction.postprocess` and ``to_coco_results``); :func:`draw_detections`
+:func:`relformer.models.detection.set_prediction.postprocess` and ``to_coco_results``); :func:`draw_detections`
 shows boxes on a canvas for the run's report.
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ from .coco import coco_evaluate
 from .detection import SPLIT_METRICS, DetectionTask, SetLossSection
 from .images import read_image, resize
 from .registry import register_task
-from .set_prediction import postprocess, to_coco_results
+from ..models.detection.set_prediction import postprocess, to_coco_results
 from .splits import gather_objects, train_subset
 
 __all__ = ["CocoDetectionTask", "CocoDetectionRecipe", "CocoSection", "CocoImages", "read_coco"]

@@ -1,7 +1,7 @@
 """Object detection on the Fashion-MNIST detection canvases (:mod:`relformer.data.fashion_detection`),
 and the DETR-family recipes.
 
-Training: the set-prediction loss of DETR (:class:`~relformer.tasks.set_prediction.SetCriterion`:
+Training: the set-prediction loss of DETR (:class:`~relformer.models.detection.set_prediction.SetCriterion`:
 Hungarian matching, cross-entropy with a down-weighted no-object class, L1 and GIoU box terms, the
 same on every decoder layer's output). Group DETR models match each query group on its own. Every
 epoch the engine evaluates the val AND test splits together: each image's predictions become COCO
@@ -25,9 +25,9 @@ from ..models import model_config
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
 from .base import TaskBase
 from .registry import register_recipe, register_task
-from .boxes import box_cxcywh_to_xyxy
+from ..models.detection.boxes import box_cxcywh_to_xyxy
 from .coco import coco_evaluate, draw_detections
-from .set_prediction import HungarianMatcher, SetCriterion, postprocess, to_coco_results
+from ..models.detection.set_prediction import SetCriterion, postprocess, set_criterion, to_coco_results
 from .splits import ValTest, gather_objects, train_subset
 
 __all__ = ["DetectionTask", "DetectionRecipe", "FashionDetectionSection", "SetLossSection"]
@@ -100,10 +100,7 @@ class DetectionTask(TaskBase):
 
     def set_criterion(self, num_classes: int) -> SetCriterion:
         """DETR's set loss for ``num_classes`` classes with the recipe's costs and weights."""
-        loss = self.recipe.loss
-        matcher = HungarianMatcher(loss.cost_class, loss.cost_bbox, loss.cost_giou)
-        return SetCriterion(num_classes, matcher, loss.weight_class, loss.weight_bbox, loss.weight_giou,
-                            loss.eos_coef, num_groups=getattr(self.model_config, "num_groups", 1))
+        return set_criterion(num_classes, num_groups=getattr(self.model_config, "num_groups", 1), **vars(self.recipe.loss))
 
     @property
     def eval_description(self) -> str:

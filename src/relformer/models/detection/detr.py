@@ -16,11 +16,17 @@
   one-to-one on its own (``HungarianMatcher(num_groups=K)``) and kept apart in the decoder
   self-attention by a :class:`~relformer.relations.Documents` mask; one group at inference.
 
-``model(images (B, C, H, W), pixel_mask=None) -> DetectionOutput``. ``pixel_mask (B, H, W)`` (1 =
-real pixel) marks padding; padded feature positions are masked as keys everywhere.
+``model(images (B, C, H, W), pixel_mask=None, labels=None) -> DetectionOutput``. ``pixel_mask (B, H,
+W)`` (1 = real pixel) marks padding; padded feature positions are masked as keys everywhere.
+``labels``, as HF's: one ``{"class_labels" (or "labels"): (M,) long, "boxes": (M, 4) cxcywh in
+[0, 1]}`` per image, adds ``loss`` and ``loss_dict``: DETR's set criterion
+(:class:`~relformer.models.detection.set_prediction.SetCriterion`) with the config's matching
+costs and loss weights, on every decoder layer's output when ``aux_loss``.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
@@ -35,19 +41,22 @@ from ..checks import check_rate
 from ..outputs import ModelOutput
 from ..registry import PretrainedMixin, builds, register_model
 from .backbone import ResNetBackbone, sine_positions
+from .set_prediction import set_criterion
 
 __all__ = ["DETRConfig", "DETR", "DetectionOutput", "BoxHead"]
 
 
 @dataclass
 class DetectionOutput(ModelOutput):
-    """``logits (B, Q, num_classes + 1)`` (last class: no object); ``pred_boxes (B, Q, 4)`` (cx, cy, w,
+    """``loss`` and ``loss_dict`` (the set criterion's terms) when ``labels`` were given; ``logits (B, Q, num_classes + 1)`` (last class: no object); ``pred_boxes (B, Q, 4)`` (cx, cy, w,
     h) in ``[0, 1]``; ``aux_outputs``: ``{"logits", "pred_boxes"}`` of every decoder layer but the
     last (empty without auxiliary losses); ``last_hidden_state (B, Q, C)``: the decoder output after
     its final norm; ``encoder_last_hidden_state (B, HW, C)``."""
 
-    logits: Tensor
-    pred_boxes: Tensor
+    loss: Tensor | None = None
+    loss_dict: dict[str, Tensor] | None = None
+    logits: Tensor | None = None
+    pred_boxes: Tensor | None = None
     aux_outputs: list[dict[str, Tensor]] = field(default_factory=list)
     last_hidden_state: Tensor | None = None
     encoder_last_hidden_state: Tensor | None = None
@@ -56,6 +65,9 @@ class DetectionOutput(ModelOutput):
 # ---------------------------------------------------------------------------------------------
 # Config and model
 # ---------------------------------------------------------------------------------------------
+LOSS_FIELDS = ("cost_class", "cost_bbox", "cost_giou", "weight_class", "weight_bbox", "weight_giou", "eos_coef")
+
+
 @dataclass(frozen=True)
 class DETRConfig:
     """DETR and its variants (defaults: DETR-R50's Transformer, a small ResNet backbone).
@@ -65,7 +77,9 @@ class DETRConfig:
     with pretrained weights), ``downsample_first_stage``, ``downsample_in_bottleneck`` (HF ``ResNetConfig``).
     Transformer: ``dim``, ``num_heads``, ``encoder_layers``, ``decoder_layers``, ``encoder_mlp`` /
     ``decoder_mlp`` (FFN widths), ``dropout`` (DETR: 0.1), ``attn_dropout``, ``num_queries``.
-    ``aux_loss``: predictions of every decoder layer. ``box_relation`` (Relation-DETR) with
+    ``aux_loss``: predictions of every decoder layer. Loss of ``labels=``: matching costs
+    ``cost_class`` / ``cost_bbox`` / ``cost_giou`` and weights ``weight_class`` / ``weight_bbox`` /
+    ``weight_giou``, no-object weight ``eos_coef`` (DETR's 1, 5, 2; 1, 5, 2; 0.1). ``box_relation`` (Relation-DETR) with
     ``relation_embed_dim``; ``num_groups`` (Group DETR). HF's ``DetrForObjectDetection`` with the
     same initial weights, the benchmarks' baseline, is a peer built in
     :mod:`relformer.interop.transformers` (``hf_detr_fashion``).
@@ -94,6 +108,13 @@ class DETRConfig:
     relation_embed_dim: int = 16
     num_groups: int = 1
     backend: str = "auto"
+    cost_class: float = 1.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    weight_class: float = 1.0
+    weight_bbox: float = 5.0
+    weight_giou: float = 2.0
+    eos_coef: float = 0.1
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -114,6 +135,10 @@ class DETRConfig:
             if getattr(self, key) not in options:
                 raise ValueError(f"{name}.{key} must be one of {options}, got {getattr(self, key)!r}")
         check_rate(self, "dropout", "attn_dropout")
+        for key in LOSS_FIELDS:
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+                raise ValueError(f"{name}.{key} must be a finite number >= 0, got {value!r}")
 
 
 class BoxHead(nn.Module):
@@ -133,7 +158,7 @@ class BoxHead(nn.Module):
 @builds(DETRConfig)
 class DETR(PretrainedMixin, nn.Module):
     """DETR / Relation-DETR / Group DETR (see the module docstring).
-    ``forward(images (B, C, H, W), pixel_mask (B, H, W) | None) -> DetectionOutput``."""
+    ``forward(images (B, C, H, W), pixel_mask (B, H, W) | None, labels=None) -> DetectionOutput``."""
 
     def __init__(self, config: DETRConfig) -> None:
         super().__init__()
@@ -194,7 +219,8 @@ class DETR(PretrainedMixin, nn.Module):
         predict(self.decoder(h, relation, **decode))
         return states, outputs
 
-    def forward(self, images: Tensor, pixel_mask: Tensor | None = None) -> DetectionOutput:
+    def forward(self, images: Tensor, pixel_mask: Tensor | None = None,
+                labels: Sequence[Mapping[str, Tensor]] | None = None) -> DetectionOutput:
         c = self.config
         x, pos, mask = self._features(images, pixel_mask)
         B = x.shape[0]
@@ -218,7 +244,27 @@ class DETR(PretrainedMixin, nn.Module):
             outputs = list(zip(*(t.unbind(0) for t in self._predict(states))))
         logits, boxes = outputs[-1]
         aux = [{"logits": a, "pred_boxes": b} for a, b in outputs[:-1]] if c.aux_loss else []
-        return DetectionOutput(logits, boxes, aux, states[-1], x)
+        out = DetectionOutput(logits=logits, pred_boxes=boxes, aux_outputs=aux, last_hidden_state=states[-1],
+                              encoder_last_hidden_state=x)
+        if labels is not None:
+            criterion = set_criterion(c.num_classes, num_groups=c.num_groups, **{k: getattr(c, k) for k in LOSS_FIELDS})
+            out.loss_dict = criterion(out, hf_targets(labels), num_groups=groups)
+            out.loss = out.loss_dict["loss"]
+        return out
+
+
+def hf_targets(labels: Sequence[Mapping[str, Tensor]]) -> list[dict[str, Tensor]]:
+    """HF's targets (``class_labels``, ``boxes``) or relformer's (``labels``, ``boxes``) -> relformer's."""
+    if isinstance(labels, Mapping) or not isinstance(labels, Sequence):
+        raise TypeError(f"labels must be a list of one mapping per image, got {type(labels).__name__}")
+    out = []
+    for i, t in enumerate(labels):
+        if not isinstance(t, Mapping):
+            raise TypeError(f"labels[{i}] must be a mapping with 'class_labels' and 'boxes', got {type(t).__name__}")
+        if "class_labels" in t and "labels" in t:
+            raise ValueError(f"labels[{i}] has both 'class_labels' and 'labels'; give one")
+        out.append({**t, "labels": t["class_labels"]} if "class_labels" in t else dict(t))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

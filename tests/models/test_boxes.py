@@ -6,7 +6,7 @@ import importlib
 import pytest
 import torch
 
-from relformer.tasks.boxes import (box_area, box_cxcywh_to_xyxy, box_iou, box_xywh_to_xyxy, box_xyxy_to_cxcywh,
+from relformer.models.detection.boxes import (box_area, box_cxcywh_to_xyxy, box_iou, box_xywh_to_xyxy, box_xyxy_to_cxcywh,
                                    box_xyxy_to_xywh, generalized_box_iou, generalized_box_iou_aligned)
 
 

@@ -10,8 +10,8 @@ import importlib
 import pytest
 import torch
 
-from relformer.tasks.boxes import box_cxcywh_to_xyxy, generalized_box_iou
-from relformer.tasks.set_prediction import HungarianMatcher, SetCriterion, postprocess, to_coco_results
+from relformer.models.detection.boxes import box_cxcywh_to_xyxy, generalized_box_iou
+from relformer.models.detection.set_prediction import HungarianMatcher, SetCriterion, postprocess, to_coco_results
 
 B, Q, K, LAYERS = 3, 20, 10, 3          # LAYERS decoder layers: the last is the output, two are auxiliary
 SIZES = (4, 0, 17)                      # an image with no targets and one with many

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 # the unchecked GIoU twins: predictions and targets are validated once per call (one device sync)
 from .boxes import _generalized_box_iou, _generalized_box_iou_aligned, box_cxcywh_to_xyxy, box_xyxy_to_xywh
 
-__all__ = ["HungarianMatcher", "SetCriterion", "postprocess", "to_coco_results"]
+__all__ = ["HungarianMatcher", "SetCriterion", "set_criterion", "postprocess", "to_coco_results"]
 
 Indices = list[tuple[Tensor, Tensor]]
 
@@ -359,6 +359,14 @@ class SetCriterion(nn.Module):
 
 
 @torch.no_grad()
+def set_criterion(num_classes: int, *, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
+                  weight_class: float = 1.0, weight_bbox: float = 5.0, weight_giou: float = 2.0, eos_coef: float = 0.1,
+                  num_groups: int = 1) -> SetCriterion:
+    """DETR's set loss (softmax classes + no-object) from its costs and weights (defaults: DETR's)."""
+    return SetCriterion(num_classes, HungarianMatcher(cost_class, cost_bbox, cost_giou), weight_class, weight_bbox,
+                        weight_giou, eos_coef, num_groups=num_groups)
+
+
 def postprocess(outputs: Any, image_sizes: Tensor | Sequence[Sequence[float]], focal: bool = False,
                 top_k: int = 100) -> list[dict[str, Tensor]]:
     """Model outputs -> per image ``{"scores" (n,), "labels" (n,), "boxes" (n, 4) xyxy in pixels}``.
