@@ -10,8 +10,10 @@ subclassing :class:`TaskBase`, which has the defaults — is registered with
 
 Generic tasks for your own data: :class:`ClassificationTask` (an image folder tree or tensors),
 :class:`GraphTask` (a list of PyG ``Data`` or graph dicts), :class:`CocoDetectionTask` (a COCO
-JSON + images), :class:`TextPairTask` (sentence-encoder fine-tuning on text pairs). From
-Python without a recipe: :class:`Trainer`.
+JSON + images), :class:`TextPairTask` (sentence-encoder fine-tuning on text pairs). The built-in
+datasets are instances of them: Fashion-MNIST (``ClassificationTask``, ``data.source``), the ZINC-like
+molecules (:class:`GraphRegressionTask`, a ``GraphTask``) and the detection canvases
+(:class:`DetectionTask`, a ``CocoDetectionTask``). From Python without a recipe: :class:`Trainer`.
 """
 from __future__ import annotations
 

@@ -105,13 +105,17 @@ def coco_evaluate(gt_json: str | os.PathLike | dict, detections: Iterable[dict],
 def draw_detections(ax, image: Tensor | np.ndarray, boxes_xyxy: Tensor | np.ndarray, labels: Sequence[int],
                     scores: Sequence[float] | None = None, *, color: str = "lime", classes: Sequence[str] = CLASSES,
                     linewidth: float = 1.0, fontsize: float = 6.0):
-    """Show a grey ``image`` ((1, H, W) or (H, W)) on a matplotlib ``ax`` with ``boxes_xyxy (M, 4)`` in
+    """Show a grey (``(1, H, W)`` / ``(H, W)``) or RGB (``(3, H, W)``) ``image`` on a matplotlib ``ax`` with ``boxes_xyxy (M, 4)`` in
     pixels (pixel-edge coordinates: a box ``[x0, x1)`` covers pixels ``x0 .. x1 - 1``), each labelled
     ``classes[label]`` (and its score). Returns ``ax``."""
     from matplotlib.patches import Rectangle
 
     img = np.asarray(torch.as_tensor(image).detach().cpu().float()).squeeze()
-    ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0 if img.max(initial=0.0) <= 1.0 else 255.0, interpolation="nearest")
+    peak = 1.0 if img.max(initial=0.0) <= 1.0 else 255.0
+    if img.ndim == 3:  # (3, H, W) RGB
+        ax.imshow(np.clip(img.transpose(1, 2, 0) / peak, 0.0, 1.0), interpolation="nearest")
+    else:
+        ax.imshow(img, cmap="gray", vmin=0.0, vmax=peak, interpolation="nearest")
     boxes = np.asarray(torch.as_tensor(boxes_xyxy).detach().cpu().double()).reshape(-1, 4)
     labels = [int(v) for v in (labels.tolist() if hasattr(labels, "tolist") else labels)]
     if scores is not None:

@@ -8,7 +8,9 @@ annotations are left out. Images are read as ``data.channels`` (1 or 3), resized
 ``data.image_size`` and kept in memory in [0, 1]; boxes are stored relative to the image, so the
 resize keeps them. The model's ``num_classes`` and ``in_channels`` are filled in from the data.
 
-Training: DETR's set-prediction loss (:class:`~relformer.tasks.detection.DetectionTask`). Every
+Training: DETR's set-prediction loss (:class:`~relformer.models.detection.set_prediction.SetCriterion`:
+Hungarian matching, cross-entropy with a down-weighted no-object class, L1 and GIoU box terms, the
+same on every decoder layer's output; Group DETR models match each query group on its own). Every
 epoch the whole eval set is predicted and scored with COCO box mAP (``AP`` picks the best
 checkpoint) against its ground truth rescaled to the resized images.
 """
@@ -24,16 +26,33 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..models import model_config
+from ..models.detection.boxes import box_cxcywh_to_xyxy
+from ..models.detection.set_prediction import SetCriterion, postprocess, set_criterion, to_coco_results
 from ..train.recipe import ModelSection, Recipe, RecipeError
+from .base import TaskBase
 from .classification import fill_model_options
-from .coco import coco_evaluate
-from .detection import SPLIT_METRICS, DetectionTask, SetLossSection
+from .coco import coco_evaluate, draw_detections
 from .images import read_image, resize
 from .registry import register_task
-from ..models.detection.set_prediction import postprocess, to_coco_results
-from .splits import gather_objects, train_subset
+from .splits import EvalSplits, gather_objects, train_subset
 
-__all__ = ["CocoDetectionTask", "CocoDetectionRecipe", "CocoSection", "CocoImages", "read_coco"]
+__all__ = ["CocoDetectionTask", "CocoDetectionRecipe", "CocoSection", "CocoImages", "SetLossSection", "read_coco",
+           "SPLIT_METRICS"]
+
+SPLIT_METRICS = ("AP", "AP50", "AP75", "APs", "APm")
+
+
+@dataclass
+class SetLossSection:
+    """Matching costs and loss weights (DETR's: class 1, L1 5, GIoU 2; no-object weight 0.1)."""
+
+    cost_class: float = 1.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+    weight_class: float = 1.0
+    weight_bbox: float = 5.0
+    weight_giou: float = 2.0
+    eos_coef: float = 0.1
 
 
 @dataclass
@@ -71,10 +90,11 @@ class CocoDetectionRecipe(Recipe):
 class CocoImages(Dataset):
     """Resized images ``(N, C, S, S)`` in [0, 1] and their targets (``labels (M,)``, ``boxes (M, 4)``
     cx, cy, w, h relative to the image, ``image_id`` 1..N); ``coco`` is the ground truth in the
-    resized pixels with categories ``1..K`` (class index + 1), for :func:`coco_evaluate`."""
+    resized pixels with categories ``1..K`` (class index + 1), for :func:`coco_evaluate`; ``classes``
+    the class names."""
 
-    def __init__(self, images: Tensor, targets: list[dict[str, Any]], coco: dict) -> None:
-        self.images, self.targets, self.coco = images, targets, coco
+    def __init__(self, images: Tensor, targets: list[dict[str, Any]], coco: dict, classes: Sequence[str]) -> None:
+        self.images, self.targets, self.coco, self.classes = images, targets, coco, list(classes)
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -135,27 +155,66 @@ def read_coco(json_path: str, image_dir: str, key: str, *, image_size: int, chan
         raise ValueError(f"data.{key}: {json_path} lists no images")
     gt = {"images": gt_images, "annotations": gt_anns,
           "categories": [{"id": k + 1, "name": names.get(cid, str(cid))} for k, cid in enumerate(ids)]}
-    return CocoImages(torch.stack(images), targets, gt), ids, [names.get(c, str(c)) for c in ids]
+    classes = [names.get(c, str(c)) for c in ids]
+    return CocoImages(torch.stack(images), targets, gt, classes), ids, classes
 
 
 @register_task("coco_detection")
-class CocoDetectionTask(DetectionTask):
-    """DETR-family detection on COCO-format data, any number of classes (see the module)."""
+class CocoDetectionTask(TaskBase):
+    """DETR-family detection on COCO-format data, any number of classes (see the module).
+
+    Subclasses bring other data through :meth:`build_splits` (the training set and the named eval
+    splits; each yields ``(images (B, C, H, W), targets)`` batches and has ``coco``, its ground truth
+    in the batch's pixels) and :meth:`model_section`: the Fashion-MNIST canvases are one
+    (:mod:`relformer.tasks.detection`). With several eval splits every metric is prefixed by its split
+    (``val_AP``, ``test_AP``) and the first split's AP picks the best checkpoint."""
 
     recipe_type = CocoDetectionRecipe
-    main_metric, mode = "AP", "max"
-    metric_names = (*SPLIT_METRICS, "images")
+    eval_splits: tuple[str, ...] = ("eval",)
+    log_names = ("loss_ce", "loss_bbox", "loss_giou")
 
     def __init__(self, recipe: CocoDetectionRecipe) -> None:
-        self.recipe, d = recipe, recipe.data
-        self.train_set, ids, self.classes = read_coco(d.train_json, d.train_images, "train_json",
-                                                      image_size=d.image_size, channels=d.channels)
-        self.eval_set, _, _ = read_coco(d.eval_json, d.eval_images, "eval_json", image_size=d.image_size,
-                                        channels=d.channels, category_ids=ids)
-        self.model_section = fill_model_options(recipe.model, num_classes=len(ids), in_channels=d.channels)
-        self.model_config = model_config(self.model_section.name, **self.model_section.options)
-        self.criterion = self.set_criterion(len(ids))
-        self._detections: dict[str, list] = {"eval": []}
+        super().__init__(recipe)
+        prefixes = [("" if len(self.eval_splits) == 1 else f"{split}_") for split in self.eval_splits]
+        self.main_metric, self.mode = f"{prefixes[0]}AP", "max"
+        self.metric_names = tuple(p + m for p in prefixes for m in (*SPLIT_METRICS, "images"))
+        self._splits: tuple[Dataset, EvalSplits] | None = None
+        self._detections: dict[str, list] = {split: [] for split in self.eval_splits}
+        self.classes = self.class_names()
+        self.model_config = model_config(self.model_section().name, **self.model_section().options)
+        self.criterion = self.set_criterion(len(self.classes))
+
+    # -- data and model ---------------------------------------------------------------------------
+    def build_splits(self) -> tuple[Dataset, dict[str, Dataset]]:
+        """The training set and the eval splits named by ``eval_splits`` (here: the COCO files)."""
+        d = self.recipe.data
+        train, ids, _ = read_coco(d.train_json, d.train_images, "train_json", image_size=d.image_size,
+                                  channels=d.channels)
+        eval, _, _ = read_coco(d.eval_json, d.eval_images, "eval_json", image_size=d.image_size, channels=d.channels,
+                               category_ids=ids)
+        return train_subset(train, d.train_subset, "images"), {"eval": eval}
+
+    def splits(self) -> tuple[Dataset, EvalSplits]:
+        if self._splits is None:
+            train, evals = self.build_splits()
+            self._splits = train, EvalSplits({name: evals[name] for name in self.eval_splits})
+        return self._splits
+
+    def class_names(self) -> list[str]:
+        """The class names, in class-index order (here: the eval split's, which uses the train split's ids)."""
+        return list(self.splits()[1].splits[self.eval_splits[0]].classes)
+
+    def model_section(self) -> ModelSection:
+        """The recipe's model with ``num_classes`` and ``in_channels`` filled in from the data."""
+        return fill_model_options(self.recipe.model, num_classes=len(self.classes), in_channels=self.recipe.data.channels)
+
+    def set_criterion(self, num_classes: int) -> SetCriterion:
+        """DETR's set loss for ``num_classes`` classes with the recipe's costs and weights."""
+        return set_criterion(num_classes, num_groups=getattr(self.model_config, "num_groups", 1), **vars(self.recipe.loss))
+
+    @property
+    def eval_set(self) -> Dataset:
+        return self.splits()[1].splits[self.eval_splits[-1]]
 
     @property
     def eval_description(self) -> str:
@@ -163,25 +222,77 @@ class CocoDetectionTask(DetectionTask):
                 "COCO box mAP (faster-coco-eval); AP picks the best checkpoint")
 
     def build_model(self) -> nn.Module:
-        return self.model_section.build()
+        return self.model_section().build()
 
     def train_dataset(self) -> Dataset:
-        return train_subset(self.train_set, self.recipe.data.train_subset, "images")
+        return self.splits()[0]
 
     def eval_dataset(self) -> Dataset:
-        return self.eval_set
+        return self.splits()[1]
 
-    def eval_step(self, model: nn.Module, batch) -> dict[str, Tensor]:
+    def collate(self, batch):
+        return batch  # __getitems__ already stacks the images
+
+    def batch_size_of(self, batch) -> int:
+        if isinstance(batch[0], Tensor):
+            return batch[0].shape[0]
+        return sum(part[0].shape[0] for part in batch if part is not None)
+
+    # -- steps ------------------------------------------------------------------------------------
+    def loss(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, targets = batch
-        size = list(images.shape[-2:])
-        results = postprocess(model(images), [size] * len(images))
-        self._detections["eval"] += to_coco_results(results, [t["image_id"] for t in targets])
-        return {"images": torch.tensor(float(len(images)))}
+        losses = self.criterion(model(images), targets)
+        return losses["loss"], {name: losses[name].detach() for name in self.log_names}
+
+    def eval_step(self, model: nn.Module, batch: tuple) -> dict[str, Tensor]:
+        """Each split's images -> COCO results (all queries, DETR's protocol), kept for :meth:`metrics`."""
+        out = {}
+        for split, part in zip(self.eval_splits, batch):
+            n = 0
+            if part is not None:
+                images, targets = part
+                results = postprocess(model(images), [list(images.shape[-2:])] * len(images))
+                self._detections[split] += to_coco_results(results, [t["image_id"] for t in targets])
+                n = len(images)
+            out[f"{split}_images"] = torch.tensor(float(n))
+        return out
 
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        detections, self._detections["eval"] = gather_objects(self._detections["eval"]), []
-        stats = coco_evaluate(self.eval_set.coco, detections)
-        return {**{m: stats[m] for m in SPLIT_METRICS}, "images": sums["images"]}
+        """COCO box mAP of the detections collected by :meth:`eval_step` (from every rank)."""
+        out = {}
+        for split in self.eval_splits:
+            detections, self._detections[split] = gather_objects(self._detections[split]), []
+            prefix = self.splits()[1].prefix(split)
+            stats = coco_evaluate(self.splits()[1].splits[split].coco, detections)
+            out.update({prefix + m: stats[m] for m in SPLIT_METRICS})
+            out[prefix + "images"] = sums[f"{split}_images"]
+        return out
 
     def report_figures(self, model: nn.Module, run_dir: Path) -> list[tuple[str, Path]]:
-        return []
+        """Predicted boxes (score >= 0.5) and the ground truth on the first 8 images of the last eval split."""
+        from matplotlib.figure import Figure  # optional, heavy: only when a report is written
+
+        split = self.eval_splits[-1]
+        data = self.splits()[1].splits[split]
+        images, targets = data.__getitems__(list(range(min(8, len(data)))))
+        device = next(model.parameters()).device
+        model.eval()
+        with torch.no_grad():
+            results = postprocess(model(images.to(device)), [list(images.shape[-2:])] * len(images))
+        H, W = images.shape[-2:]
+        fig = Figure(figsize=(12, 6.4))
+        for k, (image, target, result) in enumerate(zip(images, targets, results)):
+            ax = fig.add_subplot(2, 4, k + 1)
+            keep = result["scores"] >= 0.5
+            truth = box_cxcywh_to_xyxy(target["boxes"]) * torch.tensor([W, H, W, H])
+            draw_detections(ax, image, truth, target["labels"].tolist(), color="white", linewidth=0.6,
+                            classes=self.classes)
+            draw_detections(ax, image, result["boxes"][keep].cpu(), result["labels"][keep].tolist(),
+                            result["scores"][keep].cpu(), classes=self.classes)
+            ax.set_title(f"{split} image {target['image_id']}: {int(keep.sum())} found, {len(target['labels'])} true",
+                         fontsize=7)
+        fig.tight_layout()
+        path = run_dir / "plots" / f"{split}_detections.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        return [(f"{split.capitalize()} images: predictions (score >= 0.5, green) and ground truth (white)", path)]

@@ -10,23 +10,21 @@ RWSE) are built once and cached by :func:`relformer.data.zinc.build_zinc` /
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from torch.utils.data import Dataset
 
 from ..data.zinc import build_zinc, with_encodings
 from ..interop import pyg as _pyg_baselines  # noqa: F401  (registers the pyg_gps_* model variants)
 from ..models import model_config
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
-from .base import TaskBase
+from .graph import GraphTask
 from .registry import register_recipe, register_task
-from .splits import ValTest, train_subset
+from .splits import train_subset
 
-__all__ = ["GraphRegressionTask", "GraphRegressionRecipe", "ZincSection", "ValTest"]
+__all__ = ["GraphRegressionTask", "GraphRegressionRecipe", "ZincSection"]
 
 
 @dataclass
@@ -55,17 +53,16 @@ class GraphRegressionRecipe(Recipe):
 
 
 @register_task("graph_regression")
-class GraphRegressionTask(TaskBase):
-    """ZINC-like penalized-logP regression; see :class:`relformer.tasks.Task` for the protocol."""
+class GraphRegressionTask(GraphTask):
+    """ZINC-like penalized-logP regression: the generic :class:`~relformer.tasks.graph.GraphTask` on
+    the built-in dataset, evaluated on its val and test splits (``val_mae`` picks the checkpoint)."""
 
     recipe_type = GraphRegressionRecipe
-    main_metric, mode = "val_mae", "min"
-    log_names = ("mae",)
-    metric_names = ("val_mae", "test_mae", "val_graphs", "test_graphs")
+    eval_splits = ("val", "test")
+    target_name = "penalized logP"
 
-    def __init__(self, recipe: GraphRegressionRecipe) -> None:
-        self.recipe = recipe
-        self._splits: dict | None = None
+    def graph_target(self) -> tuple[str, str, int | None]:
+        return "regression", "l1", None
 
     @property
     def eval_description(self) -> str:
@@ -75,77 +72,18 @@ class GraphRegressionTask(TaskBase):
                 "picks the best checkpoint, test_mae is reported beside it")
 
     def build_model(self) -> nn.Module:
-        return self.recipe.model.build()
+        return self.recipe.model.build()  # the variants are sized for ZINC's atom and bond types
 
-    def splits(self) -> dict:
+    def build_splits(self) -> tuple[Dataset, dict[str, Dataset]]:
         """The three splits with the encodings the model needs (built and cached once)."""
-        if self._splits is None:
-            cfg = model_config(self.recipe.model.name, **self.recipe.model.options)
-            d = self.recipe.data
-            data = build_zinc(d.variant, d.root, limit=d.limit)
-            self._splits = with_encodings(data, lap_k=getattr(cfg, "lap_k", 0), rwse_k=getattr(cfg, "rwse_k", 0),
-                                          spd=False)
-        return self._splits
-
-    def train_dataset(self) -> Dataset:
-        return train_subset(self.splits()["train"], self.recipe.data.train_subset, "graphs")
-
-    def eval_dataset(self) -> Dataset:
-        return ValTest(self.splits()["val"], self.splits()["test"])
-
-    def collate(self, batch):
-        return batch  # __getitems__ already packs the graphs
+        cfg = model_config(self.recipe.model.name, **self.recipe.model.options)
+        d = self.recipe.data
+        data = with_encodings(build_zinc(d.variant, d.root, limit=d.limit), lap_k=getattr(cfg, "lap_k", 0),
+                              rwse_k=getattr(cfg, "rwse_k", 0), spd=False)
+        return train_subset(data["train"], d.train_subset, "graphs"), {"val": data["val"], "test": data["test"]}
 
     def augment(self, batch, generator: torch.Generator):
         return batch  # LapPE signs are flipped inside the model while training
-
-    def batch_size_of(self, batch) -> int:
-        if isinstance(batch, tuple):
-            return sum(b.num_graphs for b in batch if b is not None)
-        return batch.num_graphs
-
-    @staticmethod
-    def _predict(model: nn.Module, batch) -> Tensor:
-        return model(batch).logits.float().squeeze(-1)  # (G,)
-
-    def loss(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, Tensor]]:
-        loss = F.l1_loss(self._predict(model, batch), batch.y.float())
-        return loss, {"mae": loss.detach()}
-
-    def eval_step(self, model: nn.Module, batch) -> dict[str, Tensor]:
-        out = {}
-        for name, part in zip(("val", "test"), batch):
-            err = (self._predict(model, part) - part.y.float()).abs().sum() if part is not None else torch.zeros(())
-            out[f"{name}_abs"] = err
-            out[f"{name}_count"] = torch.tensor(float(part.num_graphs if part is not None else 0))
-        return out
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        return {"val_mae": sums["val_abs"] / max(sums["val_count"], 1), "val_graphs": sums["val_count"],
-                "test_mae": sums["test_abs"] / max(sums["test_count"], 1), "test_graphs": sums["test_count"]}
-
-    def report_figures(self, model: nn.Module, run_dir: Path) -> list[tuple[str, Path]]:
-        """Predicted vs true penalized logP on the test split."""
-        from matplotlib.figure import Figure  # optional, heavy: only when a report is written
-
-        test = self.splits()["test"]
-        model.eval()
-        with torch.no_grad():
-            batch = test.__getitems__(list(range(len(test))))
-            pred = self._predict(model, batch).cpu()
-        y = batch.y.float()
-        fig = Figure(figsize=(4.5, 4.5))
-        ax = fig.add_subplot()
-        ax.scatter(y, pred, s=4, alpha=0.5)
-        lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
-        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
-        ax.set(xlabel="true penalized logP", ylabel="predicted",
-               title=f"test, MAE {float((pred - y).abs().mean()):.3f}")
-        path = run_dir / "plots" / "test_predictions.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        return [("Predicted vs true on the test split", path)]
 
 
 # ---------------------------------------------------------------------------------------------

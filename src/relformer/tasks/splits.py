@@ -8,23 +8,38 @@ from torch.utils.data import Dataset
 
 from ..train.recipe import RecipeError
 
-__all__ = ["First", "ValTest", "train_subset", "gather_objects"]
+__all__ = ["First", "EvalSplits", "train_subset", "gather_objects"]
 
 
-class ValTest(Dataset):
-    """val followed by test: ``__getitems__`` returns ``(val batch | None, test batch | None)``."""
+class EvalSplits(Dataset):
+    """Named eval splits one after another (e.g. val then test, evaluated in one pass):
+    ``__getitems__`` returns one batch per split, in order, None for a split the indices miss.
+    ``prefix(name)``: the split's metric prefix, ``""`` when there is one split (``"AP"``), else
+    ``"name_"`` (``"val_AP"``, ``"test_AP"``)."""
 
-    def __init__(self, val: Dataset, test: Dataset) -> None:
-        self.val, self.test = val, test
+    def __init__(self, splits: dict[str, Dataset]) -> None:
+        if not splits:
+            raise ValueError("EvalSplits needs at least one split")
+        self.splits = dict(splits)
+        self.names = tuple(self.splits)
+        self._starts, n = [], 0
+        for part in self.splits.values():
+            self._starts.append(n)
+            n += len(part)
+        self._len = n
+
+    def prefix(self, name: str) -> str:
+        return "" if len(self.names) == 1 else f"{name}_"
 
     def __len__(self) -> int:
-        return len(self.val) + len(self.test)
+        return self._len
 
-    def __getitems__(self, indices: Sequence[int]):
-        n = len(self.val)
-        v = [i for i in indices if i < n]
-        t = [i - n for i in indices if i >= n]
-        return (self.val.__getitems__(v) if v else None, self.test.__getitems__(t) if t else None)
+    def __getitems__(self, indices: Sequence[int]) -> tuple:
+        out = []
+        for start, part in zip(self._starts, self.splits.values()):
+            local = [i - start for i in indices if start <= i < start + len(part)]
+            out.append(part.__getitems__(local) if local else None)
+        return tuple(out)
 
 
 class First(Dataset):
