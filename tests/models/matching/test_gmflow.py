@@ -139,6 +139,12 @@ def test_transformer_treats_the_two_images_alike(cross):
     assert not torch.allclose(a0, f0)
 
 
+def test_transformer_rejects_maps_that_do_not_split():
+    transformer = FeatureTransformer(16, 1, 1, 2)
+    with pytest.raises(ValueError, match="does not split into 2 windows"):
+        transformer(torch.randn(1, 16, 7, 8), torch.randn(1, 16, 7, 8), splits=2)
+
+
 # ---------------------------------------------------------------------------------------------
 # matching and propagation
 # ---------------------------------------------------------------------------------------------
@@ -367,13 +373,34 @@ def test_stereo_by_config_equals_stereo_by_argument():
                                    flow_model(image0, image1, task="stereo").disparity, rtol=0, atol=0)
 
 
-def test_bilinear_upsampler_and_global_cross_attention_run():
+def test_inference_mode_first_then_training():
+    """Nothing built under inference_mode (window masks, neighbourhoods) leaks into a later training call."""
+    torch.manual_seed(0)
+    model = create_model("gmflow_micro")
+    image0, image1 = _pair()
+    with torch.inference_mode():
+        expected = model.eval()(image0, image1).flow
+    with torch.no_grad():
+        torch.testing.assert_close(model(image0, image1).flow, expected, rtol=0, atol=0)
+    model.train()
+    out = model(image0, image1, target=torch.zeros(1, 2, 32, 48))
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_bilinear_upsampler_scales_the_propagated_flow():
+    """upsampler="bilinear": the final flow is the propagation's 1/8 output, bilinearly resized and times 8."""
     torch.manual_seed(0)
     model = create_model("gmflow_micro", upsampler="bilinear", cross_attention="rows", num_scales=1,
                          attn_splits=(2,), corr_radius=(-1,), prop_radius=(-1,))
     assert model.upsampler is None
+    seen = []
+    model.propagation.register_forward_hook(lambda module, args, out: seen.append(out))
     out = model(*_pair())
-    assert out.flow.shape == (1, 2, 32, 48) and torch.isfinite(out.flow).all()
+    coarse = seen[-1]
+    assert coarse.shape == (1, 2, 4, 6)
+    expected = F.interpolate(coarse, size=(32, 48), mode="bilinear", align_corners=True) * 8
+    torch.testing.assert_close(out.flow, expected, rtol=0, atol=1e-6)
 
 
 def test_save_and_load_give_the_same_outputs(tmp_path):

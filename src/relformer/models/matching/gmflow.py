@@ -88,8 +88,10 @@ class GMFlowConfig:
                              f"num_heads={self.num_heads}, got {self.feature_channels}")
         for name in ("pixel_mean", "pixel_std"):
             values = getattr(self, name)
-            if len(values) != self.in_chans or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-                raise ValueError(f"GMFlowConfig.{name} must hold in_chans={self.in_chans} finite numbers, got {values!r}")
+            finite = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            if len(values) != self.in_chans or not finite:
+                raise ValueError(f"GMFlowConfig.{name} must hold in_chans={self.in_chans} finite numbers, "
+                                 f"got {values!r}")
         if not all(v > 0 for v in self.pixel_std):
             raise ValueError(f"GMFlowConfig.pixel_std must be > 0, got {self.pixel_std!r}")
 
@@ -239,7 +241,8 @@ def _check_target(predictions: list[Tensor], target: Tensor, valid: Tensor | Non
         got = tuple(target.shape) if isinstance(target, Tensor) else type(target).__name__
         raise ValueError(f"target must have the predictions' shape {tuple(shape)}, got {got}")
     if any(p.shape != shape for p in predictions):
-        raise ValueError(f"every prediction must have shape {tuple(shape)}, got {[tuple(p.shape) for p in predictions]}")
+        shapes = [tuple(p.shape) for p in predictions]
+        raise ValueError(f"every prediction must have shape {tuple(shape)}, got {shapes}")
     if valid is None:
         return torch.ones(shape[0], *shape[2:], dtype=torch.bool, device=target.device)
     if not isinstance(valid, Tensor) or valid.shape != (shape[0], *shape[2:]):

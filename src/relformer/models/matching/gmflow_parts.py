@@ -173,6 +173,8 @@ class FeatureTransformer(nn.Module):
 
     def forward(self, f0: Tensor, f1: Tensor, splits: int) -> tuple[Tensor, Tensor]:
         B, C, h, w = f0.shape
+        if h % splits or w % splits:
+            raise ValueError(f"a {h}x{w} feature map does not split into {splits} windows per side")
         x = torch.cat([f0, f1]).flatten(2).transpose(1, 2)  # (2B, h*w, C)
         plain, shifted = self.layouts((h, w), splits, False, x.device), self.layouts((h, w), splits, True, x.device)
         for i, block in enumerate(self.blocks):
