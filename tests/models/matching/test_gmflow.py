@@ -436,6 +436,10 @@ def test_bad_task_and_options_are_rejected():
     model = create_model("gmflow_micro")
     with pytest.raises(ValueError, match="task must be one of"):
         model(*_pair(), task="depth")
+    with pytest.raises(ValueError, match="valid was given without a target"):
+        model(*_pair(), valid=torch.ones(1, 32, 48))
+    with pytest.raises(ValueError, match=r"target must have the predictions' shape \(1, 1, 32, 48\)"):
+        model(*_pair(), task="stereo", target=torch.zeros(1, 2, 32, 48))
     for option, match in ((dict(num_scales=3), "num_scales"), (dict(attn_splits=(2,)), "attn_splits"),
                           (dict(corr_radius=(-1, 0)), "corr_radius"), (dict(cross_attention="all"), "cross_attention"),
                           (dict(feature_channels=42), "multiple of 4"), (dict(pixel_mean=(0.5,)), "pixel_mean"),

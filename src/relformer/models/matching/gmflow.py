@@ -202,6 +202,8 @@ class GMFlow(PretrainedMixin, nn.Module):
                 valid: Tensor | None = None) -> GMFlowOutput:
         stereo = self._task(task) == "stereo"
         self.check_images(image0, image1)
+        if valid is not None and target is None:
+            raise ValueError("valid was given without a target")
         B = image0.shape[0]
         c = self.config
         dtype = self.pixel_mean.dtype
