@@ -6,9 +6,9 @@ Homography protocol of HPatches as LoFTR (Sun et al. 2021, §4.1) and LightGlue 
 * estimate ``H`` from the matches with a robust estimator (OpenCV's USAC MAGSAC++, else RANSAC);
 * corner error: the mean distance, over the 4 image corners ``(0, 0), (w, 0), (w, h), (0, h)``,
   between the corners mapped by the estimate and by the ground truth; ``inf`` when estimation fails;
-* AUC@t: the area under the cumulative error curve (recall against error, the sorted errors joined
-  linearly from ``(0, 0)``) up to ``t`` pixels, divided by ``t``; failures count in the recall's
-  denominator and never reach it.
+* AUC@t: the area under the cumulative error curve up to ``t`` pixels, divided by ``t``; the curve
+  joins ``(0, 0)`` and the points ``(e_(i), i / N)`` of the sorted errors below ``t`` linearly and
+  stays flat from the last of them to ``t``; failures count in ``N`` and never reach the curve.
 
 Match precision at ``t`` px: the share of matches whose symmetric reprojection error under the
 ground-truth ``H``, ``(|H x0 - x1| + |H^-1 x1 - x0|) / 2`` (glue-factory's ``sym_homography_error``),
@@ -78,9 +78,8 @@ def corner_error(H_est, H_gt, width: float, height: float) -> float:
 
 
 def error_auc(errors: Sequence[float], thresholds: Sequence[float] = AUC_THRESHOLDS) -> dict[float, float]:
-    """``{t: AUC@t}`` in [0, 1] of ``errors`` (one per pair; NaN and ``inf`` are failures), the
-    recall curve through ``(0, 0)`` and ``(e_(i), i / N)`` for the sorted errors, integrated by the
-    trapezoid rule up to ``t`` and divided by ``t``."""
+    """``{t: AUC@t}`` in [0, 1] of ``errors`` (one per pair; NaN and ``inf`` are failures): the
+    recall curve of the module docstring integrated by the trapezoid rule up to ``t``, over ``t``."""
     errors = np.asarray(errors, dtype=np.float64).ravel()
     if errors.size == 0:
         raise ValueError("errors is empty: the AUC needs at least one pair")

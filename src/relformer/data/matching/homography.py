@@ -203,7 +203,8 @@ def make_pair(photo: np.ndarray, rng: np.random.Generator, size: tuple[int, int]
               homography: HomographyConfig = HomographyConfig(),
               photometric: PhotometricConfig | None = PhotometricConfig()) -> dict[str, np.ndarray]:
     """Two random views of ``photo`` (h, w[, C]) uint8 -> ``image0``, ``image1`` (size[0], size[1][, C])
-    float32 in [0, 1] and ``H_0to1`` (3, 3) float64 (image 0 coordinates -> image 1's)."""
+    float32 in [0, 1], ``H_0to1`` (3, 3) float64 (image 0 coordinates -> image 1's) and the views'
+    own maps from the photo, ``H_photo_to_0`` and ``H_photo_to_1``."""
     photo_shape = photo.shape[:2]
     H0 = sample_view(rng, photo_shape, size, homography)
     for _ in range(homography.attempts):
@@ -214,7 +215,8 @@ def make_pair(photo: np.ndarray, rng: np.random.Generator, size: tuple[int, int]
     if photometric is not None:
         images = [photometric_augment(image, rng, photometric) for image in images]
     H_0to1 = H1 @ np.linalg.inv(H0)
-    return {"image0": images[0], "image1": images[1], "H_0to1": H_0to1 / H_0to1[2, 2]}
+    return {"image0": images[0], "image1": images[1], "H_0to1": H_0to1 / H_0to1[2, 2], "H_photo_to_0": H0,
+            "H_photo_to_1": H1}
 
 
 def _check_size(size: Sequence[int]) -> tuple[int, int]:
