@@ -12,8 +12,8 @@
   right ``(x - d, y)``: :class:`SgbmStereo` (Hirschmueller 2008, semi-global block matching).
 * :func:`sift_features`: SIFT keypoints and descriptors for other matchers (e.g. LightGlue-SIFT).
 
-Images: ``(h, w)`` grey or ``(h, w, 3)`` RGB NumPy arrays (uint8, or float in [0, 1]) or torch
-tensors ``(h, w)``, ``(1|3, h, w)``; they are converted to uint8 grey (matchers, flow, SGBM), so a grey
+Images: ``(h, w)`` grey or ``(h, w, 3)`` RGB NumPy arrays, or torch tensors ``(h, w)``,
+``(1|3, h, w)``, uint8 or float in [0, 1]; they are converted to uint8 grey (matchers, flow, SGBM), so a grey
 image may be matched against an RGB one. Anything else (other channel counts, empty images, NaN)
 is a ValueError naming the argument; an image too small or too flat for keypoints gives no matches.
 """
@@ -47,13 +47,13 @@ def to_grey_uint8(image, name: str = "image") -> np.ndarray:
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {image.shape})")
     if image.dtype != np.uint8:
-        if image.dtype.kind not in "fiu":
-            raise ValueError(f"{name} must hold numbers, got dtype {image.dtype}")
-        image = image.astype(np.float32)
+        if image.dtype.kind != "f":
+            raise ValueError(f"{name} must be uint8 or float in [0, 1], got dtype {image.dtype}")
         if not np.isfinite(image).all():
             raise ValueError(f"{name} holds NaN or infinite values")
-        scale = 255.0 if image.dtype.kind == "f" and image.max() <= 1.0 else 1.0
-        image = np.clip(np.rint(image * scale), 0, 255).astype(np.uint8)
+        if image.min() < 0 or image.max() > 1:
+            raise ValueError(f"{name} is float with values in [{image.min():g}, {image.max():g}]: floats must be in [0, 1]")
+        image = np.rint(image.astype(np.float32) * 255).astype(np.uint8)
     image = np.ascontiguousarray(image)
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
 
