@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import skimage.data
 
-from relformer.data.matching import PHOTOS, TEST_PHOTOS, TRAIN_PHOTOS, load_photo, photo_split
+from relformer.data.matching import PHOTOS, TEST_PHOTOS, TRAIN_PHOTOS, VAL_PHOTOS, load_photo, photo_split
 
 
 def test_split_is_fixed_disjoint_and_covers_the_registry():
-    assert set(TRAIN_PHOTOS).isdisjoint(TEST_PHOTOS)
-    assert set(TRAIN_PHOTOS) | set(TEST_PHOTOS) == set(PHOTOS)
-    assert photo_split("train") == TRAIN_PHOTOS and photo_split("test") == TEST_PHOTOS
-    assert len(TEST_PHOTOS) >= 5 and len(TRAIN_PHOTOS) >= 10
+    splits = {"train": TRAIN_PHOTOS, "val": VAL_PHOTOS, "test": TEST_PHOTOS}
+    assert sum(len(names) for names in splits.values()) == len(PHOTOS)  # disjoint and covering
+    assert set().union(*splits.values()) == set(PHOTOS)
+    assert all(photo_split(split) == names for split, names in splits.items())
+    assert len(TEST_PHOTOS) >= 5 and len(TRAIN_PHOTOS) >= 10 and len(VAL_PHOTOS) >= 2
     assert "stereo_motorcycle" not in PHOTOS  # a stereo test pair, never a training photo
 
 

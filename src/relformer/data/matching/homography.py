@@ -286,6 +286,7 @@ class HomographyPairs(torch.utils.data.Dataset):
 
 def heldout_pairs(size: Sequence[int] = DEFAULT_SIZE, length: int = HELDOUT_LENGTH, grey: bool = False,
                   dense: bool = False) -> HomographyPairs:
-    """The fixed evaluation set: ``length`` (240) pairs of the test photos, seed 0, augmented."""
+    """The fixed evaluation set: ``length`` (240) pairs of the test photos, seed 0, augmented (with
+    ``flow_0to1`` / ``valid_0to1`` only when ``dense``)."""
     return HomographyPairs("test", size=size, length=length, seed=HELDOUT_SEED, deterministic=True,
                            grey=grey, dense=dense)

@@ -42,7 +42,7 @@ OPENCV_DATA_FILES = ("graf1.png", "graf3.png", "H1to3p.xml", "aloeL.jpg", "aloeR
 _DOC_DATA = Path("share/doc/opencv-doc/examples/data")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class HomographyPair:
     """``image0``, ``image1``: ``(h, w, 3)`` uint8 RGB; ``H_0to1``: ``(3, 3)`` float64, image 0 -> image 1."""
     name: str
@@ -51,7 +51,7 @@ class HomographyPair:
     H_0to1: np.ndarray
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class StereoPair:
     """Rectified ``left``, ``right``: ``(h, w, 3)`` uint8 RGB; ``disparity``: ``(h, w)`` float32 of the left
     view in pixels (left ``(x, y)`` is right ``(x - d, y)``), NaN where unknown."""

@@ -3,12 +3,13 @@
 Every photo ships inside an installed package, so nothing is downloaded: scikit-image's
 ``skimage.data`` images that need no ``pooch`` download, and scikit-learn's two sample images.
 
-Split (fixed, by photo; a model never sees a test photo in training):
+Split (fixed, by photo; a model never sees a test photo in training, nor picks a checkpoint on one):
 
 * ``TEST_PHOTOS``: astronaut, coffee, coins, brick, flower (a portrait, a still life, a repetitive
   metal pattern, a brick texture, an outdoor close-up) — the held-out homography pairs.
-* ``TRAIN_PHOTOS``: camera, chelsea, rocket, moon, clock, hubble_deep_field, immunohistochemistry,
-  retina, grass, gravel, cell, china.
+* ``VAL_PHOTOS``: china, clock — for validation during training (model selection).
+* ``TRAIN_PHOTOS``: camera, chelsea, rocket, moon, hubble_deep_field, immunohistochemistry, retina,
+  grass, gravel, cell.
 
 Left out on purpose: ``cat`` (the same pixels as ``chelsea``), ``stereo_motorcycle`` (a stereo test
 pair, see :mod:`.pairs`), synthetic or binary images (checkerboard, colorwheel, logo, horse,
@@ -30,7 +31,7 @@ import numpy as np
 import skimage.data
 from sklearn.datasets import load_sample_image
 
-__all__ = ["PHOTOS", "TRAIN_PHOTOS", "TEST_PHOTOS", "load_photo", "photo_split"]
+__all__ = ["PHOTOS", "TRAIN_PHOTOS", "VAL_PHOTOS", "TEST_PHOTOS", "load_photo", "photo_split"]
 
 
 def _skimage(name: str) -> Callable[[], np.ndarray]:
@@ -42,16 +43,17 @@ def _sklearn(file: str) -> Callable[[], np.ndarray]:
 
 
 TEST_PHOTOS = ("astronaut", "coffee", "coins", "brick", "flower")
-TRAIN_PHOTOS = ("camera", "chelsea", "rocket", "moon", "clock", "hubble_deep_field", "immunohistochemistry",
-                "retina", "grass", "gravel", "cell", "china")
+VAL_PHOTOS = ("china", "clock")
+TRAIN_PHOTOS = ("camera", "chelsea", "rocket", "moon", "hubble_deep_field", "immunohistochemistry", "retina", "grass",
+                "gravel", "cell")
 PHOTOS: dict[str, Callable[[], np.ndarray]] = {
-    **{name: _skimage(name) for name in TEST_PHOTOS + TRAIN_PHOTOS if name not in ("flower", "china")},
+    **{name: _skimage(name) for name in TEST_PHOTOS + VAL_PHOTOS + TRAIN_PHOTOS if name not in ("flower", "china")},
     "flower": _sklearn("flower.jpg"), "china": _sklearn("china.jpg")}
-_SPLITS = {"train": TRAIN_PHOTOS, "test": TEST_PHOTOS}
+_SPLITS = {"train": TRAIN_PHOTOS, "val": VAL_PHOTOS, "test": TEST_PHOTOS}
 
 
 def photo_split(split: str) -> tuple[str, ...]:
-    """The photo names of ``split`` in ``{"train", "test"}`` (disjoint, fixed)."""
+    """The photo names of ``split`` in ``{"train", "val", "test"}`` (disjoint, fixed)."""
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {sorted(_SPLITS)}, got {split!r}")
     return _SPLITS[split]
