@@ -1,6 +1,6 @@
 """Model families built on relformer's one attention primitive, the variant registry and the
 one-call save / load (``save_pretrained`` / ``from_pretrained``, :mod:`.hub`)."""
-from . import detection, graph, hub, outputs, text, vision
+from . import detection, graph, hub, matching, outputs, text, vision
 from .hub import save_config
 from .outputs import ModelOutput, classification_loss
 from .registry import (PretrainedMixin, build_model, builds, config_classes, create_model, from_pretrained, list_models,

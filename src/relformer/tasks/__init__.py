@@ -18,7 +18,7 @@ molecules (:class:`GraphRegressionTask`, a ``GraphTask``) and the detection canv
 from __future__ import annotations
 
 from ..train.task import Task
-from .registry import (ENTRY_POINT_GROUP, build_task, get_task, import_tasks, list_recipes, load_plugins, load_recipe,
+from .registry import (ENTRY_POINT_GROUP, UNAVAILABLE, build_task, get_task, import_tasks, list_recipes, load_plugins, load_recipe,
                        parse_recipe, recipe_summary, register_recipe, register_task, resolve_recipe, train)
 from .base import TaskBase
 from .classification import ClassificationTask  # registers the task and its recipes
@@ -28,6 +28,10 @@ from .graph import GraphTask
 from .text_pairs import TextPairTask
 from .coco_detection import CocoDetectionTask
 from .trainer import ObjectTask, Trainer
+from .registry import import_optional
+
+# the matching family's tasks need the 'matching' extra (OpenCV, scikit-image, scikit-learn, kornia)
+flow = import_optional("flow", "matching")
 
 __all__ = ["Task", "TaskBase", "Trainer", "ObjectTask", "ClassificationTask", "GraphRegressionTask", "DetectionTask",
            "GraphTask", "TextPairTask", "CocoDetectionTask",

@@ -33,6 +33,24 @@ _RECIPES: dict[str, Callable[[], Recipe]] = {}
 #: module (``my_pkg.tasks``) whose import registers them; loaded the first time a name is unknown
 ENTRY_POINT_GROUP = "relformer.tasks"
 _plugins_loaded = False
+#: task modules of relformer's optional extras that could not be imported: module -> why
+UNAVAILABLE: dict[str, str] = {}
+
+
+def import_optional(module: str, extra: str, package: str = __package__) -> ModuleType | None:
+    """Import one of relformer's task modules that needs ``extra`` (``pip install relformer[extra]``);
+    when a third-party module it needs is missing, record why (named in unknown-name errors)."""
+    try:
+        return importlib.import_module(f".{module}", package)
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] == "relformer":
+            raise
+        UNAVAILABLE[module] = f"{module} needs the '{extra}' extra (No module named {e.name!r}; pip install '.[{extra}]')"
+        return None
+
+
+def _unavailable() -> str:
+    return f" (unavailable here: {'; '.join(UNAVAILABLE.values())})" if UNAVAILABLE else ""
 
 
 def import_tasks(module: str | Path) -> ModuleType:
@@ -100,7 +118,8 @@ def get_task(name: str) -> type:
     if name not in _TASKS:
         load_plugins()
     if name not in _TASKS:
-        raise RecipeError(f"task: unknown task {name!r}{suggest(name, _TASKS)}; known: {', '.join(sorted(_TASKS))}")
+        raise RecipeError(f"task: unknown task {name!r}{suggest(name, _TASKS)}; known: {', '.join(sorted(_TASKS))}"
+                          f"{_unavailable()}")
     return _TASKS[name]
 
 
@@ -150,7 +169,7 @@ def resolve_recipe(name_or_path: str, overrides: list[str] = ()) -> Recipe:
         recipe = load_recipe(name_or_path)
     else:
         raise RecipeError(f"unknown recipe {name_or_path!r}{suggest(name_or_path, _RECIPES)} (not a registered "
-                          f"name nor a YAML file); registered: {', '.join(sorted(_RECIPES))}")
+                          f"name nor a YAML file); registered: {', '.join(sorted(_RECIPES))}{_unavailable()}")
     return apply_overrides(recipe, list(overrides)) if overrides else recipe
 
 
