@@ -95,7 +95,8 @@ def window_expectation(win0: Tensor, win1: Tensor, backend: str = "auto") -> tup
     grid = window_grid(window, win1.device, win1.dtype).expand(M, 1, WW, 4)
     moments = attend(q, win1[:, None], grid, backend=backend)[:, 0, 0]  # (M, 4): E[x], E[y], E[x^2], E[y^2]
     xy = moments[:, :2]
-    var = (moments[:, 2:] - xy * xy).float()
+    var = moments[:, 2:] - xy * xy
+    var = var.to(torch.promote_types(var.dtype, torch.float32))
     std = var.clamp_min(1e-10).sqrt().sum(-1)  # the floor keeps sqrt's gradient finite
     return xy, std.to(xy.dtype)
 
