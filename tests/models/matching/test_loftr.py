@@ -122,12 +122,12 @@ def test_backbone_positions_transformer_and_confidence_match_kornia(reference, p
         want = [reference.extract_features(im) for im in (image0, image1)]
         for s in (0, 1):
             tokens = want[s]["coarse"].flatten(2).transpose(1, 2)
-            torch.testing.assert_close(feats[s]["tokens"], tokens, **FEATURE_TOL)
+            torch.testing.assert_close(feats[s].tokens, tokens, **FEATURE_TOL)
         f0, f1, conf = model.coarse(feats)
-        k0, k1 = reference.loftr_coarse(feats[0]["tokens"], feats[1]["tokens"])
+        k0, k1 = reference.loftr_coarse(feats[0].tokens, feats[1].tokens)
         torch.testing.assert_close(f0, k0, **FEATURE_TOL)
         torch.testing.assert_close(f1, k1, **FEATURE_TOL)
-        data = {"hw0_c": feats[0]["grid"], "hw1_c": feats[1]["grid"], "stride_c": 8}
+        data = {"hw0_c": feats[0].grid, "hw1_c": feats[1].grid, "stride_c": 8}
         reference.coarse_matching(k0, k1, data)
         torch.testing.assert_close(conf, data["conf_matrix"], rtol=1e-9, atol=1e-15)
 
@@ -187,8 +187,9 @@ def test_fine_refinement_equals_kornia(reference, pairs64):
         j = torch.randint(f1.shape[1], (64,), generator=g)
         xy, std = model.refine(feats, f0, f1, b, i, j)
         data = {"b_ids": b, "i_ids": i, "j_ids": j, "stride_c": 8, "stride_f": 2, "mconf": torch.ones(64),
-                "mkpts0_c": torch.zeros(64, 2, dtype=torch.float64), "mkpts1_c": torch.zeros(64, 2, dtype=torch.float64)}
-        w0, w1 = reference.fine_preprocess(feats[0]["fine"], feats[1]["fine"], f0, f1, data)
+                "mkpts0_c": torch.zeros(64, 2, dtype=torch.float64),
+                "mkpts1_c": torch.zeros(64, 2, dtype=torch.float64)}
+        w0, w1 = reference.fine_preprocess(feats[0].fine, feats[1].fine, f0, f1, data)
         w0, w1 = reference.loftr_fine(w0, w1)
         reference.fine_matching(w0, w1, data)
     torch.testing.assert_close(xy, data["expec_f"][:, :2], **FEATURE_TOL)
@@ -200,7 +201,7 @@ def test_transformer_gradients_equal_kornia(reference, pairs64):
     model = _mine(reference)
     with torch.no_grad():
         feats = model.features(dict(zip(("image0", "image1"), pairs64["motorcycle"])))
-    t0, t1 = feats[0]["tokens"].repeat(2, 1, 1), feats[1]["tokens"].repeat(2, 1, 1)
+    t0, t1 = feats[0].tokens.repeat(2, 1, 1), feats[1].tokens.repeat(2, 1, 1)
     m0 = torch.ones(t0.shape[:2], dtype=torch.bool)
     m1 = torch.ones(t1.shape[:2], dtype=torch.bool)
     m0[1, -40:], m1[1, -25:] = False, False
@@ -228,7 +229,8 @@ def test_softmax_attention_equals_kornia_full_attention(pairs64):
     cfg = copy.deepcopy(MICRO_CFG)
     cfg["coarse"]["attention"] = cfg["fine"]["attention"] = "full"
     reference = _kornia(cfg)
-    got, want = _match_both(reference, _mine(reference, attention="softmax", match_threshold=0.0), *pairs64["graf"], 0.0)
+    model = _mine(reference, attention="softmax", match_threshold=0.0)
+    got, want = _match_both(reference, model, *pairs64["graf"], 0.0)
     assert len(want["confidence"]) > 0
     _assert_same_matches(got, want)
 

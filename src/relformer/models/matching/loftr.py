@@ -18,7 +18,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,8 @@ from .loftr_backbone import ResNetFPN, sine_positions_2d
 from .loftr_matching import (coarse_focal_loss, crop_windows, dual_softmax, fine_l2_loss, inside_border,
                              mutual_matches, window_expectation)
 
-__all__ = ["LoFTRConfig", "LoFTR", "LoFTROutput", "LoFTRTargets", "LoFTRLayer", "LoFTRTransformer",
-           "homography_targets", "KORNIA_KEYMAP", "from_kornia_state", "loftr", "loftr_micro"]
+__all__ = ["LoFTRConfig", "LoFTR", "LoFTROutput", "LoFTRTargets", "ImageFeatures", "LoFTRLayer",
+           "LoFTRTransformer", "homography_targets", "KORNIA_KEYMAP", "from_kornia_state", "loftr", "loftr_micro"]
 
 COARSE_STRIDE, FINE_STRIDE = 8, 2
 INPUT_KEYS = ("image0", "image1", "mask0", "mask1")
@@ -88,7 +88,8 @@ class LoFTRConfig:
             raise ValueError(f"LoFTRConfig.attention must be 'linear' or 'softmax', got {self.attention!r}")
         if self.fine_window % 2 == 0:
             raise ValueError(f"LoFTRConfig.fine_window must be odd (a centre cell), got {self.fine_window}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)
+                and self.temperature > 0):
             raise ValueError(f"LoFTRConfig.temperature must be a finite number > 0, got {self.temperature!r}")
         if not (isinstance(self.match_threshold, (int, float)) and math.isfinite(self.match_threshold)):
             raise ValueError(f"LoFTRConfig.match_threshold must be a finite number, got {self.match_threshold!r}")
@@ -127,6 +128,18 @@ class LoFTRTargets:
     i_ids: Tensor
     j_ids: Tensor
     points1: Tensor
+
+
+class ImageFeatures(NamedTuple):
+    """One side of a batch of pairs after the backbone: coarse ``tokens (B, h*w, C)`` with their sine
+    positions, the ``fine`` map ``(B, Cf, Hf, Wf)``, ``valid (B, h*w)`` bool real cells (None when no
+    mask was given), the coarse ``grid (h, w)`` and the real ``cells (B, 2)`` (rows, columns) of each image."""
+
+    tokens: Tensor
+    fine: Tensor
+    valid: Tensor | None
+    grid: tuple[int, int]
+    cells: Tensor
 
 
 class LoFTRLayer(nn.Module):
@@ -270,7 +283,8 @@ class LoFTR(PretrainedMixin, nn.Module):
         return images, extents
 
     def _encode(self, image: Tensor, extents: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Backbone maps of each image at its own size (``extents``), zero-padded to the batch's grids."""
+        """Backbone maps of each image at its own size (``extents``), zero-padded to the batch's grids (in
+        training mode BatchNorm sees the images of each size as one batch)."""
         dtype = next(self.backbone.parameters()).dtype
         image = image.to(dtype)
         full = torch.tensor(image.shape[2:], device=image.device)
@@ -288,10 +302,8 @@ class LoFTR(PretrainedMixin, nn.Module):
                 coarse[b], fine[b] = c[n], f[n]
         return torch.stack(coarse), torch.stack(fine)
 
-    def features(self, data) -> dict:
-        """Backbone maps of both images (one pass when they share a size), and per side the coarse
-        tokens with positions ``(B, h*w, C)``, their valid mask ``(B, h*w)`` (None without a mask), the
-        grid ``(h, w)`` and the real cells ``(B, 2)`` of each image."""
+    def features(self, data) -> tuple[ImageFeatures, ImageFeatures]:
+        """Both images through the backbone (one pass when they share a size and have no mask)."""
         images, extents = self._inputs(data)
         if extents == [None, None] and images[0].shape == images[1].shape:
             coarse, fine = self.backbone(torch.cat(images).to(next(self.backbone.parameters()).dtype))
@@ -299,7 +311,7 @@ class LoFTR(PretrainedMixin, nn.Module):
                                                                             fine[len(fine) // 2:])]
         else:
             maps = [self._encode(images[s], extents[s]) for s in (0, 1)]
-        out: dict = {}
+        out = []
         for s, (coarse, fine) in enumerate(maps):
             B, C, h, w = coarse.shape
             pe = sine_positions_2d(C, h, w, self.config.pos_fix, coarse.device, coarse.dtype)
@@ -310,25 +322,24 @@ class LoFTR(PretrainedMixin, nn.Module):
                 valid = ((torch.arange(h, device=coarse.device)[None, :, None] < cells[:, 0, None, None])
                          & (torch.arange(w, device=coarse.device)[None, None, :] < cells[:, 1, None, None]))
                 valid = valid.reshape(B, h * w)
-            out[s] = {"tokens": (coarse + pe).flatten(2).transpose(1, 2).contiguous(), "fine": fine,
-                      "valid": valid, "grid": (h, w), "cells": cells}
-        return out
+            tokens = (coarse + pe).flatten(2).transpose(1, 2).contiguous()  # (B, h*w, C)
+            out.append(ImageFeatures(tokens, fine, valid, (h, w), cells))
+        return out[0], out[1]
 
     # ---- matching ------------------------------------------------------------------------------
-    def coarse(self, feats: dict) -> tuple[Tensor, Tensor, Tensor]:
+    def coarse(self, feats: tuple[ImageFeatures, ImageFeatures]) -> tuple[Tensor, Tensor, Tensor]:
         """The coarse transformer's tokens of both images and their dual-softmax confidence ``(B, L, S)``."""
-        f0, f1 = self.coarse_transformer(feats[0]["tokens"], feats[1]["tokens"], feats[0]["valid"],
-                                         feats[1]["valid"])
-        return f0, f1, dual_softmax(f0, f1, self.config.temperature, feats[0]["valid"], feats[1]["valid"])
+        f0, f1 = self.coarse_transformer(feats[0].tokens, feats[1].tokens, feats[0].valid, feats[1].valid)
+        return f0, f1, dual_softmax(f0, f1, self.config.temperature, feats[0].valid, feats[1].valid)
 
-    def refine(self, feats: dict, f0: Tensor, f1: Tensor, b_ids: Tensor, i_ids: Tensor,
-               j_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def refine(self, feats: tuple[ImageFeatures, ImageFeatures], f0: Tensor, f1: Tensor, b_ids: Tensor,
+               i_ids: Tensor, j_ids: Tensor) -> tuple[Tensor, Tensor]:
         """Fine windows around coarse matches ``(b, i, j)``, the fine transformer and the expectation:
         ``xy (M, 2)`` in window units and ``std (M,)`` (see :func:`.loftr_matching.window_expectation`)."""
         c, W = self.config, self.config.fine_window
         stride = COARSE_STRIDE // FINE_STRIDE
-        win0 = crop_windows(feats[0]["fine"], b_ids, i_ids, feats[0]["grid"][1], W, stride)  # (M, W*W, Cf)
-        win1 = crop_windows(feats[1]["fine"], b_ids, j_ids, feats[1]["grid"][1], W, stride)
+        win0 = crop_windows(feats[0].fine, b_ids, i_ids, feats[0].grid[1], W, stride)  # (M, W*W, Cf)
+        win1 = crop_windows(feats[1].fine, b_ids, j_ids, feats[1].grid[1], W, stride)
         if c.fine_concat_coarse:
             context = self.fine_down(torch.cat([f0[b_ids, i_ids], f1[b_ids, j_ids]]))  # (2M, Cf)
             both = torch.cat([torch.cat([win0, win1]), context[:, None].expand(-1, W * W, -1)], dim=-1)
@@ -341,10 +352,10 @@ class LoFTR(PretrainedMixin, nn.Module):
         feats = self.features(data)
         f0, f1, conf = self.coarse(feats)
         border = self.config.border
-        inside = [inside_border(feats[s]["grid"], feats[s]["cells"], border) for s in (0, 1)]
+        inside = [inside_border(feats[s].grid, feats[s].cells, border) for s in (0, 1)]
         b_ids, i_ids, j_ids, confidence = mutual_matches(conf, self.config.match_threshold, *inside)
-        kpts0 = self._cell_pixels(i_ids, feats[0]["grid"][1], confidence.dtype)
-        kpts1 = self._cell_pixels(j_ids, feats[1]["grid"][1], confidence.dtype)
+        kpts0 = self._cell_pixels(i_ids, feats[0].grid[1], confidence.dtype)
+        kpts1 = self._cell_pixels(j_ids, feats[1].grid[1], confidence.dtype)
         if b_ids.numel():
             xy, _ = self.refine(feats, f0, f1, b_ids, i_ids, j_ids)
             kpts1 = kpts1 + xy.to(kpts1.dtype) * (self.config.fine_window // 2) * FINE_STRIDE
@@ -368,15 +379,15 @@ class LoFTR(PretrainedMixin, nn.Module):
         positive = torch.zeros_like(conf, dtype=torch.bool)
         positive[b, i, j] = True
         valid = None
-        if feats[0]["valid"] is not None or feats[1]["valid"] is not None:
-            v0, v1 = (feats[s]["valid"] if feats[s]["valid"] is not None
+        if feats[0].valid is not None or feats[1].valid is not None:
+            v0, v1 = (feats[s].valid if feats[s].valid is not None
                       else torch.ones(conf.shape[0], conf.shape[s + 1], dtype=torch.bool, device=conf.device)
                       for s in (0, 1))
             valid = v0[:, :, None] & v1[:, None, :]  # (B, L, S): pairs of real cells
         terms = {"coarse": coarse_focal_loss(conf, positive, valid)}
         if b.numel():
             xy, std = self.refine(feats, f0, f1, b, i, j)
-            centre1 = self._cell_pixels(j, feats[1]["grid"][1], xy.dtype)
+            centre1 = self._cell_pixels(j, feats[1].grid[1], xy.dtype)
             target = (targets.points1.to(xy.dtype) - centre1) / ((self.config.fine_window // 2) * FINE_STRIDE)
             terms["fine"] = fine_l2_loss(xy, std, target)
         else:
