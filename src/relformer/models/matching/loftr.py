@@ -232,9 +232,7 @@ def _mask_extents(name: str, mask, image: Tensor) -> Tensor:
         raise ValueError(f"{name} must be bool or hold only 0 and 1 (1 = a real pixel)")
     mask = mask.bool()
     extents = torch.stack([mask.any(2).sum(1), mask.any(1).sum(1)], dim=1)  # (B, 2)
-    rows = torch.arange(H, device=mask.device)[None, :, None] < extents[:, 0, None, None]
-    cols = torch.arange(W, device=mask.device)[None, None, :] < extents[:, 1, None, None]
-    if not torch.equal(mask, rows & cols):
+    if not torch.equal(mask, _top_left(extents, H, W)):
         raise ValueError(f"{name} must mark a top-left rectangle of real pixels (an image padded at the bottom "
                          "and right)")
     if (extents < COARSE_STRIDE).any():
@@ -242,7 +240,15 @@ def _mask_extents(name: str, mask, image: Tensor) -> Tensor:
     return extents
 
 
+def _top_left(extents: Tensor, height: int, width: int) -> Tensor:
+    """``(B, height, width)`` bool: True on the top-left ``extents (B, 2)`` (rows, columns) rectangle."""
+    rows = torch.arange(height, device=extents.device)[None, :, None] < extents[:, 0, None, None]
+    cols = torch.arange(width, device=extents.device)[None, None, :] < extents[:, 1, None, None]
+    return rows & cols
+
+
 def _cells(extents: Tensor, stride: int) -> Tensor:
+    """Cells of a ``stride`` map over ``extents`` pixels: ``ceil(extents / stride)``."""
     return (extents + stride - 1) // stride
 
 
@@ -307,21 +313,16 @@ class LoFTR(PretrainedMixin, nn.Module):
         images, extents = self._inputs(data)
         if extents == [None, None] and images[0].shape == images[1].shape:
             coarse, fine = self.backbone(torch.cat(images).to(next(self.backbone.parameters()).dtype))
-            maps = [(coarse[: len(coarse) // 2], fine[: len(fine) // 2]), (coarse[len(coarse) // 2:],
-                                                                            fine[len(fine) // 2:])]
+            maps = list(zip(coarse.chunk(2), fine.chunk(2)))
         else:
             maps = [self._encode(images[s], extents[s]) for s in (0, 1)]
         out = []
         for s, (coarse, fine) in enumerate(maps):
             B, C, h, w = coarse.shape
             pe = sine_positions_2d(C, h, w, self.config.pos_fix, coarse.device, coarse.dtype)
-            cells = (_cells(extents[s], COARSE_STRIDE) if extents[s] is not None
-                     else torch.tensor([[h, w]], device=coarse.device).expand(B, 2))
-            valid = None
-            if extents[s] is not None:
-                valid = ((torch.arange(h, device=coarse.device)[None, :, None] < cells[:, 0, None, None])
-                         & (torch.arange(w, device=coarse.device)[None, None, :] < cells[:, 1, None, None]))
-                valid = valid.reshape(B, h * w)
+            full = torch.tensor([[h, w]], device=coarse.device).expand(B, 2)
+            cells = _cells(extents[s], COARSE_STRIDE) if extents[s] is not None else full
+            valid = None if torch.equal(cells, full) else _top_left(cells, h, w).reshape(B, h * w)
             tokens = (coarse + pe).flatten(2).transpose(1, 2).contiguous()  # (B, h*w, C)
             out.append(ImageFeatures(tokens, fine, valid, (h, w), cells))
         return out[0], out[1]
@@ -398,10 +399,12 @@ class LoFTR(PretrainedMixin, nn.Module):
 
 def homography_targets(homography: Tensor, image0_size: tuple[int, int], image1_size: tuple[int, int],
                        extents1: Tensor | None = None) -> LoFTRTargets:
-    """Ground truth for :meth:`LoFTR.loss` from homographies ``(B, 3, 3)`` mapping image-0 pixels ``(x, y, 1)``
-    to image 1 (the keypoints' frame): every coarse cell of image 0 (pixel ``(8x, 8y)``) whose warp lands
-    inside image 1 (``image1_size = (H1, W1)``, or the real pixels ``extents1 (B, 2)`` of padded images)
-    corresponds to the image-1 cell nearest to it."""
+    """Ground truth for :meth:`LoFTR.loss` from homographies ``(B, 3, 3)`` mapping image-0 points ``(x, y, 1)``
+    to image 1: every coarse cell of image 0 (pixel ``(8x, 8y)``) whose warp lands inside image 1
+    (``image1_size = (H1, W1)``, or the real pixels ``extents1 (B, 2)`` (rows, columns) of padded images)
+    corresponds to the image-1 cell nearest to it. The frame is the keypoints' frame; with OpenCV's
+    (``cv2.warpPerspective``: pixel ``(x, y)`` centred at ``(x, y)``) a model trained on these targets
+    outputs keypoints in OpenCV's frame (the released LoFTR weights put pixel centres at ``+0.5``)."""
     if not isinstance(homography, Tensor) or homography.dim() != 3 or homography.shape[1:] != (3, 3):
         raise ValueError(f"homography must be a (B, 3, 3) tensor, got "
                          f"{tuple(homography.shape) if isinstance(homography, Tensor) else type(homography).__name__}")
