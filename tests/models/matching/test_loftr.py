@@ -235,17 +235,6 @@ def test_softmax_attention_equals_kornia_full_attention(pairs64):
     _assert_same_matches(got, want)
 
 
-def _pad(images):
-    """Top-left pad images of different sizes into one batch ``(B, 1, H, W)`` with their masks ``(B, H, W)``."""
-    H, W = max(im.shape[2] for im in images), max(im.shape[3] for im in images)
-    batch = torch.zeros(len(images), 1, H, W, dtype=images[0].dtype)
-    mask = torch.zeros(len(images), H, W, dtype=torch.bool)
-    for b, im in enumerate(images):
-        batch[b, :, : im.shape[2], : im.shape[3]] = im
-        mask[b, : im.shape[2], : im.shape[3]] = True
-    return batch, mask
-
-
 def _select(out, b):
     keep = out["batch_indexes"] == b
     return {k: (v[keep] if k != "batch_indexes" else torch.zeros_like(v[keep])) for k, v in out.items()}
@@ -259,7 +248,7 @@ def test_batch_of_pairs_of_different_sizes_equals_one_by_one(pairs64, attention)
     model = create_model("loftr_micro", attention=attention, match_threshold=0.0).eval().double()
     images0 = [pairs["graf"][0], pairs["motorcycle"][0], pairs["graf"][1][..., :120, :136]]
     images1 = [pairs["graf"][1], pairs["motorcycle"][1], pairs["motorcycle"][0][..., 8:, :]]
-    (image0, mask0), (image1, mask1) = _pad(images0), _pad(images1)
+    (image0, mask0), (image1, mask1) = L.pad_images(images0), L.pad_images(images1)
     with torch.no_grad():
         batched = model({"image0": image0, "image1": image1, "mask0": mask0, "mask1": mask1})
         singles = [model({"image0": a, "image1": b}) for a, b in zip(images0, images1)]
@@ -387,3 +376,13 @@ def test_loss_reaches_every_parameter_and_training_lowers_it():
         terms["loss"].backward()
         opt.step()
     assert model.loss(data, targets)["coarse"].item() < first
+
+
+def test_pad_images_pads_top_left_and_rejects_mixed_channels():
+    a, b = torch.rand(1, 1, 10, 12), torch.rand(1, 14, 9)
+    batch, mask = L.pad_images([a, b])
+    assert batch.shape == (2, 1, 14, 12) and mask.shape == (2, 14, 12)
+    assert torch.equal(batch[0, :, :10, :12], a[0]) and torch.equal(batch[1, 0, :14, :9], b[0])
+    assert mask[0].sum() == 120 and mask[1].sum() == 126 and (batch[~mask[:, None].expand_as(batch)] == 0).all()
+    with pytest.raises(ValueError, match="channel count"):
+        L.pad_images([a, torch.rand(3, 8, 8)])

@@ -10,13 +10,14 @@ Called like ``kornia.feature.LoFTR``: ``model({"image0": (B, 1, H0, W0), "image1
 optional ``mask0 (B, H0, W0)`` / ``mask1`` (True on the real pixels of a top-left padded image) ->
 :class:`LoFTROutput` with ``keypoints0``, ``keypoints1`` ``(M, 2)`` (x, y pixels), ``confidence (M,)``,
 ``batch_indexes (M,)``. The padded area of a masked image never reaches the features: each image is
-encoded at its own size, so a batch of pairs of different sizes gives what each pair gives alone.
+encoded at its own size, so a batch of pairs of different sizes (:func:`pad_images`) gives what each
+pair gives alone.
 """
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -36,7 +37,8 @@ from .loftr_matching import (coarse_focal_loss, crop_windows, dual_softmax, fine
                              mutual_matches, window_expectation)
 
 __all__ = ["LoFTRConfig", "LoFTR", "LoFTROutput", "LoFTRTargets", "ImageFeatures", "LoFTRLayer",
-           "LoFTRTransformer", "homography_targets", "KORNIA_KEYMAP", "from_kornia_state", "loftr", "loftr_micro"]
+           "LoFTRTransformer", "pad_images", "homography_targets", "KORNIA_KEYMAP", "from_kornia_state", "loftr",
+           "loftr_micro"]
 
 COARSE_STRIDE, FINE_STRIDE = 8, 2
 INPUT_KEYS = ("image0", "image1", "mask0", "mask1")
@@ -395,6 +397,23 @@ class LoFTR(PretrainedMixin, nn.Module):
             terms["fine"] = conf.sum() * 0.0
         terms["loss"] = coarse_weight * terms["coarse"] + fine_weight * terms["fine"]
         return terms
+
+
+def pad_images(images: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Images ``(1, C, H_b, W_b)`` (or ``(C, H_b, W_b)``) of different sizes as one top-left zero-padded
+    batch ``(B, C, H, W)`` and its mask ``(B, H, W)`` (True on real pixels): LoFTR's ``image0`` / ``mask0``."""
+    if not images or not all(isinstance(im, Tensor) and im.dim() in (3, 4) for im in images):
+        raise ValueError("images must be a non-empty sequence of (1, C, H, W) or (C, H, W) tensors")
+    images = [im[0] if im.dim() == 4 else im for im in images]
+    if any(im.shape[0] != images[0].shape[0] for im in images):
+        raise ValueError(f"images must share a channel count, got {[im.shape[0] for im in images]}")
+    H, W = max(im.shape[1] for im in images), max(im.shape[2] for im in images)
+    batch = images[0].new_zeros(len(images), images[0].shape[0], H, W)
+    mask = torch.zeros(len(images), H, W, dtype=torch.bool, device=images[0].device)
+    for b, im in enumerate(images):
+        batch[b, :, : im.shape[1], : im.shape[2]] = im
+        mask[b, : im.shape[1], : im.shape[2]] = True
+    return batch, mask
 
 
 def homography_targets(homography: Tensor, image0_size: tuple[int, int], image1_size: tuple[int, int],
