@@ -166,7 +166,6 @@ def test_default_loftr_equals_kornias_default_in_float32(pairs):
     _assert_same_matches(got, want, FLOAT32_KEYPOINT_ATOL)
 
 
-@pytest.mark.slow
 def test_default_loftr_equals_kornias_default_in_float64(pairs64):
     reference = _kornia(default_cfg)
     got, want = _match_both(reference, _mine(reference, "loftr", match_threshold=0.0), *pairs64["motorcycle"], 0.0)
