@@ -1,5 +1,7 @@
 """The attention primitive: :func:`attend`, its backends and the :class:`Relation` protocol."""
 from .attend import BACKENDS, Choice, attend, explain
+from .linear import elu_feature_map, linear_attention
 from .relation import Compose, Relation, index_grid
 
-__all__ = ["attend", "explain", "Choice", "BACKENDS", "Relation", "Compose", "index_grid"]
+__all__ = ["attend", "explain", "Choice", "BACKENDS", "Relation", "Compose", "index_grid", "linear_attention",
+           "elu_feature_map"]
