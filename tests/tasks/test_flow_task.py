@@ -11,7 +11,8 @@ import torch
 
 from relformer.data.matching import TEST_PHOTOS, TRAIN_PHOTOS, VAL_PHOTOS
 from relformer.tasks import resolve_recipe, train
-from relformer.tasks.flow import FlowTask, flow_to_rgb
+from relformer.tasks.flow import FlowTask
+from relformer.tasks.matching_pictures import flow_to_rgb
 
 SMALL = ["data.size=[64,96]", "data.train_pairs=4", "data.val_pairs=3", "batch_size=2", "eval_batch_size=2",
          "checkpoint_every=0", "epochs=1"]

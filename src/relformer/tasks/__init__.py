@@ -32,6 +32,7 @@ from .registry import import_optional
 
 # the matching family's tasks need the 'matching' extra (OpenCV, scikit-image, scikit-learn, kornia)
 flow = import_optional("flow", "matching")
+matching = import_optional("matching", "matching")
 
 __all__ = ["Task", "TaskBase", "Trainer", "ObjectTask", "ClassificationTask", "GraphRegressionTask", "DetectionTask",
            "GraphTask", "TextPairTask", "CocoDetectionTask",

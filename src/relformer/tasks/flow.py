@@ -23,9 +23,10 @@ from torch.utils.data import Dataset
 from ..data.matching import HomographyPairs, PhotometricConfig
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
 from .base import TaskBase
+from .matching_pictures import flow_to_rgb
 from .registry import register_recipe, register_task
 
-__all__ = ["FlowTask", "FlowRecipe", "HomographyDataSection", "flow_to_rgb"]
+__all__ = ["FlowTask", "FlowRecipe", "HomographyDataSection", "homography_pairs"]
 
 
 @dataclass
@@ -50,12 +51,16 @@ class FlowRecipe(Recipe):
 
     def validate(self) -> None:
         super().validate()
-        d = self.data
-        if len(d.size) != 2 or min(d.size) < 32:
-            raise RecipeError(f"data.size must be (height, width), each >= 32, got {d.size}")
-        for key in ("train_pairs", "val_pairs"):
-            if getattr(d, key) < 1:
-                raise RecipeError(f"data.{key} must be >= 1, got {getattr(d, key)}")
+        check_homography_data(self.data)
+
+
+def check_homography_data(d: HomographyDataSection) -> None:
+    """RecipeError naming the bad ``data.*`` value of a homography-pairs section."""
+    if len(d.size) != 2 or min(d.size) < 32:
+        raise RecipeError(f"data.size must be (height, width), each >= 32, got {d.size}")
+    for key in ("train_pairs", "val_pairs"):
+        if getattr(d, key) < 1:
+            raise RecipeError(f"data.{key} must be >= 1, got {getattr(d, key)}")
 
 
 def homography_pairs(data: HomographyDataSection, split: str, dense: bool) -> HomographyPairs:
@@ -66,19 +71,6 @@ def homography_pairs(data: HomographyDataSection, split: str, dense: bool) -> Ho
                                dense=dense, photometric=photometric)
     return HomographyPairs("val", size=data.size, length=data.val_pairs, seed=data.val_seed, deterministic=True,
                            grey=data.grey, dense=dense, photometric=photometric)
-
-
-def flow_to_rgb(flow: Tensor | np.ndarray, max_norm: float | None = None) -> np.ndarray:
-    """``(2, H, W)`` flow -> ``(H, W, 3)`` colours in [0, 1]: hue is the direction, saturation the
-    magnitude (relative to ``max_norm``, default the largest), as the usual flow colour wheel."""
-    from matplotlib.colors import hsv_to_rgb
-
-    f = np.asarray(torch.as_tensor(flow).detach().cpu().float())
-    angle = (np.arctan2(-f[1], -f[0]) / np.pi + 1) / 2  # [0, 1]
-    norm = np.hypot(f[0], f[1])
-    scale = max_norm or max(float(np.nanmax(norm)) if norm.size else 0.0, 1e-6)
-    hsv = np.stack([angle, np.clip(norm / scale, 0, 1), np.ones_like(norm)], -1)
-    return hsv_to_rgb(np.nan_to_num(hsv))
 
 
 @register_task("homography_flow")
