@@ -21,10 +21,12 @@ __all__ = ["Rotary", "interleaved_to_half"]
 
 
 class Rotary:
-    """Per-token rotations for packed tokens: ``angles (N, D/2)`` -> ``cos``, ``sin`` ``(N, 1, D/2)``.
+    """Per-token rotations for packed tokens: ``angles (N, D/2)``.
 
     :meth:`apply` rotates ``x (N, G, D)`` (``G`` head vectors per token: q and k heads together);
-    :meth:`select` keeps some tokens (point pruning). Computed in ``angles.dtype``.
+    :meth:`select` keeps some tokens (point pruning). ``cos = [cos, cos]`` and ``sin = [-sin, sin]``
+    ``(N, 1, D)`` are built once, so a rotation is one swap of halves, one product and one fused
+    multiply-add. Computed in ``angles.dtype``.
     """
 
     __slots__ = ("cos", "sin")
@@ -34,19 +36,20 @@ class Rotary:
             if not isinstance(angles, Tensor) or angles.dim() != 2 or not angles.is_floating_point():
                 raise ValueError(f"angles must be a float tensor (N, D/2), got "
                                  f"{tuple(angles.shape) if isinstance(angles, Tensor) else type(angles).__name__}")
-            cos, sin = angles.cos()[:, None], angles.sin()[:, None]  # (N, 1, D/2)
+            c, s = angles.cos(), angles.sin()
+            cos, sin = torch.cat((c, c), -1)[:, None], torch.cat((-s, s), -1)[:, None]  # (N, 1, D)
         self.cos, self.sin = cos, sin
 
     @property
     def head_dim(self) -> int:
-        return 2 * self.cos.shape[-1]
+        return self.cos.shape[-1]
 
     def apply(self, x: Tensor) -> Tensor:
         """``x (N, G, D)`` -> ``(N, G, D)``: ``[x1 cos - x2 sin, x2 cos + x1 sin]`` with ``x = [x1, x2]``."""
         if x.dim() != 3 or x.shape[0] != self.cos.shape[0] or x.shape[-1] != self.head_dim:
             raise ValueError(f"x must be (N, G, D) = ({self.cos.shape[0]}, G, {self.head_dim}), got {tuple(x.shape)}")
         x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * self.cos - x2 * self.sin, x2 * self.cos + x1 * self.sin), dim=-1)
+        return torch.addcmul(x * self.cos, torch.cat((x2, x1), dim=-1), self.sin)
 
     def select(self, index: Tensor) -> "Rotary":
         """The rotations of tokens ``index (K,)``."""

@@ -172,7 +172,7 @@ class LightGlue(PretrainedMixin, nn.Module):
             B, N = kpts.shape[:2]
             lengths = torch.full((B,), N, dtype=torch.long)
             packed.append((Packed(kpts.reshape(B * N, 2), _offsets(lengths)),
-                           Packed(desc.reshape(B * N, -1), _offsets(lengths)), _image_size(image, i, kpts)))
+                           Packed(desc.reshape(B * N, desc.shape[-1]), _offsets(lengths)), _image_size(image, i, kpts)))
         if packed[0][0].num_items != packed[1][0].num_items:
             raise ValueError(f"image0 has batch size {packed[0][0].num_items}, image1 {packed[1][0].num_items}")
         out = self.match_packed(packed[0][0], packed[0][1], packed[1][0], packed[1][1], packed[0][2], packed[1][2])

@@ -80,10 +80,12 @@ class FourierPositions(nn.Module):
 
 
 class MessageMLP(nn.Module):
-    """The update of eq. 1: ``x + MLP([x | m])`` with ``MLP = Linear(2C, 2C), LayerNorm, GELU, Linear(2C, C)``.
+    """The update of eq. 1: ``x + MLP([x | m])`` with ``MLP = Linear(2C, 2C), LayerNorm, GELU, Linear(2C, C)``,
+    where the message ``m = proj(o)`` is the output projection of the attention output ``o``.
 
     The first product is split over ``[x | m]`` (two ``addmm`` into one buffer), so ``[x | m]`` is never
-    concatenated."""
+    concatenated; with more than ``2C`` tokens the projection is folded into it,
+    ``W_m (W_p o + b_p) = (W_m W_p) o + W_m b_p``: a ``(2C, C) x (C, C)`` product instead of ``N x C x C``."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -92,9 +94,13 @@ class MessageMLP(nn.Module):
         self.norm = nn.LayerNorm(2 * dim)
         self.fc2 = nn.Linear(2 * dim, dim)
 
-    def forward(self, x: Tensor, message: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attended: Tensor, proj: nn.Linear) -> Tensor:
         w_x, w_m = self.fc1.weight[:, :self.dim], self.fc1.weight[:, self.dim:]
-        h = torch.addmm(self.fc1.bias, x, w_x.t()).addmm_(message, w_m.t())  # (N, 2C)
+        if x.shape[0] > 2 * self.dim:
+            w, b = w_m @ proj.weight, torch.addmv(self.fc1.bias, w_m, proj.bias)  # (2C, C), (2C,)
+            h = torch.addmm(b, x, w_x.t()).addmm_(attended, w.t())  # (N, 2C)
+        else:
+            h = torch.addmm(self.fc1.bias, x, w_x.t()).addmm_(F.linear(attended, proj.weight, proj.bias), w_m.t())
         return torch.addmm(x, F.gelu(self.norm(h)), self.fc2.weight.t()).add_(self.fc2.bias)
 
 
@@ -129,7 +135,7 @@ class SelfLayer(nn.Module):
         v = qkv[:, 2 * self.dim:].view(N, H, -1)  # (N, H, D)
         outs = [attend(_heads(qk[a:b, :H]), _heads(qk[a:b, H:]), _heads(v[a:b]), backend=self.backend)
                 for a, b in bounds]
-        return self.ffn(x, F.linear(_merge(outs, N), self.proj.weight, self.proj.bias))
+        return self.ffn(x, _merge(outs, N), self.proj)
 
 
 class CrossLayer(nn.Module):
@@ -154,7 +160,7 @@ class CrossLayer(nn.Module):
             q0, q1 = _heads(qk[a0:b0]), _heads(qk[a1:b1])
             outs.append(attend(q0, q1, _heads(v[a1:b1]), backend=self.backend))
             outs.append(attend(q1, q0, _heads(v[a0:b0]), backend=self.backend))
-        return self.ffn(x, F.linear(_merge(outs, N), self.proj.weight, self.proj.bias))
+        return self.ffn(x, _merge(outs, N), self.proj)
 
 
 class AssignmentHead(nn.Module):
