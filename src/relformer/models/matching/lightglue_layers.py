@@ -172,16 +172,32 @@ class AssignmentHead(nn.Module):
         self.matchability = nn.Linear(dim, 1)
 
 
+def _log_sum_exps(sim: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column log-sum-exps of ``sim (M, N)`` from ONE exponential, shifted by the global maximum;
+    where a row or column sum falls below ``UNDERFLOW`` (a row far below the global maximum), torch's
+    own ``logsumexp`` per direction instead."""
+    top = sim.max()
+    e = (sim - top).exp_()  # (M, N) in (0, 1]
+    rows, cols = e.sum(1), e.sum(0)
+    if bool(rows.min() < UNDERFLOW) or bool(cols.min() < UNDERFLOW):
+        return torch.logsumexp(sim, 1), torch.logsumexp(sim, 0)
+    return rows.log_().add_(top), cols.log_().add_(top)
+
+
+UNDERFLOW = 1e-30  # well above float32's smallest normal (1.2e-38): the shifted sums keep full precision
+
+
 def log_assignment(sim: Tensor, z0: Tensor, z1: Tensor) -> Tensor:
     """The log assignment ``(M, N)`` of eq. 8 without its dustbin row / column:
     ``log softmax_j(S) + log softmax_i(S) + log sigma(z0_i) + log sigma(z1_j)``.
 
     ``sim (M, N)``: scores ``S`` of eq. 6; ``z0 (M,)``, ``z1 (N,)``: matchability logits (eq. 7). Written
     as ``2 S + r_i + c_j`` with the row / column log-sum-exps folded into ``r`` and ``c``, so the
-    only ``M x N`` temporaries are ``S`` and the result."""
-    row = F.logsigmoid(z0) - torch.logsumexp(sim, 1)  # (M,)
-    col = F.logsigmoid(z1) - torch.logsumexp(sim, 0)  # (N,)
-    return torch.add(row[:, None] + col[None, :], sim, alpha=2.0)
+    only ``M x N`` temporaries are ``S``, one exponential and the result."""
+    lse_rows, lse_cols = _log_sum_exps(sim)
+    row = F.logsigmoid(z0) - lse_rows  # (M,)
+    col = F.logsigmoid(z1) - lse_cols  # (N,)
+    return torch.add(col[None, :], sim, alpha=2.0).add_(row[:, None])
 
 
 def mutual_matches(scores: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -189,13 +205,17 @@ def mutual_matches(scores: Tensor, threshold: float) -> tuple[Tensor, Tensor, Te
 
     Returns ``matches0 (M,)`` / ``matches1 (N,)`` (index in the other image, ``-1`` when unmatched) and
     ``scores0 (M,)`` / ``scores1 (N,)``: the assignment probability of every mutual pair (also those
-    below the threshold, as the reference reports), else 0."""
-    max0, m0 = scores.max(1)  # (M,)
-    m1 = scores.max(0).indices  # (N,)
-    mutual0 = torch.arange(m0.shape[0], device=m0.device) == m1[m0]
-    mutual1 = torch.arange(m1.shape[0], device=m1.device) == m0[m1]
-    scores0 = torch.where(mutual0, max0.exp(), max0.new_zeros(()))
-    scores1 = torch.where(mutual1, scores0[m1], max0.new_zeros(()))
+    below the threshold, as the reference reports), else 0. Row ``i`` and its best column ``j`` are
+    mutual when ``scores[i, j]`` is also column ``j``'s maximum: one arg-max (rows) and one max
+    (columns), and image 1's results are scattered from image 0's (each mutual column has one row)."""
+    best0, m0 = scores.max(1)  # (M,)
+    mutual0 = best0 == scores.amax(0)[m0]
+    zero = best0.new_zeros(())
+    scores0 = torch.where(mutual0, best0.exp(), zero)
     valid0 = mutual0 & (scores0 > threshold)
-    valid1 = mutual1 & valid0[m1]
-    return torch.where(valid0, m0, -1), torch.where(valid1, m1, -1), scores0, scores1
+    rows = torch.arange(m0.shape[0], device=m0.device)
+    matches1 = torch.full((scores.shape[1],), -1, dtype=torch.long, device=m0.device)
+    matches1[m0[valid0]] = rows[valid0]
+    scores1 = scores.new_zeros(scores.shape[1])
+    scores1[m0[mutual0]] = scores0[mutual0]
+    return torch.where(valid0, m0, -1), matches1, scores0, scores1
