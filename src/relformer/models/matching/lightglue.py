@@ -386,3 +386,9 @@ def lightglue_disk() -> LightGlueConfig:
 def lightglue_aliked() -> LightGlueConfig:
     """LightGlue for ALIKED's 128-d descriptors."""
     return LightGlueConfig(input_dim=128)
+
+
+@register_model
+def lightglue_micro() -> LightGlueConfig:
+    """A small LightGlue for tests and quick training runs: 32-d descriptors, width 64, 3 layers, 2 heads."""
+    return LightGlueConfig(input_dim=32, descriptor_dim=64, n_layers=3, num_heads=2)
