@@ -162,24 +162,31 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def memory_here(features_path: str, case: str, peer: str, conf: dict) -> float:
-    """In a child process: peak RSS growth (MiB) during one warm call."""
-    step = make_matcher(peer, conf, case_pairs(torch.load(features_path, weights_only=True), case))
-    with torch.inference_mode():
-        step()
-        base, peak, done = _rss(), [0], threading.Event()
+def peak_rss_growth(step) -> float:
+    """Peak RSS growth (MiB) while ``step()`` runs, sampled every 0.5 ms by a thread."""
+    base, peak, done = _rss(), [0], threading.Event()
 
-        def sample():
-            while not done.is_set():
-                peak[0] = max(peak[0], _rss())
-                time.sleep(0.0005)
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.0005)
 
-        sampler = threading.Thread(target=sample)
-        sampler.start()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
         step()
+    finally:
         done.set()
         sampler.join()
     return max(0, max(peak[0], _rss()) - base) / 2**20
+
+
+def memory_here(features_path: str, case: str, peer: str, conf: dict) -> float:
+    """In a child process: peak RSS growth during one warm call."""
+    step = make_matcher(peer, conf, case_pairs(torch.load(features_path, weights_only=True), case))
+    with torch.inference_mode():
+        step()
+        return peak_rss_growth(step)
 
 
 def memory(features_path: Path, case: str, peer: str, conf: dict, threads: int) -> float | None:

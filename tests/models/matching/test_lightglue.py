@@ -177,6 +177,8 @@ def test_bad_input_names_the_argument():
         model({"image0": data["image0"]})
     with pytest.raises(ValueError, match="batch size"):
         call("image1", **{k: v.expand(2, *v.shape[1:]) for k, v in data["image1"].items()})
+    with pytest.raises(ValueError, match="descriptors0 / descriptors1 are torch.float64"):
+        call("image0", descriptors=desc.double(), keypoints=data["image0"]["keypoints"].double())
     k, d = Packed.from_list([torch.zeros(3, 2)]), Packed.from_list([torch.zeros(3, 128)])
     with pytest.raises(TypeError, match="keypoints0"):
         model.match_packed(torch.zeros(3, 2), d, k, d)

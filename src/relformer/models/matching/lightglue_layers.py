@@ -115,18 +115,27 @@ def _merge(outs: list[Tensor], n: int) -> Tensor:
     return flat[0] if len(flat) == 1 else torch.cat(flat)
 
 
-class SelfLayer(nn.Module):
+class _MessageLayer(nn.Module):
+    """An attention layer of eq. 1: a fused input projection of ``projections * C`` rows, the output
+    projection ``proj`` and the update :class:`MessageMLP`."""
+
+    projections = 3
+
+    def __init__(self, dim: int, num_heads: int, backend: str = "auto") -> None:
+        super().__init__()
+        self.dim, self.num_heads, self.backend = dim, num_heads, backend
+        self.qkv = nn.Linear(dim, self.projections * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ffn = MessageMLP(dim)
+
+
+class SelfLayer(_MessageLayer):
     """Self-attention within each image (eq. 1-3): rotary q / k from the keypoint angles, SDPA per image.
 
     ``qkv`` is laid out ``[q; k; v]``, heads major, with half-split rotary pairs (the reference's
     interleaved layout is permuted when its weights load: :mod:`.lightglue_weights`)."""
 
-    def __init__(self, dim: int, num_heads: int, backend: str = "auto") -> None:
-        super().__init__()
-        self.dim, self.num_heads, self.backend = dim, num_heads, backend
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.ffn = MessageMLP(dim)
+    projections = 3  # q, k, v
 
     def forward(self, x: Tensor, rotary: Rotary, bounds: list[tuple[int, int]]) -> Tensor:
         N, H = x.shape[0], self.num_heads
@@ -138,18 +147,13 @@ class SelfLayer(nn.Module):
         return self.ffn(x, _merge(outs, N), self.proj)
 
 
-class CrossLayer(nn.Module):
+class CrossLayer(_MessageLayer):
     """Bidirectional cross-attention between the two images of each pair (eq. 2, 5): one shared
     projection for queries and keys (``qk``) and one for values, ``qkv = [qk; v]``; image A reads B
     and B reads A. The reference materialises the ``(H, M, N)`` similarity once for both softmaxes;
     here each direction is one fused SDPA call, so nothing of size ``M x N`` is kept."""
 
-    def __init__(self, dim: int, num_heads: int, backend: str = "auto") -> None:
-        super().__init__()
-        self.dim, self.num_heads, self.backend = dim, num_heads, backend
-        self.qkv = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.ffn = MessageMLP(dim)
+    projections = 2  # qk, v
 
     def forward(self, x: Tensor, bounds: list[tuple[int, int]]) -> Tensor:
         N, H = x.shape[0], self.num_heads
