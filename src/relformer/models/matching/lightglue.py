@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...data import Packed
+from ...nn import Linear, linear
 from ...relations.rotary import Rotary
 from ..outputs import ModelOutput
 from ..registry import PretrainedMixin, builds, register_model
@@ -130,7 +131,7 @@ class LightGlue(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = c = config
         d = c.descriptor_dim
-        self.input_proj = nn.Linear(c.input_dim, d) if c.input_dim != d else nn.Identity()
+        self.input_proj = Linear(c.input_dim, d) if c.input_dim != d else nn.Identity()
         self.posenc = FourierPositions(c.head_dim)
         self.self_layers = nn.ModuleList(SelfLayer(d, c.num_heads, c.backend) for _ in range(c.n_layers))
         self.cross_layers = nn.ModuleList(CrossLayer(d, c.num_heads, c.backend) for _ in range(c.n_layers))
@@ -273,7 +274,7 @@ class LightGlue(PretrainedMixin, nn.Module):
         for k in live:
             (a0, b0), (a1, b1) = bounds[2 * k], bounds[2 * k + 1]
             x0, x1 = pack.x[a0:b0], pack.x[a1:b1]
-            md0, md1 = (F.linear(t, head.proj.weight, head.proj.bias) * scale for t in (x0, x1))
+            md0, md1 = (linear(t, head.proj.weight, head.proj.bias) * scale for t in (x0, x1))
             z0, z1 = (F.linear(t, head.matchability.weight, head.matchability.bias)[:, 0] for t in (x0, x1))
             m0, m1, sc0, sc1 = mutual_matches(log_assignment(md0 @ md1.t(), z0, z1), self.config.filter_threshold)
             p = pack.pairs[k]
