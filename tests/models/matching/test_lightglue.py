@@ -221,3 +221,18 @@ def test_gradients_reach_the_layers_and_the_last_head():
     for name, p in model.named_parameters():
         if not name.startswith(("confidence", "heads.0")):
             assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_prune_min_points_follows_the_reference_threshold():
+    """The reference prunes an image only while it has more points than its device's threshold (-1 on CPU,
+    1024 / 1536 on CUDA); ``prune_min_points`` is that threshold."""
+    f0, f1 = disk_features("graf")
+    f1 = type(f1)(f1.keypoints[:150], f1.descriptors[:150], f1.scores[:150], f1.image_size)
+    data = {"image0": f0.as_lightglue(), "image1": f1.as_lightglue()}
+    reference = scm_reference()
+    reference.pruning_keypoint_thresholds = {"cpu": 200}  # an instance attribute: the class keeps its own
+    with torch.no_grad():
+        expected = reference(data)
+        got = create_model("lightglue_disk", pretrained=True, prune_min_points=200)(data)
+    assert (expected["prune1"] == 1).all() and (expected["prune0"] > 1).any()  # only the 256-point image pruned
+    assert_same_matches(got, expected)

@@ -12,6 +12,14 @@ Both run the same packed engine: the tokens of every image of every pair are con
 layers run on all of them at once, attention per image / pair on the fused SDPA kernel. Adaptive
 depth and width (sec. 3.3) act per pair: a pair whose points are confident enough leaves the pack
 (its matches are read from that layer's head), pruned points leave it too.
+
+Where the time goes differs from the reference on CPU: its cross-attention materialises the
+``(H, M, N)`` similarity, two softmaxes over it and a transposed copy (memory-bound, the larger part
+of its time at 1024+ points); here both directions are fused SDPA calls. The rest is the same
+arithmetic with fewer passes: one fused q / k / v (and qk / v) projection for all tokens, the rotary
+rotation in one multiply-add on q and k together, ``[x | m]`` never concatenated and the output
+projection folded into the update MLP, the assignment head without its dustbin matrix. Per-pair
+decisions (exit, pruning) are the reference's, with its float32 counts.
 """
 from __future__ import annotations
 
