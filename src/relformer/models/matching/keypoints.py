@@ -107,7 +107,7 @@ class DiskKeypoints(nn.Module):
             self.disk.load_state_dict(disk_depth_weights())
         self.eval()
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: its tensors could not enter a matcher that records gradients
     def forward(self, image, max_keypoints: int | None = None) -> list[Keypoints]:
         """``image``: see :func:`image_tensor` (a batch of one size). Keypoints are ``(x, y)`` pixels
         of the input image, sorted in raster order as kornia returns them."""
