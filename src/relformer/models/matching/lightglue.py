@@ -94,7 +94,7 @@ class _Pair:
 
     m: int
     n: int
-    result: tuple | None = None  # (matches0, matches1, scores0, scores1) on the original indices
+    result: tuple | None = None  # (ids0, ids1, matches0, matches1, scores0, scores1): kept points, original indices
     stop: int = 0
 
 
@@ -173,7 +173,7 @@ class LightGlue(PretrainedMixin, nn.Module):
         """The reference's call: ``data = {"image0": {...}, "image1": {...}}``, see the module doc. Each pair
         of a batch gives what it gives on its own (its own early exit and pruning)."""
         images = [_image_dict(data, f"image{i}") for i in (0, 1)]
-        packed = []
+        packed, counts = [], []
         for i, image in enumerate(images):
             kpts, desc = _batched(image, f"image{i}", "keypoints", 2), _batched(image, f"image{i}", "descriptors")
             if desc.shape[-1] != self.config.input_dim:
@@ -183,17 +183,17 @@ class LightGlue(PretrainedMixin, nn.Module):
                 raise ValueError(f"image{i}['keypoints'] {tuple(kpts.shape)} and image{i}['descriptors'] "
                                  f"{tuple(desc.shape)} must have the same (B, N)")
             B, N = kpts.shape[:2]
+            counts.append(N)
             lengths = torch.full((B,), N, dtype=torch.long)
             packed.append((Packed(kpts.reshape(B * N, 2), _offsets(lengths)),
                            Packed(desc.reshape(B * N, desc.shape[-1]), _offsets(lengths)), _image_size(image, i, kpts)))
         if packed[0][0].num_items != packed[1][0].num_items:
             raise ValueError(f"image0 has batch size {packed[0][0].num_items}, image1 {packed[1][0].num_items}")
         out = self.match_packed(packed[0][0], packed[0][1], packed[1][0], packed[1][1], packed[0][2], packed[1][2])
-        B = out.stop.shape[0]
-        rows = lambda p: p.values.view(B, -1)  # noqa: E731 (each image of a side has the same count)
-        return MatchOutput(rows(out.matches0), rows(out.matches1), rows(out.matching_scores0),
-                           rows(out.matching_scores1), int(out.stop.max()) if B else 0, out.matches, out.scores,
-                           rows(out.prune0), rows(out.prune1))
+        B, (M, N) = out.stop.shape[0], counts
+        return MatchOutput(_rows(out.matches0, B, M), _rows(out.matches1, B, N), _rows(out.matching_scores0, B, M),
+                           _rows(out.matching_scores1, B, N), int(out.stop.max()) if B else 0, out.matches, out.scores,
+                           _rows(out.prune0, B, M), _rows(out.prune1, B, N))
 
     # ---- the engine --------------------------------------------------------------------------
     def _run(self, sides) -> PackedMatches:
@@ -319,6 +319,11 @@ class LightGlue(PretrainedMixin, nn.Module):
 
 
 # ---- input checks ----------------------------------------------------------------------------
+def _rows(packed: Packed, B: int, n: int) -> Tensor:
+    """A side's packed ``(B * n,)`` results as the reference's ``(B, n)`` (every image of a side has ``n``)."""
+    return packed.values.view(B, n)
+
+
 def _offsets(lengths: Tensor) -> Tensor:
     return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
 
