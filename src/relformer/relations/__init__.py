@@ -7,4 +7,5 @@ from .rotary import Rotary
 
 __all__ = ["Causal", "SlidingWindow", "Documents", "RelativeBias", "T5Bias", "ALiBi", "URPE",
            "GridRelativeBias", "WindowMask", "ShiftedWindowRegions", "ManhattanDecay",
-           "GraphAdjacency", "ShortestPathBias", "EdgeBias", "EdgeFeatureBias", "EdgePathBias", "BoxRelationBias", "Rotary"]
+           "GraphAdjacency", "ShortestPathBias", "EdgeBias", "EdgeFeatureBias", "EdgePathBias", "BoxRelationBias",
+           "Rotary"]

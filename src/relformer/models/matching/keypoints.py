@@ -101,7 +101,8 @@ class DiskKeypoints(nn.Module):
         if max_keypoints is not None and (isinstance(max_keypoints, bool) or not isinstance(max_keypoints, int)
                                           or max_keypoints < 0):
             raise ValueError(f"max_keypoints must be an int >= 0 or None, got {max_keypoints!r}")
-        self.max_keypoints, self.nms_window, self.score_threshold = max_keypoints, int(nms_window), float(score_threshold)
+        self.max_keypoints, self.nms_window = max_keypoints, int(nms_window)
+        self.score_threshold = float(score_threshold)
         self.disk = DISK(desc_dim=128)
         if pretrained:
             self.disk.load_state_dict(disk_depth_weights())

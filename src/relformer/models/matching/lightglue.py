@@ -161,8 +161,9 @@ class LightGlue(PretrainedMixin, nn.Module):
                                                 (keypoints1, descriptors1, image_size1)))]
         dtype = self.posenc.weight.dtype
         if descriptors0.values.dtype != dtype or descriptors1.values.dtype != dtype:
-            raise ValueError(f"descriptors0 / descriptors1 are {descriptors0.values.dtype} / {descriptors1.values.dtype}, "
-                             f"the model is {dtype}: cast one to the other (model.to(dtype) or descriptors.to(dtype))")
+            raise ValueError(f"descriptors0 / descriptors1 are {descriptors0.values.dtype} / "
+                             f"{descriptors1.values.dtype}, the model is {dtype}: cast one to the other "
+                             "(model.to(dtype) or descriptors.to(dtype))")
         if sides[0][0].num_items != sides[1][0].num_items:
             raise ValueError(f"keypoints0 has {sides[0][0].num_items} images, keypoints1 {sides[1][0].num_items}: "
                              "one pair is one image of each")
