@@ -18,7 +18,7 @@ import relformer.interop.transformers  # noqa: F401  (and the hf_* ones)
 from relformer.models import (DETRConfig, GPSConfig, GraphormerConfig, GTConfig, PretrainedMixin, SentenceEncoder,
                               SwinConfig, TextConfig, TextEncoder, ViT, ViTConfig, create_model, from_pretrained,
                               list_models, model_config, save_config, save_pretrained, shipped_weights)
-from relformer.models.matching import GMFlowConfig, LoFTRConfig
+from relformer.models.matching import GMFlowConfig, LightGlueConfig, LoFTRConfig
 from relformer.models.text.checkpoint import minilm_l6_path
 from relformer.train.checkpoint import CheckpointDir
 from tests.models.test_graph import random_graphs
@@ -26,7 +26,7 @@ from tests.models.test_graph import random_graphs
 PEERS = ("hf_", "pyg_")  # other libraries' modules behind relformer configs (interop/)
 SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion", "loftr"}  # 5-10 s on one core (build, write, read, forward)
 MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro", "gps_micro", "gt_micro",
-         "graphormer_micro", "gmflow_micro", "loftr_micro"]
+         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro"]
 
 
 def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
@@ -44,6 +44,12 @@ def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
         return (torch.randn(2, config.in_channels, 64, 64, generator=g),), {}
     if isinstance(config, (GPSConfig, GTConfig, GraphormerConfig)):
         return (random_graphs(seed=seed, node_types=config.node_types, edge_types=config.edge_types),), {}
+    if isinstance(config, LightGlueConfig):
+        def image(n):
+            return {"keypoints": torch.rand(1, n, 2, generator=g) * 64,
+                    "descriptors": torch.randn(1, n, config.input_dim, generator=g),
+                    "image_size": torch.tensor([[64.0, 64.0]])}
+        return ({"image0": image(12), "image1": image(9)},), {}
     if isinstance(config, LoFTRConfig):
         return ({"image0": torch.rand(1, 1, 64, 80, generator=g), "image1": torch.rand(1, 1, 72, 64, generator=g)},), {}
     if isinstance(config, GMFlowConfig):

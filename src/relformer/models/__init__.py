@@ -1,6 +1,8 @@
 """Model families built on relformer's one attention primitive, the variant registry and the
 one-call save / load (``save_pretrained`` / ``from_pretrained``, :mod:`.hub`)."""
 from . import detection, graph, hub, matching, outputs, text, vision
+from .matching import (GMFlow, GMFlowConfig, DiskKeypoints, LightGlue, LightGlueConfig, LoFTR, LoFTRConfig, MatchOutput,
+                       PackedMatches)
 from .hub import save_config
 from .outputs import ModelOutput, classification_loss
 from .registry import (PretrainedMixin, build_model, builds, config_classes, create_model, from_pretrained, list_models,
@@ -18,4 +20,6 @@ __all__ = ["list_models", "create_model", "model_config", "build_model", "regist
            "graph", "GraphBatch", "GraphOutput", "GraphLayout", "GPS", "GPSConfig", "GPSLayer", "GraphTransformer",
            "GraphTransformerLayer", "GTConfig", "Graphormer", "GraphormerConfig",
            "vision", "ViT", "ViTConfig", "Swin", "SwinConfig", "VisionOutput",
+           "matching", "LightGlue", "LightGlueConfig", "MatchOutput", "PackedMatches", "DiskKeypoints",
+           "LoFTR", "LoFTRConfig", "GMFlow", "GMFlowConfig",
            "text", "TextConfig", "TextEncoder", "TextOutput", "SentenceEncoder", "CausalLM", "KVCache"]
