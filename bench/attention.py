@@ -22,7 +22,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +31,9 @@ import relformer
 from relformer import relations as R
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))  # benchlib beside this file (also when run through `relformer bench`)
+from benchlib import peak_rss_growth  # noqa: E402
+
 BACKENDS = ("eager", "sdpa", "flex", "chunked", "auto")
 B, H, D = 4, 8, 64
 
@@ -193,28 +195,11 @@ def time_case(step, reps: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def measure_memory_here(name, L, backend, train) -> float:
     """Run in the child process: peak RSS growth (MiB) during one warm run of the case."""
     step, _, _ = make_case(name, L, backend, train)
     step()
-    base, peak, done = _rss(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.0005)
-
-    t = threading.Thread(target=sample)
-    t.start()
-    step()
-    done.set()
-    t.join()
-    return max(0, max(peak[0], _rss()) - base) / 2**20
+    return peak_rss_growth(step)
 
 
 def measure_memory(name, L, backend, train) -> float | None:

@@ -1,6 +1,9 @@
 """Shared by the benchmarks: interleaved timing and writing a report."""
 from __future__ import annotations
 
+import os
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -46,4 +49,45 @@ def write_lines(lines: list[str], out: Path) -> None:
     lines.append("")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    print(f"wrote {out}")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_growth(step) -> float:
+    """Peak RSS growth (MiB) while ``step()`` runs, sampled every 0.5 ms by a thread."""
+    base, peak, done = _rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        step()
+    finally:
+        done.set()
+        sampler.join()
+    return max(0, max(peak[0], _rss()) - base) / 2**20
+
+
+def write_section(lines: list[str], out: Path, title: str, heading: str = "# Benchmarks") -> None:
+    """Replace the ``## {title}`` section of the markdown file ``out`` by ``lines`` (which start with
+    that heading), keeping its other sections, or start the file with ``heading``."""
+    from relformer.utils import atomic_write_text
+
+    text = out.read_text() if out.is_file() else f"{heading}\n\n"
+    section = "\n".join(lines)
+    pattern = rf"^## {re.escape(title)}$"
+    if re.search(pattern, text, flags=re.M):
+        text = re.sub(pattern + r".*?(?=^## |\Z)", lambda _: section + "\n", text, flags=re.M | re.S)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(out, text)
+    print(section)
     print(f"wrote {out}")

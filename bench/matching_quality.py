@@ -9,15 +9,19 @@
 * stereo (``STEREO``: ``stereo(left, right) -> (h, w)`` disparity): EPE and bad-pixel rate (> 3 px) on
   Aloe and Motorcycle over the pixels with known disparity; a flow method answers ``-flow_x``.
 
-Adding a method is one line, e.g. ``MATCHERS["lightglue-disk"] = my_lightglue_callable``. Not a
-timing benchmark (seconds per pair are shown only as a guide)::
+Adding a method is one line, e.g. ``MATCHERS["my-matcher"] = my_callable``. relformer's own:
+``lightglue-disk`` (published weights) always; ``loftr`` and ``gmflow`` from trained run folders
+(``--loftr runs/loftr``, ``--gmflow runs/gmflow``: ``relformer train loftr-homography`` /
+``gmflow-homography``). Not a timing benchmark (seconds per pair are shown only as a guide). Writes
+the "Quality" section of ``bench/results/matching.md`` (the "Speed" section is bench/matching.py's)::
 
-    PYTHONPATH=src python bench/matching_quality.py [--pairs 240] [--only sift,sgbm] [--out FILE]
+    PYTHONPATH=src python bench/matching_quality.py [--pairs 240] [--only sift,sgbm] [--loftr DIR] [--gmflow DIR]
 """
 from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,10 +33,14 @@ import torch
 from relformer.data.matching import (DEFAULT_SIZE, HELDOUT_LENGTH, HELDOUT_SEED, STEREO_PAIRS, HomographyPair,
                                      heldout_pairs, load_graf)
 from relformer.interop.opencv import OrbMatcher, SgbmStereo, SiftMatcher, dis_flow, farneback_flow
+from relformer.models import from_pretrained
+from relformer.tasks.matchers import GMFlowMatcher, LightGlueMatcher, LoFTRMatcher
 from relformer.tasks.matching_metrics import (AUC_THRESHOLDS, bad_pixel_rate, corner_error, endpoint_error, error_auc,
                                               estimate_homography, match_precision)
-from relformer.utils import atomic_write_text
 from relformer.utils.cpu import cpu_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import write_section  # noqa: E402
 
 Matcher = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
@@ -115,7 +123,7 @@ def _selected(registry: dict, only: set[str] | None) -> dict:
 
 def run(n_pairs: int, only: set[str] | None) -> list[str]:
     """Evaluate the selected methods; -> the markdown report's lines."""
-    lines = ["# Matching quality", "",
+    lines = ["## Quality", "",
              f"CPU: {cpu_model()} (torch threads: {torch.get_num_threads()}, OpenCV threads: {cv2.getNumThreads()}); "
              f"OpenCV {cv2.__version__}, "
              f"NumPy {np.__version__}, Python {platform.python_version()}.", "",
@@ -130,12 +138,12 @@ def run(n_pairs: int, only: set[str] | None) -> list[str]:
         for title, pairs in ((f"Held-out homographies ({n_pairs} pairs)", heldout),
                              ("graf1 -> graf3 (1 pair: AUC@t = 1 - e / 2t for its corner error e < t, else 0)", graf)):
             results = {name: evaluate_matcher(matcher, pairs) for name, matcher in matchers.items()}
-            lines += [f"## {title}", "", *_table(header, _matcher_rows(results)), ""]
+            lines += [f"### {title}", "", *_table(header, _matcher_rows(results)), ""]
     flows = _selected(FLOWS, only)
     if flows:
         rows = [[name, f"{r['epe']:.2f}", f"{100 * r['bad>3px']:.1f}", f"{r['motion']:.1f}", f"{r['s/pair']:.3f}"]
                 for name, r in ((name, evaluate_flow(flow, n_pairs)) for name, flow in flows.items())]
-        lines += [f"## Dense flow on the held-out homography pairs ({n_pairs} pairs)", "",
+        lines += [f"### Dense flow on the held-out homography pairs ({n_pairs} pairs)", "",
                   "Pixels of image 0 seen in image 1; the true motion is large (its mean length is shown), "
                   "beyond what local coarse-to-fine flow follows.", "",
                   *_table(["flow", "EPE px", "bad >3px %", "mean true motion px", "s/pair"], rows), ""]
@@ -147,7 +155,7 @@ def run(n_pairs: int, only: set[str] | None) -> list[str]:
             for name, method in stereo.items():
                 r = evaluate_stereo(method, pair)
                 rows.append([pair_name, name, f"{r['epe']:.2f}", f"{100 * r['bad>3px']:.1f}", f"{r['s/pair']:.2f}"])
-        lines += ["## Stereo disparity (pixels with known ground truth)", "",
+        lines += ["### Stereo disparity (pixels with known ground truth)", "",
                   *_table(["pair", "method", "EPE px", "bad >3px %", "s"], rows), ""]
     return lines
 
@@ -156,18 +164,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=HELDOUT_LENGTH, help="held-out pairs to use (>= 200 for the table)")
     parser.add_argument("--only", default=None, help="comma-separated method names (default: all)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "matching-quality.md")
+    parser.add_argument("--loftr", help="a trained LoFTR folder (relformer train loftr-homography) to add as 'loftr'")
+    parser.add_argument("--gmflow", help="a trained GMFlow folder (relformer train gmflow-homography): 'gmflow' flow "
+                                         "and stereo")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "matching.md")
     args = parser.parse_args()
+    MATCHERS["lightglue-disk"] = LightGlueMatcher()
+    if args.loftr:
+        MATCHERS["loftr"] = LoFTRMatcher(from_pretrained(args.loftr))
+    if args.gmflow:
+        gmflow = GMFlowMatcher(from_pretrained(args.gmflow))
+        FLOWS["gmflow"], STEREO["gmflow"] = gmflow.flow, gmflow.stereo
     if not 1 <= args.pairs <= HELDOUT_LENGTH:
         parser.error(f"--pairs must be in [1, {HELDOUT_LENGTH}]")
     only = set(args.only.split(",")) if args.only else None
     known = set(MATCHERS) | set(FLOWS) | set(STEREO)
     if only and not only <= known:
         parser.error(f"unknown methods {sorted(only - known)}; known: {sorted(known)}")
-    lines = run(args.pairs, only)
-    atomic_write_text(args.out, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {args.out}")
+    write_section(run(args.pairs, only), args.out, "Quality", "# Matching benchmarks")
 
 
 if __name__ == "__main__":

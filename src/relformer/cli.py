@@ -13,6 +13,10 @@
                                                  sentence embeddings (all-MiniLM-L6-v2 by default)
     relformer similar "query" --file corpus.txt | --corpus stdlib [-k 5]
                                                  semantic search: the closest lines / stdlib docstrings
+    relformer match IMG0 IMG1 [--matcher lightglue|loftr|sift|orb] [--model DIR] --out pair.png
+                                                 match two photos and draw the matches
+    relformer flow IMG0 IMG1 [--method gmflow|dis|farneback] [--model DIR] [--stereo] --out flow.png
+                                                 optical flow (or stereo disparity), colour-coded
     relformer --version                          the installed version
 
 A mistake in the input (a bad recipe value, a missing or unreadable file, an impossible option)
@@ -39,6 +43,7 @@ from . import relations as R
 from .data.stdlib_docs import stdlib_docstrings
 from .models.text import SentenceEncoder
 from .tasks import import_tasks, list_recipes, recipe_summary, resolve_recipe, train
+from .tasks.images import read_image
 from .tasks.search import SearchIndex, cache_dir, corpus_cache_name, default_model_path, read_lines
 
 _PACKAGE_DIR = Path(__file__).resolve().parent  # relformer's source
@@ -207,6 +212,68 @@ def _similar(argv: list[str]) -> None:
             print(f"  {hit}")
 
 
+def _matching():
+    """relformer's matchers: the 'matching' extra (OpenCV, kornia, scikit-image), imported on demand
+    so that the other commands work without it."""
+    from .tasks import UNAVAILABLE
+
+    if "matching" in UNAVAILABLE or "flow" in UNAVAILABLE:
+        raise ValueError(UNAVAILABLE.get("matching") or UNAVAILABLE["flow"])
+    from .tasks import matchers, matching_pictures
+
+    return matchers, matching_pictures
+
+
+def _read_photo(path: str, name: str) -> np.ndarray:
+    if not Path(path).is_file():
+        raise ValueError(f"{name}: no such file {path}")
+    return read_image(path, 3).permute(1, 2, 0).numpy()  # (h, w, 3) uint8
+
+
+def _match(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="relformer match", description="Match two images and draw the matches "
+                                 "(side by side, a line per match).")
+    ap.add_argument("image0")
+    ap.add_argument("image1")
+    ap.add_argument("--matcher", default="lightglue", choices=["lightglue", "loftr", "sift", "orb"],
+                    help="lightglue: DISK + LightGlue with the published weights (default); loftr: a trained model "
+                         "(--model); sift / orb: OpenCV")
+    ap.add_argument("--model", help="a saved model folder (a relformer train run, or save_pretrained's)")
+    ap.add_argument("--max-keypoints", type=_positive_int, default=2048, help="DISK keypoints per image (lightglue)")
+    ap.add_argument("--out", required=True, help="the picture to write (.png)")
+    a = ap.parse_args(argv)
+    matchers, pictures = _matching()
+    image0, image1 = _read_photo(a.image0, "image0"), _read_photo(a.image1, "image1")
+    kpts0, kpts1, _ = matchers.make_matcher(a.matcher, a.model, a.max_keypoints)(image0, image1)
+    title = f"{a.matcher}: {len(kpts0)} matches"
+    print(f"{title} -> {pictures.save_match_figure(a.out, image0, image1, kpts0, kpts1, title=title)}")
+
+
+def _flow(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="relformer flow", description="Dense optical flow from image 0 to image 1 "
+                                 "(or, with --stereo, the left image's disparity), drawn colour-coded.")
+    ap.add_argument("image0")
+    ap.add_argument("image1")
+    ap.add_argument("--method", default="gmflow", choices=["gmflow", "dis", "farneback"],
+                    help="gmflow: a trained model (--model); dis / farneback: OpenCV")
+    ap.add_argument("--model", help="a saved GMFlow folder (e.g. a relformer train gmflow-homography run)")
+    ap.add_argument("--stereo", action="store_true", help="a rectified stereo pair: disparity along rows")
+    ap.add_argument("--out", required=True, help="the picture to write (.png)")
+    ap.add_argument("--save", help="also save the raw result as .npy ((h, w, 2) flow or (h, w) disparity)")
+    a = ap.parse_args(argv)
+    if a.save is not None and not a.save.endswith(".npy"):
+        ap.error(f"--save {a.save}: the file name must end in .npy")
+    matchers, pictures = _matching()
+    image0, image1 = _read_photo(a.image0, "image0"), _read_photo(a.image1, "image1")
+    if image0.shape != image1.shape:
+        raise ValueError(f"image0 is {image0.shape[:2]} and image1 {image1.shape[:2]}: flow needs images of one size")
+    result = matchers.make_flow(a.method, a.model, a.stereo)(image0, image1)
+    if a.save:
+        np.save(a.save, result.astype(np.float32))
+    print(f"{a.method} {'disparity' if a.stereo else 'flow'} -> "
+          f"{pictures.save_flow_figure(a.out, image0, image1, result, stereo=a.stereo)}")
+
+
 def _is_user_error(error: BaseException) -> bool:
     """Bad input, not a bug: a ValueError (RecipeError included), an OSError (a missing, unreadable
     or unwritable path) or a FloatingPointError (a diverged run), or a TypeError raised by
@@ -230,8 +297,12 @@ def _run(cmd: str, rest: list[str]) -> None:
         _embed(rest)
     elif cmd == "similar":
         _similar(rest)
+    elif cmd == "match":
+        _match(rest)
+    elif cmd == "flow":
+        _flow(rest)
     else:
-        print(f"relformer: error: unknown command {cmd!r} (one of bench, explain, train, embed, similar; "
+        print(f"relformer: error: unknown command {cmd!r} (one of bench, explain, train, embed, similar, match, flow; "
               "relformer --help lists them)", file=sys.stderr)
         raise SystemExit(2)
 

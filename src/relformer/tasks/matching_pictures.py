@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["flow_to_rgb", "image_array", "draw_matches", "save_match_figure"]
+__all__ = ["flow_to_rgb", "image_array", "draw_matches", "save_match_figure", "save_flow_figure"]
 
 
 def flow_to_rgb(flow: Tensor | np.ndarray, max_norm: float | None = None) -> np.ndarray:
@@ -70,6 +70,36 @@ def save_match_figure(path: str | Path, image0, image1, kpts0, kpts1, correct=No
     width = (a.shape[1] + b.shape[1]) / 100
     fig = Figure(figsize=(max(6.0, width), max(3.0, max(a.shape[0], b.shape[0]) / 100 + 0.4)))
     draw_matches(fig.add_subplot(), a, b, kpts0, kpts1, correct, title=title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def save_flow_figure(path: str | Path, image0, image1, result: np.ndarray, stereo: bool = False) -> Path:
+    """Image 0, image 1 and ``result`` (``(h, w, 2)`` flow, colour-coded by :func:`flow_to_rgb`, or
+    ``(h, w)`` disparity, a colour map) side by side, written to ``path`` (PNG)."""
+    from matplotlib.figure import Figure
+
+    a = image_array(image0)
+    fig = Figure(figsize=(12, 3.6 * a.shape[0] / a.shape[1] + 0.6))
+    panels = [(a, "image 0"), (image_array(image1), "image 1")]
+    for k, (image, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, k + 1)
+        ax.imshow(image)
+        ax.set_title(title, fontsize=9)
+    ax = fig.add_subplot(1, 3, 3)
+    if stereo:
+        shown = ax.imshow(np.asarray(result, dtype=np.float64), cmap="magma")
+        fig.colorbar(shown, ax=ax, fraction=0.04, label="disparity (px)")
+        ax.set_title("disparity", fontsize=9)
+    else:
+        ax.imshow(flow_to_rgb(np.moveaxis(np.asarray(result, dtype=np.float64), -1, 0)))
+        ax.set_title("flow (hue: direction, saturation: length)", fontsize=9)
+    for ax in fig.axes[:3]:
+        ax.set_xticks([])
+        ax.set_yticks([])
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
