@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -26,7 +25,8 @@ from .base import TaskBase
 from .matching_pictures import flow_to_rgb
 from .registry import register_recipe, register_task
 
-__all__ = ["FlowTask", "FlowRecipe", "HomographyDataSection", "homography_pairs"]
+__all__ = ["FlowTask", "FlowRecipe", "HomographyTask", "HomographyDataSection", "homography_pairs",
+           "check_homography_data"]
 
 
 @dataclass
@@ -73,26 +73,17 @@ def homography_pairs(data: HomographyDataSection, split: str, dense: bool) -> Ho
                            grey=data.grey, dense=dense, photometric=photometric)
 
 
-@register_task("homography_flow")
-class FlowTask(TaskBase):
-    """Optical flow from random homographies (see the module); any model called as
-    ``model(image0, image1, target=, valid=)`` with ``.loss`` and ``.flow`` outputs."""
+class HomographyTask(TaskBase):
+    """What the homography-pair tasks share: training pairs drawn fresh from the training photos,
+    fixed validation pairs, the channel check between the model and ``data.grey``. ``dense``: the
+    pairs carry their flow and valid maps."""
 
-    recipe_type = FlowRecipe
-    main_metric, mode = "epe", "min"
-    log_names = ("epe",)
-    metric_names = ("epe", "bad3", "pixels")
+    dense = True
 
-    def __init__(self, recipe: FlowRecipe) -> None:
+    def __init__(self, recipe: Recipe) -> None:
         super().__init__(recipe)
-        self.train_set = homography_pairs(recipe.data, "train", dense=True)
-        self.val_set = homography_pairs(recipe.data, "val", dense=True)
-
-    @property
-    def eval_description(self) -> str:
-        d = self.recipe.data
-        return (f"{d.val_pairs} fixed pairs of the validation photos ({d.size[0]}x{d.size[1]}, seed {d.val_seed}): "
-                "end-point error over the pixels whose flow lands in image 1 (epe picks the best checkpoint)")
+        self.train_set = homography_pairs(recipe.data, "train", dense=self.dense)
+        self.val_set = homography_pairs(recipe.data, "val", dense=self.dense)
 
     def build_model(self) -> nn.Module:
         model = self.recipe.model.build()
@@ -108,6 +99,26 @@ class FlowTask(TaskBase):
     def eval_dataset(self) -> Dataset:
         return self.val_set
 
+    def batch_size_of(self, batch: dict) -> int:
+        return len(batch["image0"])
+
+
+@register_task("homography_flow")
+class FlowTask(HomographyTask):
+    """Optical flow from random homographies (see the module); any model called as
+    ``model(image0, image1, target=, valid=)`` with ``.loss`` and ``.flow`` outputs."""
+
+    recipe_type = FlowRecipe
+    main_metric, mode = "epe", "min"
+    log_names = ("epe",)
+    metric_names = ("epe", "bad3", "pixels")
+
+    @property
+    def eval_description(self) -> str:
+        d = self.recipe.data
+        return (f"{d.val_pairs} fixed pairs of the validation photos ({d.size[0]}x{d.size[1]}, seed {d.val_seed}): "
+                "end-point error over the pixels whose flow lands in image 1 (epe picks the best checkpoint)")
+
     def loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         out = model(batch["image0"], batch["image1"], target=batch["flow_0to1"], valid=batch["valid_0to1"])
         valid = batch["valid_0to1"]
@@ -122,9 +133,6 @@ class FlowTask(TaskBase):
     def metrics(self, sums: dict[str, float]) -> dict[str, float]:
         n = max(sums["pixels"], 1.0)
         return {"epe": sums["err"] / n, "bad3": sums["bad"] / n, "pixels": sums["pixels"]}
-
-    def batch_size_of(self, batch: dict) -> int:
-        return len(batch["image0"])
 
     def report_figures(self, model: nn.Module, run_dir: Path) -> list[tuple[str, Path]]:
         """Image 0, image 1, the true and the predicted flow of the first 4 validation pairs."""

@@ -18,12 +18,10 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
 from ..models.matching import homography_targets
-from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
-from .base import TaskBase
-from .flow import HomographyDataSection, check_homography_data, homography_pairs
+from ..train.recipe import ModelSection, OptimSection, Recipe
+from .flow import HomographyDataSection, HomographyTask, check_homography_data
 from .matching_metrics import AUC_THRESHOLDS, corner_error, error_auc, estimate_homography, reprojection_error
 from .matching_pictures import draw_matches
 from .registry import register_recipe, register_task
@@ -54,7 +52,7 @@ def pair_errors(kpts0: np.ndarray, kpts1: np.ndarray, H_gt: np.ndarray, size: tu
 
 
 @register_task("homography_matching")
-class MatchingTask(TaskBase):
+class MatchingTask(HomographyTask):
     """Sparse matching from random homographies (see the module); a LoFTR-like model: called as
     ``model({"image0", "image1"})`` -> ``keypoints0``, ``keypoints1``, ``batch_indexes``, with
     ``model.loss(data, targets)``."""
@@ -64,10 +62,10 @@ class MatchingTask(TaskBase):
     log_names = ("coarse", "fine")
     metric_names = ("auc3", "auc5", "auc10", "precision", "matches", "pairs")
 
+    dense = False
+
     def __init__(self, recipe: MatchingRecipe) -> None:
         super().__init__(recipe)
-        self.train_set = homography_pairs(recipe.data, "train", dense=False)
-        self.val_set = homography_pairs(recipe.data, "val", dense=False)
         self._errors: list[float] = []
 
     @property
@@ -76,23 +74,6 @@ class MatchingTask(TaskBase):
         return (f"{d.val_pairs} fixed pairs of the validation photos ({d.size[0]}x{d.size[1]}, seed {d.val_seed}): "
                 "AUC of the corner error of the homography estimated from the matches (auc5 picks the best "
                 "checkpoint) and match precision at 3 px")
-
-    def build_model(self) -> nn.Module:
-        model = self.recipe.model.build()
-        channels = getattr(model.config, "in_chans", None)
-        want = 1 if self.recipe.data.grey else 3
-        if channels is not None and channels != want:
-            raise RecipeError(f"model in_chans={channels} but data.grey={self.recipe.data.grey} gives {want} channels")
-        return model
-
-    def train_dataset(self) -> Dataset:
-        return self.train_set
-
-    def eval_dataset(self) -> Dataset:
-        return self.val_set
-
-    def batch_size_of(self, batch: dict) -> int:
-        return len(batch["image0"])
 
     def loss(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         size = tuple(batch["image0"].shape[-2:])
