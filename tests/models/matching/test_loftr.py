@@ -166,6 +166,7 @@ def test_default_loftr_equals_kornias_default_in_float32(pairs):
     _assert_same_matches(got, want, FLOAT32_KEYPOINT_ATOL)
 
 
+@pytest.mark.slow
 def test_default_loftr_equals_kornias_default_in_float64(pairs64):
     reference = _kornia(default_cfg)
     got, want = _match_both(reference, _mine(reference, "loftr", match_threshold=0.0), *pairs64["motorcycle"], 0.0)
@@ -239,6 +240,7 @@ def _select(out, b):
     return {k: (v[keep] if k != "batch_indexes" else torch.zeros_like(v[keep])) for k, v in out.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention", ["linear", "softmax"])
 def test_batch_of_pairs_of_different_sizes_equals_one_by_one(pairs64, attention):
     """Three pairs of different sizes, padded into one batch with masks: each pair's matches as alone
@@ -356,6 +358,7 @@ def _warped_pair():
     return to(image), to(warped), torch.from_numpy(H).float()[None]
 
 
+@pytest.mark.slow
 def test_loss_reaches_every_parameter_and_training_lowers_it():
     image0, image1, H = _warped_pair()
     data = {"image0": image0, "image1": image1}
