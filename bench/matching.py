@@ -146,6 +146,16 @@ def same_matches(a, b, tol: float = 1e-4) -> bool:
                for (ma, sa), (mb, sb) in zip(a, b))
 
 
+def match_difference(a, b) -> str:
+    """What differs between two runs' matches: matches in one only, and the largest score gap of the shared."""
+    only, gap = 0, 0.0
+    for (ma, sa), (mb, sb) in zip(a, b):
+        ka, kb = {tuple(m): float(s) for m, s in zip(ma.tolist(), sa)}, {tuple(m): float(s) for m, s in zip(mb.tolist(), sb)}
+        only += len(ka.keys() ^ kb.keys())
+        gap = max([gap, *(abs(ka[k] - kb[k]) for k in ka.keys() & kb.keys())])
+    return f"{only} matches in one only, max score gap {gap:.1e}"
+
+
 # ---- memory ------------------------------------------------------------------------------------
 def memory_here(features_path: str, case: str, peer: str, conf: dict) -> float:
     """In a child process: peak RSS growth during one warm call."""
@@ -173,6 +183,7 @@ def run_case(features: dict, features_path: Path, case: str, conf: dict, reps: i
     row = {"case": case, "conf": conf, "pairs": len(pairs),
            "points": [(a.keypoints.shape[0], b.keypoints.shape[0]) for a, b in pairs],
            "same": {peer: same_matches(results["relformer"], results[peer]) for peer in PEERS[1:]},
+           "difference": {peer: match_difference(results["relformer"], results[peer]) for peer in PEERS[1:]},
            "median_s": {peer: float(np.median(t)) for peer, t in times.items()}}
     for peer in PEERS[1:]:
         med, low, high = paired_speedup(times, "relformer", peer)
@@ -201,7 +212,7 @@ def speed_section(rows: list[dict], threads: int, reps: int) -> list[str]:
         mem = " / ".join("-" if r["memory_mib"][p] is None else f"{r['memory_mib'][p]:.0f}" for p in PEERS)
         name = r["case"] + (" fixed" if r["conf"] else "")
         points = ", ".join(f"{m}+{n}" for m, n in r["points"])
-        same = " / ".join("yes" if r["same"][p] else "NO" for p in PEERS[1:])
+        same = " / ".join("yes" if r["same"][p] else f"NO ({r['difference'][p]})" for p in PEERS[1:])
         lines.append(f"| {name} | {points} | {rate['relformer']:.2f} | {rate['scm']:.2f} | {rate['kornia']:.2f} "
                      f"| {speed['scm']} | {speed['kornia']} | {same} | {mem} |")
     lines += ["", "`single-n`: skimage's astronaut (768 px) and a fixed homography of it; `graf-n`: graf1 / graf3; "
