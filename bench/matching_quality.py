@@ -34,7 +34,7 @@ from relformer.data.matching import (DEFAULT_SIZE, HELDOUT_LENGTH, HELDOUT_SEED,
                                      heldout_pairs, load_graf)
 from relformer.interop.opencv import OrbMatcher, SgbmStereo, SiftMatcher, dis_flow, farneback_flow
 from relformer.models import from_pretrained
-from relformer.tasks.matchers import GMFlowMatcher, LightGlueMatcher, LoFTRMatcher
+from relformer.tasks.matchers import GMFlowMatcher, LightGlueMatcher, LoFTRMatcher, flow_as_disparity
 from relformer.tasks.matching_metrics import (AUC_THRESHOLDS, bad_pixel_rate, corner_error, endpoint_error, error_auc,
                                               estimate_homography, match_precision)
 from relformer.utils.cpu import cpu_model
@@ -43,11 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import write_section  # noqa: E402
 
 Matcher = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]]
-
-
-def flow_as_disparity(flow: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """A flow method as a stereo method: left ``(x, y)`` is right ``(x - d, y)``, so ``d = -flow_x``."""
-    return lambda left, right: -flow(left, right)[..., 0]
 
 
 MATCHERS: dict[str, Matcher] = {"sift": SiftMatcher(), "orb": OrbMatcher()}

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ..data.matching import HomographyPairs, PhotometricConfig
 from ..train.recipe import ModelSection, OptimSection, Recipe, RecipeError
 from .base import TaskBase
-from .matching_pictures import flow_to_rgb
+from .matching_pictures import flow_to_rgb, image_array
 from .registry import register_recipe, register_task
 
 __all__ = ["FlowTask", "FlowRecipe", "HomographyTask", "HomographyDataSection", "homography_pairs",
@@ -155,9 +155,7 @@ class FlowTask(HomographyTask):
                       (flow_to_rgb(truth, scale), "true flow"), (flow_to_rgb(flow, scale), f"predicted, EPE {epe:.1f} px")]
             for col, (image, title) in enumerate(panels):
                 ax = fig.add_subplot(len(items), 4, 4 * row + col + 1)
-                if isinstance(image, Tensor):
-                    image = image.permute(1, 2, 0).squeeze(-1).numpy()
-                ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+                ax.imshow(image_array(image) if isinstance(image, Tensor) else image)
                 ax.set_title(title, fontsize=8)
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -21,7 +21,7 @@ from ..interop.opencv import OrbMatcher, SiftMatcher, dis_flow, farneback_flow
 from ..models import create_model, from_pretrained
 from ..models.matching import DiskKeypoints
 
-__all__ = ["LightGlueMatcher", "LoFTRMatcher", "GMFlowMatcher", "rgb_tensor", "make_matcher", "make_flow", "MATCHERS",
+__all__ = ["LightGlueMatcher", "LoFTRMatcher", "GMFlowMatcher", "rgb_tensor", "make_matcher", "make_flow", "flow_as_disparity", "MATCHERS",
            "FLOWS"]
 
 
@@ -102,6 +102,11 @@ class GMFlowMatcher:
         return self._run(left, right, "stereo")[0].double().numpy()
 
 
+def flow_as_disparity(flow):
+    """A flow method as a stereo method: left ``(x, y)`` is right ``(x - d, y)``, so ``d = -flow_x``."""
+    return lambda left, right: -flow(left, right)[..., 0]
+
+
 MATCHERS = ("lightglue", "loftr", "sift", "orb")
 FLOWS = ("gmflow", "dis", "farneback")
 
@@ -132,5 +137,5 @@ def make_flow(name: str, model: str | None = None, stereo: bool = False):
         return matcher.stereo if stereo else matcher.flow
     if name in ("dis", "farneback"):
         flow = dis_flow if name == "dis" else farneback_flow
-        return (lambda left, right: -flow(left, right)[..., 0]) if stereo else flow
+        return flow_as_disparity(flow) if stereo else flow
     raise ValueError(f"--method must be one of {', '.join(FLOWS)}, got {name!r}")
