@@ -55,7 +55,7 @@ _epoch_batches, _eval_batches = epoch_batches, eval_batches  # the names the tes
 #: recipe keys a resumed run may change: where it writes, and how long it goes on. The LR schedule
 #: is the one the run started with (the checkpoint restores it): steps past its planned end train at
 #: ``optim.min_lr``. For a new schedule, start a new run from the weights with ``init_from``.
-RESUMABLE_CHANGES = frozenset({"out_dir", "epochs", "max_steps", "early_stopping.patience"})
+RESUMABLE_CHANGES = frozenset({"out_dir", "epochs", "max_steps", "max_minutes", "early_stopping.patience"})
 
 
 @dataclass
@@ -84,6 +84,7 @@ class Engine:
     ``callbacks``: :class:`~relformer.train.callbacks.Callback` objects (main process only)."""
 
     def __init__(self, task: Task, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> None:
+        started = time.perf_counter()  # the wall-clock budget (max_minutes) counts the set-up too
         recipe = getattr(task, "recipe", None)
         if not isinstance(recipe, Recipe):
             raise TypeError(f"Engine needs a task object with a .recipe (a Recipe), got {type(task).__name__}; "
@@ -120,7 +121,7 @@ class Engine:
         if self.dist.is_main:  # the saved sums are totals over the ranks: one rank carries them on
             self._log_sums.load(self.progress.log_sums)
             self._epoch_sums.load(self.progress.epoch_sums)
-        self._wall_start, self._resumed_wall = time.perf_counter(), self.progress.wall_seconds
+        self._wall_start, self._resumed_wall = started, self.progress.wall_seconds
         self._last_lr: float = self.optimizer.param_groups[0]["lr"]
         self._wrap_model()
 
@@ -194,8 +195,8 @@ class Engine:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps,
                                            foreach=True)
         warmup = round(o.warmup_epochs * self.steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, WarmupCosine(warmup, self.total_steps, min(1.0, o.min_lr / o.lr)))
+        self._cosine = WarmupCosine(warmup, self.total_steps, min(1.0, o.min_lr / o.lr))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._cosine)
 
     def _wrap_model(self) -> None:
         """``train_net``: DDP (several processes) and/or compiled; ``eval_net``: compiled or plain.
@@ -229,11 +230,11 @@ class Engine:
     def _done(self) -> bool:
         r, p = self.recipe, self.progress
         at_max = r.max_steps is not None and p.global_step >= r.max_steps and p.step_in_epoch == 0
-        return p.stopped or p.epoch >= r.epochs or at_max
+        return p.stopped or p.epoch >= r.epochs or at_max or self._budget_spent() >= 1
 
     def fit(self) -> Path:
-        """Train to the last epoch (from where a resumed run stopped), ``max_steps`` or an early
-        stop, then write the report."""
+        """Train to the last epoch (from where a resumed run stopped), ``max_steps``, the end of the
+        ``max_minutes`` budget or an early stop, then write the report."""
         self.model.train()
         try:
             run_callbacks(self.callbacks, "on_train_start", self)
@@ -273,6 +274,10 @@ class Engine:
                 self.logger.advance()
             if r.checkpoint_every and p.global_step % r.checkpoint_every == 0 and p.step_in_epoch < self.steps_per_epoch:
                 self._save(best=False)
+            if r.max_minutes is not None and self._budget_spent() >= 1:  # this epoch's evaluation follows
+                self.logger.message(f"stopping at step {p.global_step}: the {r.max_minutes:g}-minute budget "
+                                    "(max_minutes) is spent")
+                break
             step_start = time.perf_counter()
         if p.global_step > start_step and p.global_step % r.log_every:  # a train row at least every epoch
             self._log_train(self._last_lr, window_samples / max(time.perf_counter() - window_start, 1e-9), advance=0)
@@ -302,6 +307,17 @@ class Engine:
         self.optimizer.step()
         self.scheduler.step()
         return lr
+
+    def _budget_spent(self) -> float:
+        """The share of the ``max_minutes`` budget spent (0 without one); it moves the LR schedule on.
+        Every rank gets the same value (the mean of their clocks), so they stop at the same step."""
+        if self.recipe.max_minutes is None:
+            return 0.0
+        spent = self._wall_seconds() / (60 * self.recipe.max_minutes)
+        if self.dist.distributed:
+            spent = all_reduce_sum({"spent": torch.tensor(spent, device=self.device)})["spent"].item() / self.dist.world_size
+        self._cosine.time_fraction = spent
+        return spent
 
     def _mean_logs(self, sums: dict[str, float]) -> dict[str, float]:
         n = sums.get("samples", 0.0)
@@ -402,7 +418,8 @@ class Engine:
                       f"process{'es' if self.dist.distributed else ''}",
             "software": f"torch {torch.__version__}, Python {platform.python_version()}",
             "steps": f"{p.global_step:,} ({self.steps_per_epoch:,} per epoch, global batch {r.batch_size})",
-            "wall time": f"{self._wall_seconds():.1f} s",
+            "wall time": f"{self._wall_seconds():.1f} s" + (f" (budget: max_minutes = {r.max_minutes:g})"
+                                                          if r.max_minutes is not None else ""),
             "train throughput": f"{p.train_samples / max(p.train_seconds, 1e-9):,.0f} samples/s "
                                 f"({p.train_samples:,} samples in {p.train_seconds:.1f} s of training steps)",
             "amp / compile / deterministic": f"{r.amp} / {r.compile} / {r.deterministic}",

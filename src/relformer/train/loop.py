@@ -52,15 +52,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 class WarmupCosine:
-    """LambdaLR factor: linear warmup ``(step + 1) / warmup`` then cosine from 1 to ``min_ratio``."""
+    """LambdaLR factor: linear warmup ``(step + 1) / warmup`` then cosine from 1 to ``min_ratio``.
+    ``time_fraction`` (set by the engine under a wall-clock budget: the share of it spent) moves the
+    cosine on when time runs out before the steps do; it is part of the scheduler's state."""
 
     def __init__(self, warmup_steps: int, total_steps: int, min_ratio: float) -> None:
         self.warmup_steps, self.total_steps, self.min_ratio = warmup_steps, total_steps, min_ratio
+        self.time_fraction = 0.0
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        progress = max(progress, min(1.0, self.time_fraction))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 

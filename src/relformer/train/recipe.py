@@ -89,7 +89,9 @@ class Recipe:
     micro-batch: an optimizer step sums the gradients of ``accumulate_grad_batches`` of them;
     ``eval_batch_size`` is per process; ``checkpoint_every`` in steps (0 = only at epoch ends);
     ``max_steps``: stop after that many optimizer steps (None: ``epochs`` decide; the LR schedule
-    spans whichever ends first); ``init_from``: start from the model weights of a run folder (its
+    spans whichever ends first); ``max_minutes``: a wall-clock budget for the run (evaluations
+    included): training stops at the first step after it (that epoch counts as finished), evaluates and reports, and the cosine
+    LR schedule follows whichever of steps or time is further along, so it anneals within the budget; ``init_from``: start from the model weights of a run folder (its
     ``best/``) or a checkpoint folder (weights only, manifest verified; ``--resume`` restores the
     run's own weights instead); ``out_dir`` defaults to
     ``runs/<name>``; ``device``: ``"auto"`` = cuda if available else cpu."""
@@ -111,6 +113,7 @@ class Recipe:
     out_dir: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps: int | None = None
+    max_minutes: float | None = None
     accumulate_grad_batches: int = 1
     early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
     init_from: str | None = None
@@ -123,7 +126,8 @@ class Recipe:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
                     "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints, "optim.lr": self.optim.lr,
                     "accumulate_grad_batches": self.accumulate_grad_batches,
-                    "max_steps": 1 if self.max_steps is None else self.max_steps}
+                    "max_steps": 1 if self.max_steps is None else self.max_steps,
+                    "max_minutes": 1 if self.max_minutes is None else self.max_minutes}
         non_negative = {"checkpoint_every": self.checkpoint_every, "optim.min_lr": self.optim.min_lr,
                         "optim.weight_decay": self.optim.weight_decay, "optim.warmup_epochs": self.optim.warmup_epochs,
                         "optim.clip_grad": self.optim.clip_grad, "optim.eps": self.optim.eps,
