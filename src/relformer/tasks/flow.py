@@ -170,10 +170,10 @@ class FlowTask(HomographyTask):
 @register_recipe("gmflow-homography")
 def gmflow_homography() -> FlowRecipe:
     """GMFlow-micro trained self-supervised on random homographies of the training photos (flow at 1/8
-    then 1/4, 128x160 views, photometric augmentation), validated on the validation photos; about 25
-    minutes on one core."""
+    then 1/4, 128x160 views, photometric augmentation), validated on the validation photos; at most 30
+    minutes (``max_minutes``; the 5 epochs take about 25 minutes on one core)."""
     return FlowRecipe(
         name="gmflow-homography", model=ModelSection("gmflow_micro"),
         optim=OptimSection(lr=4e-4, min_lr=1e-5, weight_decay=1e-4, warmup_epochs=0.5, clip_grad=1.0),
         data=HomographyDataSection(size=(128, 160), train_pairs=1000), epochs=5, batch_size=4, eval_batch_size=8,
-        checkpoint_every=100, log_every=25)
+        checkpoint_every=100, log_every=25, max_minutes=30)

@@ -127,9 +127,10 @@ class MatchingTask(HomographyTask):
 @register_recipe("loftr-homography")
 def loftr_homography() -> MatchingRecipe:
     """LoFTR-micro trained self-supervised on random homographies of the training photos (grey 128x160
-    views, photometric augmentation), validated on the validation photos; about 25 minutes on one core."""
+    views, photometric augmentation), validated on the validation photos; at most 30 minutes
+    (``max_minutes``; the 5 epochs take about 25-33 minutes on one core, by CPU)."""
     return MatchingRecipe(
         name="loftr-homography", model=ModelSection("loftr_micro"),
         optim=OptimSection(lr=1e-3, min_lr=1e-5, weight_decay=1e-4, warmup_epochs=0.5, clip_grad=1.0),
         data=HomographyDataSection(size=(128, 160), grey=True, train_pairs=1000), epochs=5, batch_size=4,
-        eval_batch_size=8, checkpoint_every=100, log_every=25)
+        eval_batch_size=8, checkpoint_every=100, log_every=25, max_minutes=30)
