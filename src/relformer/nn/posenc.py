@@ -8,14 +8,17 @@ optional ``batch (N,)`` of graph ids; they are computed per graph, never on a pa
 """
 from __future__ import annotations
 
+import math
+
 from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
+from ..relations.geometry import sine_embed
 from ..relations.graph import check_edge_index
 
-__all__ = ["sinusoidal_encoding", "LearnedPositions", "RotaryEmbedding", "RotaryEmbedding2D", "grid_positions",
+__all__ = ["sinusoidal_encoding", "sine_positions", "LearnedPositions", "RotaryEmbedding", "RotaryEmbedding2D", "grid_positions",
            "laplacian_eigenvectors", "random_sign_flip", "random_walk_encoding"]
 
 
@@ -230,3 +233,16 @@ def random_walk_encoding(edge_index: Tensor, num_nodes: int, k: int, batch: Tens
             pe[nodes, t] = power.diagonal().float()
             power = power @ walk
     return pe
+
+
+def sine_positions(mask: Tensor, num_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi) -> Tensor:
+    """DETR's normalised 2-D sine positions of a feature map: ``mask (B, H, W)`` bool (True = real) ->
+    ``(B, H * W, 2 * num_feats)``, the ``y`` features first. Each coordinate is the cumulative count of
+    real positions along its axis, divided by the axis total and times ``scale``."""
+    m = mask.float()
+    y, x = m.cumsum(1), m.cumsum(2)
+    y = y / (y[:, -1:, :] + 1e-6) * scale
+    x = x / (x[:, :, -1:] + 1e-6) * scale
+    k = torch.arange(num_feats, device=mask.device, dtype=torch.float32)
+    dim_t = temperature ** (2 * torch.div(k, 2, rounding_mode="floor") / num_feats)
+    return sine_embed(torch.stack([y, x], -1), dim_t, 1.0).flatten(1, 2)  # (B, HW, 2 * num_feats)

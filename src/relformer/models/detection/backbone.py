@@ -1,13 +1,11 @@
-"""DETR's convolutional backbone (a ResNet, He et al. 2016, with DETR's frozen BatchNorm) and its
-sine positions of a feature map."""
+"""DETR's convolutional backbone (a ResNet, He et al. 2016, with DETR's frozen BatchNorm); its sine
+positions of a feature map are :func:`relformer.nn.sine_positions` (re-exported here)."""
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor, nn
 
-from ...relations.geometry import sine_embed
+from ...nn.posenc import sine_positions
 
 __all__ = ["FrozenBatchNorm2d", "ConvNorm", "ResidualUnit", "ResNetBackbone", "sine_positions"]
 
@@ -99,17 +97,3 @@ class ResNetBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.stages(self.pool(self.stem(x)))
-
-
-def sine_positions(mask: Tensor, num_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi) -> Tensor:
-    """DETR's normalised 2-D sine positions of a feature map: ``mask (B, H, W)`` bool (True = real) ->
-    ``(B, H * W, 2 * num_feats)``, the ``y`` features first. Each coordinate is the cumulative count of
-    real positions along its axis, divided by the axis total and times ``scale``."""
-    m = mask.float()
-    y, x = m.cumsum(1), m.cumsum(2)
-    y = y / (y[:, -1:, :] + 1e-6) * scale
-    x = x / (x[:, :, -1:] + 1e-6) * scale
-    k = torch.arange(num_feats, device=mask.device, dtype=torch.float32)
-    dim_t = temperature ** (2 * torch.div(k, 2, rounding_mode="floor") / num_feats)
-    return sine_embed(torch.stack([y, x], -1), dim_t, 1.0).flatten(1, 2)  # (B, HW, 2 * num_feats)
-

@@ -14,9 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...attention import Relation, attend
-from ...nn import MLP, Attention, Linear
+from ...nn import MLP, Attention, Linear, sine_positions
 from ...relations import Causal, ShiftedWindowRegions
-from ..detection.backbone import sine_positions
 
 __all__ = ["ResidualBlock", "CNNEncoder", "WindowLayout", "GMFlowLayer", "GMFlowBlock", "FeatureTransformer",
            "window_positions", "global_matching", "row_matching", "local_matching", "FlowPropagation",
