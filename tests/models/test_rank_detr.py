@@ -49,7 +49,8 @@ def make_batch(seed=0, sizes=SIZES, dtype=torch.float32):
     for n in sizes:
         wh = torch.rand(n, 2, generator=g) * 0.3 + 0.05
         centre = wh / 2 + torch.rand(n, 2, generator=g) * (1 - wh)
-        targets.append({"labels": torch.randint(0, K, (n,), generator=g), "boxes": torch.cat([centre, wh], -1).to(dtype)})
+        targets.append({"labels": torch.randint(0, K, (n,), generator=g),
+                        "boxes": torch.cat([centre, wh], -1).to(dtype)})
     return logits, boxes, targets
 
 
@@ -140,8 +141,8 @@ def test_high_order_matcher_equals_scipy_on_the_plain_cost(focal):
     for b, t in enumerate(targets):
         prob = logits[b].sigmoid() if focal else logits[b].softmax(-1)
         iou = box_iou(box_cxcywh_to_xyxy(boxes[b]), box_cxcywh_to_xyxy(t["boxes"]))[0]
-        plain = torch.tensor([[-float(prob[q, int(t["labels"][j])]) * float(iou[q, j]) ** 4 for j in range(len(t["labels"]))]
-                              for q in range(Q)])
+        plain = torch.tensor([[-float(prob[q, int(t["labels"][j])]) * float(iou[q, j]) ** 4
+                               for j in range(len(t["labels"]))] for q in range(Q)])
         torch.testing.assert_close(cost[b, :, :sizes[b]], plain.reshape(Q, sizes[b]), atol=1e-7, rtol=1e-6)
         rows, cols = linear_sum_assignment(plain.reshape(Q, sizes[b]).numpy())
         assert indices[b][0].tolist() == rows.tolist() and indices[b][1].tolist() == cols.tolist()

@@ -11,6 +11,7 @@ import torch
 from transformers import RTDetrConfig
 
 from relformer.models.detection.rtdetr_loss import RTDetrCriterion, rtdetr_loss_outputs, rtdetr_matcher
+from relformer.models.detection.set_prediction import HungarianMatcher
 
 hf = importlib.import_module("transformers.loss.loss_rt_detr")  # the peer must be there: fail, never skip
 from transformers.loss.loss_for_object_detection import sigmoid_focal_loss as hf_sigmoid_focal_loss  # noqa: E402
@@ -37,8 +38,8 @@ def make_targets(sizes=SIZES, seed=0):
 def make_dn_meta(sizes, groups=G):
     """Denoising queries as RT-DETR lays them out: per group 2 * max(M) queries, positives first."""
     span = 2 * max(max(sizes), 1)
-    positive = [torch.cat([torch.arange(n) + g * span for g in range(groups)]) if n else torch.zeros(0, dtype=torch.long)
-                for n in sizes]
+    positive = [torch.cat([torch.arange(n) + g * span for g in range(groups)]) if n
+                else torch.zeros(0, dtype=torch.long) for n in sizes]
     return {"dn_positive_idx": positive, "dn_num_group": groups, "dn_num_split": [span * groups, Q]}
 
 
@@ -47,8 +48,9 @@ def make_raw(sizes=SIZES, q=Q, dn=True, seed=1):
     g = torch.Generator().manual_seed(seed)
     meta = make_dn_meta(sizes) if dn else None
     total = q + (meta["dn_num_split"][0] if dn else 0)
-    raw = {"layers": torch.randn(len(sizes), L, total, K, generator=g), "layer_boxes": torch.randn(len(sizes), L, total, 4, generator=g),
-           "enc": torch.randn(len(sizes), q, K, generator=g), "enc_boxes": torch.randn(len(sizes), q, 4, generator=g)}
+    n = len(sizes)
+    raw = {"layers": torch.randn(n, L, total, K, generator=g), "layer_boxes": torch.randn(n, L, total, 4, generator=g),
+           "enc": torch.randn(n, q, K, generator=g), "enc_boxes": torch.randn(n, q, 4, generator=g)}
     for v in raw.values():
         v.requires_grad_(True)
     if meta is not None:
@@ -244,3 +246,5 @@ def test_bad_labels_logits_and_dn_meta_raise():
         rtdetr_loss_outputs(raw["layers"][:, -1], raw["layer_boxes"][:, -1], dn_meta=dict(meta, dn_num_split=[3, Q]))
     with pytest.raises(ValueError, match="class_loss must be one of"):
         RTDetrCriterion(K, class_loss="ce")
+    with pytest.raises(ValueError, match="no_object_class=False"):
+        RTDetrCriterion(K, HungarianMatcher(focal=False))

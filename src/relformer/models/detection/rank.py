@@ -5,28 +5,31 @@ and cost only / both):
 
 * **Rank-oriented architecture** (Sec. 3.1), modules for a DETR decoder:
 
-  - :class:`QueryRankLayer`, before every decoder layer but the first: the queries are sorted by the
-    previous layer's classification score ``max_k sigmoid(logits)`` (descending) and each content query
-    is fused with a learnable rank embedding of its new position,
-    ``q_c <- Linear_post([q_c[order] ; Linear_pre(E_rank[rank])])`` (``E_rank`` zero-initialised); the
-    position queries and reference boxes are re-ordered with them;
-  - :class:`RankAdaptiveClassHead`, after every decoder layer: the class logits get a learnable bias
-    per rank position, ``logits = Linear(q) + S[rank]`` (``S`` zero-initialised), so the detector can
-    lift the scores of top-ranked queries and suppress the tail.
+  - :class:`QueryRankLayer` (QRL), before each of the last L - 1 decoder layers: the queries are
+    sorted by the previous layer's score ``max_k sigmoid(logits)`` (descending) and each sorted content
+    query is concatenated with a static content embedding ``C^l`` of its rank and fused,
+    ``q_c <- MLP_fuse([q_c[order] ; C^l[rank]])`` (the code: ``Linear(2C, C)([q ; Linear(C, C)(C^l)])``,
+    ``C^l`` zero-initialised); the position queries are sorted with them (H-DETR), or rebuilt from the
+    sorted reference boxes (DINO-style decoders: pass the boxes as ``aligned``);
+  - :class:`RankAdaptiveClassHead` (RCH), after every decoder layer: ``p_i = sigmoid(t_i + s_i)`` with
+    ``t_i = MLP_cls(q_i)`` and ``s_i`` a learnable logit bias of rank ``i`` (zero-initialised), so the
+    detector lifts the scores of top-ranked queries and suppresses the tail.
 
-* **Rank-oriented loss and matching cost** (Sec. 3.2), formulas used by the criteria
-  (:class:`~.set_prediction.SetCriterion` ``giou_aware=True``, :class:`~.rtdetr_loss.RTDetrCriterion`
-  ``giou_aware=True``) and the matcher (:class:`~.set_prediction.HungarianMatcher` ``iou_order=4``):
+* **Rank-oriented loss and matching cost** (Sec. 3.2), used by the criteria
+  (:class:`~.set_prediction.SetCriterion` and :class:`~.rtdetr_loss.RTDetrCriterion`, ``giou_aware=True``)
+  and the matcher (:class:`~.set_prediction.HungarianMatcher`, ``iou_order=4``):
 
-  - GIoU-aware classification target ``t = (GIoU(b, b_gt) + 1) / 2`` in [0, 1] (detached) and its
-    focal-style loss for the matched (query, class) entries and the rest,
-    ``L = sum_pos a |t - p|^g BCE(p, t) + sum_neg (1 - a) p^g BCE(p, 0)`` (a = 0.25, g = 2);
-  - high-order matching cost ``C = -p(c) * IoU(b, b_gt)^alpha`` (alpha = 4), which the paper uses in
-    the last quarter of training (the code switches after 67.5k of 90k iterations).
+  - GIoU-aware classification loss (GCL): target ``t = (GIoU(b, b_gt) + 1) / 2`` (detached) at the
+    matched (query, target class), ``FL_GIoU(p) = -|t - p|^g (t log p + (1 - t) log(1 - p))``, and
+    ``-p^g log(1 - p)`` at every other entry; the code weights positives by ``a`` and negatives by
+    ``1 - a`` (a = 0.25, g = 2);
+  - high-order matching cost (HMC) ``C = -p(c) * IoU(b, b_gt)^alpha`` (alpha = 4, the paper's best of
+    alpha > 2), which the code uses from 3/4 of the training on (67.5k of 90k iterations), the usual
+    cost before.
 
-Equation numbers: the stored paper text reachable offline stops after the introduction, so these
-formulas follow the authors' code (LeapLabTHU/Rank-DETR: ``rankdetr_criterion.py``,
-``high_order_matcher.py``, ``rank_transformer.py``) and the paper's section names.
+Formulas: the paper's Sec. 3 (its equation numbers are not restated here), with the details of the
+authors' code (LeapLabTHU/Rank-DETR: ``rankdetr_criterion.py``, ``high_order_matcher.py``,
+``rank_transformer.py``, ``rank_detr.py``).
 """
 from __future__ import annotations
 

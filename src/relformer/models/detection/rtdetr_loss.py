@@ -51,7 +51,8 @@ CLASS_LOSSES = ("vfl", "focal", "bce")
 
 
 def rtdetr_matcher(cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0, focal: bool = True,
-                   focal_alpha: float = 0.25, focal_gamma: float = 2.0, iou_order: float | None = None) -> HungarianMatcher:
+                   focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                   iou_order: float | None = None) -> HungarianMatcher:
     """RT-DETR's matcher (HF ``RTDetrHungarianMatcher``; defaults: HF ``RTDetrConfig``'s). ``focal=False``
     (HF ``use_focal_loss=False``): the class cost is ``-softmax(logits)`` over the K classes (no
     no-object class). ``iou_order``: Rank-DETR's high-order cost instead (:func:`~.rank.high_order_cost`)."""
@@ -117,7 +118,7 @@ class RTDetrCriterion(nn.Module):
         if gamma < 0 or rank_gamma < 0:
             raise ValueError(f"gamma and rank_gamma must be >= 0, got {gamma}, {rank_gamma}")
         matcher = rtdetr_matcher() if matcher is None else matcher
-        if not matcher.focal and matcher.no_object_class:
+        if not getattr(matcher, "focal", True) and getattr(matcher, "no_object_class", False):
             raise ValueError("RT-DETR's logits have no no-object class: give the matcher no_object_class=False "
                              "(rtdetr_matcher(focal=False))")
         self.num_classes, self.matcher, self.class_loss = num_classes, matcher, class_loss
