@@ -10,7 +10,8 @@ import pytest
 import torch
 from transformers import RTDetrConfig
 
-from relformer.models.detection.rtdetr_loss import RTDetrCriterion, rtdetr_loss_outputs, rtdetr_matcher
+from relformer.models.detection.rtdetr_loss import (RTDetrCriterion, _denoising_indices, rtdetr_loss_outputs,
+                                                    rtdetr_matcher)
 from relformer.models.detection.set_prediction import HungarianMatcher
 
 hf = importlib.import_module("transformers.loss.loss_rt_detr")  # the peer must be there: fail, never skip
@@ -130,6 +131,15 @@ def test_matcher_equals_hf_on_every_output(focal, other):
         indices = mine(out, targets)
         assert_same_indices(indices, theirs(out, hf_targets))
         assert [len(q) for q, _ in indices] == [min(Q, n) for n in SIZES]
+
+
+def test_denoising_indices_equal_hf():
+    raw, meta = make_raw()
+    targets = make_targets()
+    theirs = hf.RTDetrLoss.get_cdn_matched_indices(meta, [{"class_labels": t["labels"]} for t in targets])
+    mine, groups = _denoising_indices(meta, targets, meta["dn_num_split"][0])
+    assert groups == G
+    assert_same_indices(mine, theirs)
 
 
 # --- the loss -------------------------------------------------------------------------------------

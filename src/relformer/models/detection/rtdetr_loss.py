@@ -71,6 +71,8 @@ def varifocal_loss(logits: Tensor, onehot: Tensor, score: Tensor, alpha: float =
 
 def _denoising_indices(dn_meta: Mapping, targets: Sequence[Mapping], num_dn: int) -> tuple[Indices, int]:
     """``dn_meta`` -> ``([(query idx, target idx)] per image, dn_num_group)``, checked."""
+    if not isinstance(dn_meta, Mapping):
+        raise TypeError(f"dn_meta must be a mapping (dn_positive_idx, dn_num_group), got {type(dn_meta).__name__}")
     for key in ("dn_positive_idx", "dn_num_group"):
         if key not in dn_meta:
             raise ValueError(f"dn_meta must have {key!r}, got keys {sorted(dn_meta)}")
