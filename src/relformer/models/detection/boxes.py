@@ -18,7 +18,7 @@ from torch import Tensor
 AREA_FLOOR = 1e-12  # an area below any box's: a 1-pixel box on a 10^5 x 10^5 canvas has 1e-10
 
 __all__ = ["box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "box_xyxy_to_xywh", "box_xywh_to_xyxy", "box_area",
-           "box_iou", "generalized_box_iou", "generalized_box_iou_aligned"]
+           "box_iou", "box_iou_aligned", "generalized_box_iou", "generalized_box_iou_aligned"]
 
 
 def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -115,16 +115,32 @@ def generalized_box_iou_aligned(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
     return _generalized_box_iou_aligned(boxes_a, boxes_b)
 
 
-def _generalized_box_iou_aligned(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
-    # unchecked twin of generalized_box_iou_aligned. A zero-area box matched to a zero-area box
-    # makes union and enclosing 0 (0/0 = NaN in the loss): both are floored at AREA_FLOOR, far below
-    # the area of any real box, so the floor is the identity there (forward and backward) and such
-    # a pair gets a finite GIoU with a zero gradient through the floor.
+def box_iou_aligned(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
+    """IoU of matched pairs: ``a (..., N, 4)``, ``b (..., N, 4)`` xyxy -> ``(..., N)``; the diagonal of
+    :func:`box_iou` without the N x N work. Same checks as :func:`generalized_box_iou`."""
+    if boxes_a.shape != boxes_b.shape:
+        raise ValueError(f"aligned IoU needs equal shapes, got {tuple(boxes_a.shape)} and {tuple(boxes_b.shape)}")
+    _check_xyxy(boxes_a, "boxes_a")
+    _check_xyxy(boxes_b, "boxes_b")
+    return _box_iou_aligned(boxes_a, boxes_b)[0]
+
+
+def _box_iou_aligned(boxes_a: Tensor, boxes_b: Tensor) -> tuple[Tensor, Tensor]:
+    # unchecked: (iou, union) of matched pairs. A zero-area box matched to a zero-area box makes the
+    # union 0 (0/0 = NaN in a loss): it is floored at AREA_FLOOR, far below the area of any real box,
+    # so the floor is the identity there (forward and backward) and such a pair gets a finite IoU with
+    # a zero gradient through the floor.
     a, b = _upcast(boxes_a), _upcast(boxes_b)
     wh = (torch.min(a[..., 2:], b[..., 2:]) - torch.max(a[..., :2], b[..., :2])).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = box_area(a) + box_area(b) - inter
+    union = (box_area(a) + box_area(b) - inter).clamp(min=AREA_FLOOR)
+    return inter / union, union
+
+
+def _generalized_box_iou_aligned(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
+    # unchecked twin of generalized_box_iou_aligned; union and enclosing floored as in _box_iou_aligned
+    iou, union = _box_iou_aligned(boxes_a, boxes_b)
+    a, b = _upcast(boxes_a), _upcast(boxes_b)
     wh_c = (torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2])).clamp(min=0)
-    enclosing = wh_c[..., 0] * wh_c[..., 1]
-    union, enclosing = union.clamp(min=AREA_FLOOR), enclosing.clamp(min=AREA_FLOOR)
-    return inter / union - (enclosing - union) / enclosing
+    enclosing = (wh_c[..., 0] * wh_c[..., 1]).clamp(min=AREA_FLOOR)
+    return iou - (enclosing - union) / enclosing

@@ -9,7 +9,8 @@ with ``C_class = -p_q(c_t)`` (softmax). The focal variant (Deformable-DETR, Zhu 
 Relation-DETR, Hou et al. 2024) uses sigmoid probabilities and
 ``C_class = a (1-p)^g (-log p) - (1-a) p^g (-log(1-p))`` at the target class (a=0.25, g=2).
 Group DETR (Chen et al. 2023) splits the queries into K groups of Q/K, each matched one-to-one to
-all targets independently; the loss is the mean over groups.
+all targets independently; the loss is the mean over groups. Rank-DETR (Pu et al. 2023, :mod:`.rank`)
+adds a high-order matching cost (``iou_order``) and a GIoU-aware focal class loss (``giou_aware``).
 
 Conventions: boxes are (cx, cy, w, h) normalised to [0, 1]; ``targets`` is a list (one per image)
 of ``{"labels": (M,) long, "boxes": (M, 4) float}``, M may be 0; ``outputs`` is a dict or an object
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # the unchecked GIoU twins: predictions and targets are validated once per call (one device sync)
-from .boxes import _generalized_box_iou, _generalized_box_iou_aligned, box_cxcywh_to_xyxy, box_xyxy_to_xywh
+from .boxes import _generalized_box_iou, _generalized_box_iou_aligned, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_xywh
+from .rank import giou_aware_focal_loss, giou_aware_targets, high_order_cost
 
 __all__ = ["HungarianMatcher", "SetCriterion", "set_criterion", "postprocess", "to_coco_results"]
 
@@ -70,7 +72,12 @@ def _aux_outputs(outputs: Any) -> list:
     return list(aux if aux is not None else hf_aux if hf_aux is not None else [])
 
 
-def _check_targets(targets: Sequence[Mapping], batch_size: int, num_classes: int) -> None:
+BOX_TOLERANCE = 1e-5  # how far a normalised box corner may stray outside [0, 1] (round-off) in strict checks
+
+
+def _check_targets(targets: Sequence[Mapping], batch_size: int, num_classes: int, strict: bool = False) -> None:
+    """Shapes, dtypes and values of ``targets``; ``strict`` also rejects degenerate boxes (w or h <= 0)
+    and boxes reaching outside the normalised image (corners outside [0, 1])."""
     if len(targets) != batch_size:
         raise ValueError(f"got {len(targets)} targets for a batch of {batch_size} images")
     for i, t in enumerate(targets):   # shapes and dtypes: no device work
@@ -94,8 +101,11 @@ def _check_targets(targets: Sequence[Mapping], batch_size: int, num_classes: int
     labels = torch.cat([t["labels"].to(device) for t in targets])
     boxes = torch.cat([t["boxes"].to(device) for t in targets])
     # values: one device sync for the whole batch; find the culprit only when something is wrong
-    if not torch.stack([~torch.isfinite(boxes).all(), (boxes[:, 2:] < 0).any(), (labels < 0).any(),
-                        (labels >= num_classes).any()]).any():
+    checks = [~torch.isfinite(boxes).all(), (boxes[:, 2:] < 0).any(), (labels < 0).any(),
+              (labels >= num_classes).any()]
+    if strict:
+        checks += [(boxes[:, 2:] <= 0).any(), _outside(boxes).any()]
+    if not torch.stack(checks).any():
         return
     for i, t in enumerate(targets):
         labels, boxes = t["labels"], t["boxes"]
@@ -106,13 +116,32 @@ def _check_targets(targets: Sequence[Mapping], batch_size: int, num_classes: int
         if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
             raise ValueError(f"targets[{i}]['labels'] must lie in [0, {num_classes}), got "
                              f"[{int(labels.min())}, {int(labels.max())}]")
+        if strict and (boxes[:, 2:] <= 0).any():
+            j = int((boxes[:, 2:] <= 0).any(-1).nonzero()[0])
+            raise ValueError(f"targets[{i}]['boxes'][{j}] is degenerate (width or height 0): {boxes[j].tolist()}")
+        if strict and _outside(boxes).any():
+            j = int(_outside(boxes).nonzero()[0])
+            raise ValueError(f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} (cxcywh) reaches outside the "
+                             f"image: boxes must be normalised to [0, 1] (divide by the image size, clip)")
+
+
+def _outside(boxes: Tensor) -> Tensor:
+    """``(M, 4)`` cxcywh -> ``(M,)`` True where a corner lies outside [0, 1] by more than BOX_TOLERANCE."""
+    xyxy = box_cxcywh_to_xyxy(boxes)
+    return ((xyxy < -BOX_TOLERANCE) | (xyxy > 1 + BOX_TOLERANCE)).any(-1)
 
 
 class HungarianMatcher:
     """One-to-one matching of predictions to targets (DETR), optionally per query group (Group DETR).
 
     Costs: ``cost_class`` * (-softmax prob of the target class, or the focal cost when ``focal``)
-    + ``cost_bbox`` * L1 (cxcywh) + ``cost_giou`` * (-GIoU). DETR's defaults are 1, 5, 2.
+    + ``cost_bbox`` * L1 (cxcywh) + ``cost_giou`` * (-GIoU). DETR's defaults are 1, 5, 2. Softmax
+    logits end with a "no object" class (DETR) unless ``no_object_class=False`` (RT-DETR without focal
+    loss: a softmax over the K classes alone).
+
+    ``iou_order=alpha`` (Rank-DETR's high-order cost, :func:`~.rank.high_order_cost`) replaces that sum
+    by ``-p(c) * IoU^alpha`` (``p`` sigmoid when ``focal``, else softmax; Rank-DETR: alpha=4, in the
+    last quarter of training, where the attribute can be set); the three weights are then unused.
 
     The cost is computed batched on the model's device as a ``(B, Q, Tmax)`` tensor (targets padded
     to the batch's largest count), and only the valid ``(Q, T_b)`` blocks travel to the CPU (one
@@ -120,7 +149,8 @@ class HungarianMatcher:
     """
 
     def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 focal: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0) -> None:
+                 focal: bool = False, focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 no_object_class: bool = True, iou_order: float | None = None) -> None:
         costs = {"cost_class": cost_class, "cost_bbox": cost_bbox, "cost_giou": cost_giou}
         for name, value in costs.items():
             if value < 0:
@@ -130,12 +160,22 @@ class HungarianMatcher:
         if focal_gamma < 0:
             raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
         self.cost_class, self.cost_bbox, self.cost_giou = float(cost_class), float(cost_bbox), float(cost_giou)
+        if iou_order is not None and not iou_order > 0:
+            raise ValueError(f"iou_order must be > 0 (Rank-DETR: 4) or None, got {iou_order}")
         self.focal, self.focal_alpha, self.focal_gamma = focal, float(focal_alpha), float(focal_gamma)
+        self.no_object_class = bool(no_object_class)
+        self.iou_order = None if iou_order is None else float(iou_order)
 
     def __repr__(self) -> str:
         focal = f", focal_alpha={self.focal_alpha}, focal_gamma={self.focal_gamma}" if self.focal else ""
+        extra = "" if self.no_object_class or self.focal else ", no_object_class=False"
+        extra += f", iou_order={self.iou_order}" if self.iou_order is not None else ""
         return (f"HungarianMatcher(cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, "
-                f"cost_giou={self.cost_giou}, focal={self.focal}{focal})")
+                f"cost_giou={self.cost_giou}, focal={self.focal}{focal}{extra})")
+
+    def num_classes(self, logits: Tensor) -> int:
+        """The number of object classes in ``logits (B, Q, C)``: C, less the no-object class if any."""
+        return logits.shape[-1] - (not self.focal and self.no_object_class)
 
     @torch.no_grad()
     def cost(self, outputs: Any, targets: Sequence[Mapping]) -> tuple[Tensor, list[int]]:
@@ -143,7 +183,7 @@ class HungarianMatcher:
         ``[b, :, T_b:]`` are padding. Validates the inputs."""
         logits, pred_boxes = _predictions(outputs)
         B, Q, C = logits.shape
-        _check_targets(targets, B, C if self.focal else C - 1)
+        _check_targets(targets, B, self.num_classes(logits))
         sizes = [len(t["labels"]) for t in targets]
         t_max = max(sizes, default=0)
         device = logits.device
@@ -155,17 +195,22 @@ class HungarianMatcher:
                                               batch_first=True, padding_value=0.5)     # (B, Tmax, 4), valid
         out_boxes = pred_boxes.float()                                                  # (B, Q, 4)
         index = labels[:, None, :].expand(B, Q, t_max)                                  # (B, Q, Tmax)
-        if self.focal:
-            prob = logits.float().sigmoid()                                             # (B, Q, K)
-            a, g = self.focal_alpha, self.focal_gamma
-            neg = (1 - a) * prob ** g * -(1 - prob + 1e-8).log()
-            pos = a * (1 - prob) ** g * -(prob + 1e-8).log()
-            class_cost = (pos - neg).gather(-1, index)
+        xyxy_out, xyxy_tgt = box_cxcywh_to_xyxy(out_boxes), box_cxcywh_to_xyxy(tgt_boxes)
+        if self.iou_order is not None:                                                  # Rank-DETR
+            prob = logits.float().sigmoid() if self.focal else logits.float().softmax(-1)
+            cost = high_order_cost(prob.gather(-1, index), box_iou(xyxy_out, xyxy_tgt)[0], self.iou_order)
         else:
-            class_cost = -logits.float().softmax(-1).gather(-1, index)                  # (B, Q, Tmax)
-        bbox_cost = torch.cdist(out_boxes, tgt_boxes, p=1)                              # (B, Q, Tmax)
-        giou_cost = -_generalized_box_iou(box_cxcywh_to_xyxy(out_boxes), box_cxcywh_to_xyxy(tgt_boxes))
-        cost = self.cost_bbox * bbox_cost + self.cost_class * class_cost + self.cost_giou * giou_cost
+            if self.focal:
+                prob = logits.float().sigmoid()                                         # (B, Q, K)
+                a, g = self.focal_alpha, self.focal_gamma
+                neg = (1 - a) * prob ** g * -(1 - prob + 1e-8).log()
+                pos = a * (1 - prob) ** g * -(prob + 1e-8).log()
+                class_cost = (pos - neg).gather(-1, index)
+            else:
+                class_cost = -logits.float().softmax(-1).gather(-1, index)              # (B, Q, Tmax)
+            bbox_cost = torch.cdist(out_boxes, tgt_boxes, p=1)                          # (B, Q, Tmax)
+            giou_cost = -_generalized_box_iou(xyxy_out, xyxy_tgt)
+            cost = self.cost_bbox * bbox_cost + self.cost_class * class_cost + self.cost_giou * giou_cost
         # zero-size boxes can still give NaN GIoU: make such pairs the last resort (as HF does)
         big = torch.finfo(cost.dtype).max
         return torch.nan_to_num(cost, nan=big, posinf=big, neginf=big), sizes
@@ -206,6 +251,33 @@ class HungarianMatcher:
         return indices
 
 
+def _num_boxes(targets: Sequence[Mapping], device: torch.device) -> Tensor:
+    """The batch's target count (averaged over ranks under torch.distributed), >= 1: a float scalar."""
+    n = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(n)
+        n = n / dist.get_world_size()
+    return n.clamp(min=1)
+
+
+def _matched(indices: Indices, targets: Sequence[Mapping], pred_boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Matching indices -> ``(batch_idx, query_idx, labels (P,), target boxes (P, 4))`` on the
+    predictions' device (P = matched pairs in the batch)."""
+    device = pred_boxes.device
+    batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(device)
+    query_idx = torch.cat([q for q, _ in indices]).to(device)
+    labels = torch.cat([t["labels"].to(device)[j.to(device)] for t, (_, j) in zip(targets, indices)]).long()
+    boxes = torch.cat([t["boxes"].to(device, pred_boxes.dtype)[j.to(device)] for t, (_, j) in zip(targets, indices)])
+    return batch_idx, query_idx, labels, boxes
+
+
+def _box_losses(boxes_src: Tensor, boxes_tgt: Tensor, num_boxes: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Matched ``(P, 4)`` cxcywh pairs -> ``(L1 sum / num_boxes, (1 - GIoU) sum / num_boxes, GIoU (P,))``."""
+    loss_bbox = F.l1_loss(boxes_src, boxes_tgt, reduction="none").sum() / num_boxes
+    giou = _generalized_box_iou_aligned(box_cxcywh_to_xyxy(boxes_src), box_cxcywh_to_xyxy(boxes_tgt))
+    return loss_bbox, (1 - giou).sum() / num_boxes, giou
+
+
 def _linear_sum_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     try:
         from scipy.optimize import linear_sum_assignment
@@ -244,6 +316,10 @@ class SetCriterion(nn.Module):
     ``num_boxes`` = the batch's target count, summed over ranks and divided by the world size when
     torch.distributed is initialised, clamped to >= 1 (then times ``num_groups``).
 
+    Rank-DETR (``giou_aware=True``, focal only): the focal term becomes ``loss_giou_aware``, the
+    GIoU-aware classification loss (:func:`~.rank.giou_aware_focal_loss`, target ``(GIoU + 1) / 2`` of
+    each matched pair) summed and divided by ``num_boxes``.
+
     Group DETR (``num_groups=K``): every term is the MEAN over groups of this criterion applied to
     each group's slice of Q/K queries alone. At inference a Group DETR model keeps only its first
     group: call ``forward(..., num_groups=1)`` for a loss on such outputs.
@@ -251,7 +327,8 @@ class SetCriterion(nn.Module):
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_class: float = 1.0,
                  weight_bbox: float = 5.0, weight_giou: float = 2.0, eos_coef: float = 0.1, focal: bool = False,
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, num_groups: int = 1) -> None:
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, num_groups: int = 1,
+                 giou_aware: bool = False) -> None:
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -259,12 +336,15 @@ class SetCriterion(nn.Module):
             raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
         if not 0 <= eos_coef:
             raise ValueError(f"eos_coef must be >= 0, got {eos_coef}")
+        if giou_aware and not focal:
+            raise ValueError("giou_aware (Rank-DETR's GIoU-aware class loss) needs focal=True (sigmoid classes)")
         if getattr(matcher, "focal", focal) != focal:
             raise ValueError(f"the criterion has focal={focal} but its matcher focal={matcher.focal}")
         self.num_classes, self.matcher, self.focal = num_classes, matcher, focal
         self.focal_alpha, self.focal_gamma, self.num_groups = float(focal_alpha), float(focal_gamma), num_groups
         self.eos_coef = float(eos_coef)
-        self.class_term = "loss_focal" if focal else "loss_ce"
+        self.giou_aware = bool(giou_aware)
+        self.class_term = ("loss_giou_aware" if giou_aware else "loss_focal") if focal else "loss_ce"
         self.weight_dict = {self.class_term: float(weight_class), "loss_bbox": float(weight_bbox),
                             "loss_giou": float(weight_giou)}
         empty_weight = torch.ones(num_classes + 1)
@@ -273,15 +353,12 @@ class SetCriterion(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, matcher={self.matcher!r}, focal={self.focal}, "
+                f"{'giou_aware=True, ' if self.giou_aware else ''}"
                 f"weights={self.weight_dict}, eos_coef={self.eos_coef}, num_groups={self.num_groups}")
 
     def num_boxes(self, targets: Sequence[Mapping], num_groups: int, device: torch.device) -> Tensor:
         """The normaliser of the box and focal terms: a float scalar tensor (see the class doc)."""
-        n = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(n)
-            n = n / dist.get_world_size()
-        return n.clamp(min=1) * num_groups
+        return _num_boxes(targets, device) * num_groups
 
     def forward(self, outputs: Any, targets: Sequence[Mapping], num_groups: int | None = None) -> dict[str, Tensor]:
         """``outputs``, ``targets`` as in the module doc -> ``{term: scalar}`` including ``"loss"``."""
@@ -320,16 +397,19 @@ class SetCriterion(nn.Module):
         G, device = num_groups, logits.device
         match_kwargs = {"num_groups": G} if G > 1 else {}
         indices = self.matcher({"logits": logits, "pred_boxes": pred_boxes}, targets, **match_kwargs)
-        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(indices)]).to(device)
-        query_idx = torch.cat([q for q, _ in indices]).to(device)                        # (P,)
-        labels_o = torch.cat([t["labels"].to(device)[j.to(device)] for t, (_, j) in zip(targets, indices)]).long()
-        boxes_o = torch.cat([t["boxes"].to(device, pred_boxes.dtype)[j.to(device)]
-                             for t, (_, j) in zip(targets, indices)])                   # (P, 4)
+        batch_idx, query_idx, labels_o, boxes_o = _matched(indices, targets, pred_boxes)  # (P,) x 3, (P, 4)
 
         if self.focal:                                                                   # logits (B, Q, K)
             onehot = torch.zeros_like(logits)
             onehot[batch_idx, query_idx, labels_o] = 1
-            loss_class = _sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma).sum() / num_boxes
+            if self.giou_aware:                                                          # Rank-DETR
+                giou = _box_losses(pred_boxes[batch_idx, query_idx], boxes_o, num_boxes)[2]  # (P,)
+                score = torch.zeros_like(logits)
+                score[batch_idx, query_idx, labels_o] = giou_aware_targets(giou).to(logits.dtype)
+                loss = giou_aware_focal_loss(logits, onehot, score, self.focal_alpha, self.focal_gamma)
+            else:
+                loss = _sigmoid_focal_loss(logits, onehot, self.focal_alpha, self.focal_gamma)
+            loss_class = loss.sum() / num_boxes
         else:                                                                            # logits (B, Q, K+1)
             target_classes = torch.full((B, Q), self.num_classes, dtype=torch.long, device=device)
             target_classes[batch_idx, query_idx] = labels_o
@@ -341,10 +421,7 @@ class SetCriterion(nn.Module):
                          / weight.view(B, G, Q // G).sum((0, 2)).clamp(min=torch.finfo(weight.dtype).tiny))
             loss_class = per_group.mean()
 
-        boxes_src = pred_boxes[batch_idx, query_idx]                                     # (P, 4)
-        loss_bbox = F.l1_loss(boxes_src, boxes_o, reduction="none").sum() / num_boxes
-        giou = _generalized_box_iou_aligned(box_cxcywh_to_xyxy(boxes_src), box_cxcywh_to_xyxy(boxes_o))
-        loss_giou = (1 - giou).sum() / num_boxes
+        loss_bbox, loss_giou, _ = _box_losses(pred_boxes[batch_idx, query_idx], boxes_o, num_boxes)
 
         with torch.no_grad():
             if self.focal:
