@@ -60,7 +60,6 @@ def _stream_eval(bank, test, neg, batch=200):
     return link_prediction_metrics(torch.cat(pos_s), torch.cat(neg_s))
 
 
-@pytest.mark.slow
 def test_uci_random_vs_historical_negatives():
     stream = load_uci()
     sp = chronological_split(stream)

@@ -53,13 +53,21 @@ def test_recent_matches_brute_force_on_random_streams(k, seed, float_times):
 
 
 def test_recent_matches_brute_force_on_uci():
-    s = uci()[:6000]  # the brute force is a Python scan per query: a prefix keeps it short
+    s = uci()[:6000]  # the Python-scan reference on a prefix
     nodes, times = _queries(s, n=60, seed=4)
     _check_recent(s, nodes, times, 20)
-    # the whole stream: the same answers for queries whose history lies inside the prefix
-    full = TemporalNeighborSampler(uci()).sample(nodes, times, 20)
-    part = TemporalNeighborSampler(s).sample(nodes, times, 20)
-    assert torch.equal(full.edge_ids, part.edge_ids) and torch.equal(full.offsets, part.offsets)
+    # the whole stream against a per-query mask over all events (same order rule as _history)
+    s = uci()
+    nodes, times = _queries(s, n=100, seed=5)
+    got = TemporalNeighborSampler(s).sample(nodes, times, 20)
+    for i, (v, t) in enumerate(zip(nodes.tolist(), times.tolist())):
+        e = (((s.src == v) | (s.dst == v)) & (s.t < t)).nonzero().flatten()
+        own = torch.stack([s.src[e] == v, s.dst[e] == v], 1)  # (n, 2): the event's entries for v
+        ref_nodes = torch.stack([s.dst[e], s.src[e]], 1)[own][-20:]
+        ref_eids = torch.stack([e, e], 1)[own][-20:]
+        a, b = int(got.offsets[i]), int(got.offsets[i + 1])
+        assert torch.equal(got.nodes[a:b], ref_nodes) and torch.equal(got.edge_ids[a:b], ref_eids), i
+        assert torch.equal(got.times[a:b], s.t[ref_eids])
 
 
 def test_float_queries_on_integer_times():

