@@ -3,8 +3,8 @@ a memory of the directed edges seen so far, no learning. ``predict`` scores an e
 memory and 0 otherwise; ``unlimited`` remembers every edge, ``time_window`` only those seen in the last
 ``window`` time units before the query time (the paper sets ``window`` to the span of the test split).
 
-The memory is two sorted tensors (edge keys ``src * num_nodes + dst`` and each edge's last time), so
-``update`` and ``predict`` are one ``unique`` / ``searchsorted`` per call.
+The memory is two tensors (sorted edge keys ``src * num_nodes + dst`` and each edge's last time):
+``update`` and ``predict`` are a few ``unique`` / ``searchsorted`` calls, no loop over edges.
 """
 from __future__ import annotations
 
@@ -46,11 +46,17 @@ class EdgeBank:
         if events.num_nodes > self.num_nodes:
             raise ValueError(f"events has {events.num_nodes} nodes, the bank was built for {self.num_nodes}")
         dev = self.keys.device
-        keys = torch.cat([self.keys, (events.src * self.num_nodes + events.dst).to(dev)])
-        times = torch.cat([self.last_time, events.t.to(dev, torch.float64)])
-        self.keys, inverse = torch.unique(keys, return_inverse=True)
-        self.last_time = torch.full((self.keys.numel(),), -torch.inf, dtype=torch.float64, device=dev).scatter_reduce(
-            0, inverse, times, reduce="amax")
+        keys, inverse = torch.unique((events.src * self.num_nodes + events.dst).to(dev), return_inverse=True)
+        times = torch.full((keys.numel(),), -torch.inf, dtype=torch.float64, device=dev).scatter_reduce(
+            0, inverse, events.t.to(dev, torch.float64), reduce="amax")  # (b,) each new edge's last time
+        pos = torch.searchsorted(self.keys, keys)
+        known = pos < self.keys.numel()
+        known[known.clone()] = self.keys[pos[known]] == keys[known]
+        self.last_time[pos[known]] = torch.maximum(self.last_time[pos[known]], times[known])
+        if not bool(known.all()):  # insert the edges never seen, keeping the keys sorted
+            merged = torch.cat([self.keys, keys[~known]])
+            order = torch.argsort(merged)
+            self.keys, self.last_time = merged[order], torch.cat([self.last_time, times[~known]])[order]
         return self
 
     def predict(self, src: Tensor, dst: Tensor, t: Tensor | None = None) -> Tensor:
