@@ -6,8 +6,8 @@ Each positive event ``i`` (``src_i -> dst_i`` at ``t_i``) gets one negative edge
 * ``random``: ``(src_i, d)``, ``d`` uniform over the destinations of the stream (DyGLib: the true
   destination is not excluded);
 * ``historical``: an edge seen before the split starts (``history="split"``, the paper's and this
-  module's default) or before ``t_i`` (``history="event"``, DyGLib's batch rule at batch size 1),
-  and not seen at ``t_i`` itself;
+  module's default; the split starts at the earliest time of the events asked for) or before ``t_i``
+  (``history="event"``, DyGLib's batch rule at batch size 1), and not seen at ``t_i`` itself;
 * ``inductive``: an edge first seen after ``train_end`` (never in training) and before ``t_i``,
   and not seen at ``t_i``.
 
