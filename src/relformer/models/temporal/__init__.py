@@ -1,4 +1,5 @@
 """Models for continuous-time dynamic graphs (event streams, :mod:`relformer.data.temporal`)."""
+from .base import MergeLayer, TemporalContext, TemporalLinkPredictor
 from .edgebank import EdgeBank
 
-__all__ = ["EdgeBank"]
+__all__ = ["TemporalContext", "TemporalLinkPredictor", "MergeLayer", "EdgeBank"]
