@@ -15,10 +15,13 @@ from safetensors.torch import load_file, save_file
 import relformer
 import relformer.interop.pyg  # noqa: F401  (registers the pyg_* peer variants: they round-trip too)
 import relformer.interop.transformers  # noqa: F401  (and the hf_* ones)
+import relformer.interop.pyg_temporal  # noqa: F401  (and pyg_tgn)
+from relformer.data.temporal import EventStream, TemporalNeighborSampler
 from relformer.models import (DETRConfig, GPSConfig, GraphormerConfig, GTConfig, PretrainedMixin, SentenceEncoder,
                               SwinConfig, TextConfig, TextEncoder, ViT, ViTConfig, create_model, from_pretrained,
                               list_models, model_config, save_config, save_pretrained, shipped_weights)
 from relformer.models.matching import GMFlowConfig, LightGlueConfig, LoFTRConfig
+from relformer.models.temporal import TemporalContext, TodyformerConfig
 from relformer.models.text.checkpoint import minilm_l6_path
 from relformer.train.checkpoint import CheckpointDir
 from tests.models.test_graph import random_graphs
@@ -26,7 +29,7 @@ from tests.models.test_graph import random_graphs
 PEERS = ("hf_", "pyg_")  # other libraries' modules behind relformer configs (interop/)
 SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion", "loftr"}  # 5-10 s on one core (build, write, read, forward)
 MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro", "gps_micro", "gt_micro",
-         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro"]
+         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro", "todyformer_micro"]
 
 
 def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
@@ -55,6 +58,13 @@ def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
     if isinstance(config, GMFlowConfig):
         size = (config.in_chans, 2 * config.stride, 3 * config.stride)
         return (torch.rand(1, *size, generator=g), torch.rand(1, *size, generator=g)), {}
+    if isinstance(config, (TodyformerConfig, relformer.interop.pyg_temporal.PyGTGNConfig)):
+        n, E = config.num_nodes, 60
+        s = EventStream(src=torch.randint(n, (E,), generator=g), dst=torch.randint(n, (E,), generator=g),
+                        t=torch.arange(E), num_nodes=n, edge_features=torch.randn(E, config.edge_feat_dim,
+                                                                                  generator=g) if config.edge_feat_dim else None)
+        b = slice(40, 60)
+        return (s.src[b], s.dst[b], s.t[b], TemporalContext(s, TemporalNeighborSampler(s))), {}
     raise AssertionError(f"no test input for {type(config).__name__}: add one")
 
 

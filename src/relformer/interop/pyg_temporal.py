@@ -19,8 +19,9 @@ most recent events strictly before each query's own time, the data every model o
 sees) instead of ``LastNeighborLoader`` (the last ``size`` neighbours inserted before the batch);
 each query is embedded at its own time, so the time encoding is of ``t - t_j`` (the query's time
 minus the event's; the example encodes ``last_update[j] - t_j``); the example's ``LinkPredictor`` is
-replaced by the contract's merge head. Times enter the memory as int64 (PyG's memory keeps integer
-``last_update``); a float64 stream is truncated.
+replaced by the contract's merge head. The memory is state, not weights: a saved model holds none
+(the task replays the stream after :meth:`PyGTGN.reset_state`). Times enter the memory as int64
+(PyG's memory keeps integer ``last_update``); a float64 stream is truncated.
 """
 from __future__ import annotations
 
@@ -85,6 +86,8 @@ class PyGTGN(PretrainedMixin, TemporalLinkPredictor):
         self.memory = TGNMemory(c.num_nodes, self.msg_dim, c.memory_dim, c.time_dim,
                                 message_module=IdentityMessage(self.msg_dim, c.memory_dim, c.time_dim),
                                 aggregator_module=LastAggregator())
+        for name in ("memory", "last_update", "_assoc"):  # state, not weights: rebuilt by replaying a stream
+            self.memory.register_buffer(name, getattr(self.memory, name), persistent=False)
         self.conv = TransformerConv(c.memory_dim, c.embedding_dim // c.num_heads, heads=c.num_heads,
                                     dropout=c.dropout, edge_dim=self.msg_dim + c.time_dim)
         self.head = MergeLayer(c.embedding_dim)
@@ -128,6 +131,13 @@ class PyGTGN(PretrainedMixin, TemporalLinkPredictor):
         self.memory.update_state(src.long().to(dev), dst.long().to(dev), t.to(dev).long(),
                                  self._messages(ctx, edge_ids))
         self.memory.detach()
+
+    def train(self, mode: bool = True) -> "PyGTGN":
+        """PyG's memory applies its stored messages when it enters evaluation mode; the result is
+        detached, so no graph outlives the training phase."""
+        super().train(mode)
+        self.memory.detach()
+        return self
 
     def reset_state(self) -> None:
         """Zero memory, last updates and stored messages (before each pass over a split)."""
