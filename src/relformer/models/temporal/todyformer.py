@@ -56,8 +56,8 @@ class TodyformerConfig:
     num_nodes: int = 1899  # UCI's; the task passes the stream's
     node_feat_dim: int = 0
     edge_feat_dim: int = 0
-    dim: int = 128
-    time_dim: int = 100
+    dim: int = 64
+    time_dim: int = 64
     num_neighbors: int = 32
     num_patches: int = 8
     num_blocks: int = 2
@@ -166,7 +166,7 @@ class Todyformer(PretrainedMixin, TemporalLinkPredictor):
 
 @register_model
 def todyformer() -> TodyformerConfig:
-    """Todyformer for the UCI-sized streams: width 128, 2 alternating blocks of 4 heads, k = 32 events
+    """Todyformer for the UCI-sized streams: width 64, 2 alternating blocks of 4 heads, k = 32 events
     in 8 patches (relformer's defaults; pass the stream's ``num_nodes`` and feature widths)."""
     return TodyformerConfig()
 

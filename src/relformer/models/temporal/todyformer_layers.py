@@ -183,17 +183,18 @@ class LocalBlock(nn.Module):
 class GlobalBlock(nn.Module):
     """Transformer over each node's tokens across patches (pre-norm, Vaswani et al. 2017), with the
     temporal positional encoding ``pe`` projected to ``C`` (added to the attention input):
-    ``h = h + attn(LN(h) + W pe)`` inside each group, ``h = h + mlp(LN(h))``. ``forward(h (T, C),
+    ``h = h + drop(attn(LN(h) + W pe))`` inside each group, ``h = h + drop(mlp(LN(h)))``. ``forward(h (T, C),
     pe (T, pe_dim), rows, documents) -> (T, C)``: projections and the MLP on the packed tokens, attention
     on ``rows`` (:func:`group_rows`) with the :class:`~relformer.relations.Documents` mask."""
 
     def __init__(self, dim: int, num_heads: int, pe_dim: int, dropout: float = 0.0, backend: str = "auto") -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads, backend=backend, proj_dropout=dropout)
-        self.mlp = MLP(dim, 2 * dim, act=nn.GELU, dropout=dropout)
+        self.attn = Attention(dim, num_heads, backend=backend)
+        self.mlp = MLP(dim, 2 * dim, act=nn.GELU)
         self.pos = Linear(pe_dim, dim)
+        self.drop = nn.Dropout(dropout)  # on the two branch outputs (CPU dropout is costly: not on the 2C hidden)
 
     def forward(self, h: Tensor, pe: Tensor, rows: Rows, documents) -> Tensor:
-        h = h + self.attn(self.norm1(h) + self.pos(pe), documents, rows=rows)
-        return h + self.mlp(self.norm2(h))
+        h = h + self.drop(self.attn(self.norm1(h) + self.pos(pe), documents, rows=rows))
+        return h + self.drop(self.mlp(self.norm2(h)))
