@@ -21,6 +21,7 @@ events padded to ``k``: what a padded implementation computes; the same outputs,
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -100,11 +101,10 @@ def _compare(runners: dict[str, Runner], step: str, reps: int, warmup: int) -> d
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 repetitions, k up to 64: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 10: a smoke run")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     reps, warmup = (3, 1) if args.quick else (10, 2)
-    ks = KS[:3] if args.quick else KS
     uci = load_uci()
     ctx = TemporalContext(uci, TemporalNeighborSampler(uci))
     split = chronological_split(uci)
@@ -115,7 +115,8 @@ def main() -> None:
     lines = ["## Speed", "",
              f"UCI messages ({len(uci):,} events), batches of {BATCH} events (+ {BATCH} random negatives) from the "
              f"training split, k = {k} most recent neighbours for every model; CPU: {cpu_model()}, "
-             f"{torch.get_num_threads()} thread(s), torch {torch.__version__}; {reps} interleaved repetitions"
+             f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} "
+             f"at the start (other jobs on the machine inflate and scatter times); {reps} interleaved repetitions"
              f"{' (--quick)' if args.quick else ''}. Command: `python bench/temporal.py{' --quick' if args.quick else ''}`.",
              "", "| model | train events/s | eval events/s | train speed-up vs pyg_tgn (95% CI) | eval speed-up vs pyg_tgn |",
              "|---|---|---|---|---|"]
@@ -135,7 +136,7 @@ def main() -> None:
               "and outputs; pyg_tgn at the same k for reference):", "",
               "| k | packed train ev/s | padded train ev/s | packed speed-up (95% CI) | packed eval ev/s | "
               "padded eval ev/s | packed eval speed-up | pyg_tgn train ev/s |", "|---|---|---|---|---|---|---|---|"]
-    for kk in ks:
+    for kk in KS:
         sweep = {"packed": Runner("todyformer", uci, ctx, events, num_neighbors=kk),
                  "padded": Runner("todyformer", uci, ctx, events, num_neighbors=kk, layout="padded"),
                  "pyg_tgn": Runner("pyg_tgn", uci, ctx, events, num_neighbors=kk)}

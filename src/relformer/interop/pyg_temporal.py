@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..models.checks import check_count, check_positive, check_rate
 from ..models.registry import PretrainedMixin, builds, register_model
 from ..models.temporal import MergeLayer, TemporalContext, TemporalLinkPredictor
 from ..models.temporal.todyformer import check_context
@@ -53,18 +54,12 @@ class PyGTGNConfig:
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
-        name = type(self).__name__
-        for key in ("num_nodes", "memory_dim", "time_dim", "embedding_dim", "num_neighbors", "num_heads"):
-            v = getattr(self, key)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
-                raise ValueError(f"{name}.{key} must be a positive int, got {v!r}")
-        if not (isinstance(self.edge_feat_dim, int) and self.edge_feat_dim >= 0):
-            raise ValueError(f"{name}.edge_feat_dim must be an int >= 0, got {self.edge_feat_dim!r}")
+        check_positive(self, "num_nodes", "memory_dim", "time_dim", "embedding_dim", "num_neighbors", "num_heads")
+        check_count(self, "edge_feat_dim")
+        check_rate(self, "dropout")
         if self.embedding_dim % self.num_heads:
-            raise ValueError(f"{name}.embedding_dim ({self.embedding_dim}) must be divisible by num_heads "
-                             f"({self.num_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"{type(self).__name__}.embedding_dim ({self.embedding_dim}) must be divisible by "
+                             f"num_heads ({self.num_heads})")
 
 
 @builds(PyGTGNConfig)

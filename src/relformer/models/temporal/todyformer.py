@@ -23,9 +23,11 @@ Simplified, and what differs from the paper: the paper patchifies one input wind
 stream shared by a batch and tokenizes with DyG2Vec's attention MPNN; here every query has its own
 window (its ``k`` sampled events, the same data every model of the contract sees), the MPNN is
 GINE (Hu et al. 2020) with edge inputs, and node ids are embedded (``node_embeddings``, zero-
-initialised: an unseen node starts like a featureless one). Since every token is strictly before
-the query time, the transformer needs no causal mask (the paper's masking guards its shared window).
-The hyper-parameters of the variants are relformer's choices, not the paper's.
+initialised: an unseen node starts like a featureless one). The paper gives its transformer a
+dedicated mask; here every token lies strictly before the query time, so nothing is masked but the
+other groups. The hyper-parameters of the variants are relformer's choices, not the paper's, and the
+parts follow the paper's description of its method (the patchifier, tokenizer, encoder and their
+alternation) without equation numbers: only summaries of the paper were available offline.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_count, check_positive, check_rate
 from ..registry import PretrainedMixin, builds, register_model
 from .base import MergeLayer, TemporalContext, TemporalLinkPredictor
 from .todyformer_layers import GlobalBlock, LocalBlock, PatchGraph, TimeEncoding, group_rows
@@ -69,20 +72,13 @@ class TodyformerConfig:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for key in ("num_nodes", "dim", "time_dim", "num_neighbors", "num_patches", "num_blocks", "num_heads"):
-            v = getattr(self, key)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
-                raise ValueError(f"{name}.{key} must be a positive int, got {v!r}")
-        for key in ("node_feat_dim", "edge_feat_dim"):
-            v = getattr(self, key)
-            if not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
-                raise ValueError(f"{name}.{key} must be an int >= 0, got {v!r}")
+        check_positive(self, "num_nodes", "dim", "time_dim", "num_neighbors", "num_patches", "num_blocks", "num_heads")
+        check_count(self, "node_feat_dim", "edge_feat_dim")
+        check_rate(self, "dropout")
         if self.num_patches > self.num_neighbors:
             raise ValueError(f"{name}.num_patches ({self.num_patches}) must be <= num_neighbors ({self.num_neighbors})")
         if self.dim % self.num_heads:
             raise ValueError(f"{name}.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"{name}.dropout must be in [0, 1), got {self.dropout!r}")
         if self.layout not in LAYOUTS:
             raise ValueError(f"{name}.layout must be one of {LAYOUTS}, got {self.layout!r}")
 
