@@ -66,7 +66,8 @@ class Runner:
     def _score(self, b: torch.Tensor) -> torch.Tensor:
         s = self.stream
         neg = torch.randint(s.num_nodes, (b.numel(),), generator=self.g)
-        return torch.cat([self.model(s.src[b], s.dst[b], s.t[b], self.ctx), self.model(s.src[b], neg, s.t[b], self.ctx)])
+        pos = self.model(s.src[b], s.dst[b], s.t[b], self.ctx)
+        return torch.cat([pos, self.model(s.src[b], neg, s.t[b], self.ctx)])
 
     def train_step(self) -> None:
         self.model.train()
@@ -117,8 +118,9 @@ def main() -> None:
              f"training split, k = {k} most recent neighbours for every model; CPU: {cpu_model()}, "
              f"{torch.get_num_threads()} thread(s), torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} "
              f"at the start (other jobs on the machine inflate and scatter times); {reps} interleaved repetitions"
-             f"{' (--quick)' if args.quick else ''}. Command: `python bench/temporal.py{' --quick' if args.quick else ''}`.",
-             "", "| model | train events/s | eval events/s | train speed-up vs pyg_tgn (95% CI) | eval speed-up vs pyg_tgn |",
+             f"{' (--quick)' if args.quick else ''}. Command: `python bench/temporal.py{' --quick' * args.quick}`.",
+             "", "| model | train events/s | eval events/s | train speed-up vs pyg_tgn (95% CI) "
+             "| eval speed-up vs pyg_tgn |",
              "|---|---|---|---|---|"]
     runners = {n: Runner(n, uci, ctx, events, num_neighbors=k) for n in names}
     train_t = _compare(runners, "train_step", reps, warmup)

@@ -29,7 +29,7 @@ def _stream(seed=0, E=240):
 
 def _model(**kw) -> PyGTGN:
     torch.manual_seed(0)
-    return create_model("pyg_tgn", num_nodes=N, edge_feat_dim=F_E, memory_dim=8, time_dim=6, embedding_dim=8,
+    return create_model("pyg_tgn", num_nodes=N, edge_feature_dim=F_E, memory_dim=8, time_dim=6, embedding_dim=8,
                         num_neighbors=5, **kw)
 
 
@@ -163,10 +163,10 @@ def test_registered_and_bad_input():
     ctx = TemporalContext(s, TemporalNeighborSampler(s))
     model = _model()
     b = torch.arange(10)
-    with pytest.raises(ValueError, match="edge features have width 3 but this PyGTGN was built for edge_feat_dim=0"):
+    with pytest.raises(ValueError, match="edge features have width 3 but this PyGTGN was built for edge_feature_dim=0"):
         create_model("pyg_tgn", num_nodes=N)(s.src[b], s.dst[b], s.t[b], ctx)
     with pytest.raises(ValueError, match="the stream has 12 nodes but this PyGTGN was built for num_nodes=5"):
-        create_model("pyg_tgn", num_nodes=5, edge_feat_dim=F_E)(s.src[b], s.dst[b], s.t[b], ctx)
+        create_model("pyg_tgn", num_nodes=5, edge_feature_dim=F_E)(s.src[b], s.dst[b], s.t[b], ctx)
     with pytest.raises(ValueError, match="src, dst, t and edge_ids must be"):
         model.observe(s.src[b], s.dst[b], s.t[b], b[:3], ctx)
     with pytest.raises(ValueError, match="dst holds ids outside"):

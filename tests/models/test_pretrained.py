@@ -60,9 +60,9 @@ def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
         return (torch.rand(1, *size, generator=g), torch.rand(1, *size, generator=g)), {}
     if isinstance(config, (TodyformerConfig, relformer.interop.pyg_temporal.PyGTGNConfig)):
         n, E = config.num_nodes, 60
+        feats = torch.randn(E, config.edge_feature_dim, generator=g) if config.edge_feature_dim else None
         s = EventStream(src=torch.randint(n, (E,), generator=g), dst=torch.randint(n, (E,), generator=g),
-                        t=torch.arange(E), num_nodes=n, edge_features=torch.randn(E, config.edge_feat_dim,
-                                                                                  generator=g) if config.edge_feat_dim else None)
+                        t=torch.arange(E), num_nodes=n, edge_features=feats)
         b = slice(40, 60)
         return (s.src[b], s.dst[b], s.t[b], TemporalContext(s, TemporalNeighborSampler(s))), {}
     raise AssertionError(f"no test input for {type(config).__name__}: add one")

@@ -41,11 +41,11 @@ __all__ = ["PyGTGNConfig", "PyGTGN"]
 @dataclass(frozen=True)
 class PyGTGNConfig:
     """PyG's TGN example (defaults: its sizes, 100-wide memory, time encoding and embedding, 2 heads,
-    dropout 0.1, 10 neighbours). ``num_nodes``: the stream's; ``edge_feat_dim``: the width of the raw
+    dropout 0.1, 10 neighbours). ``num_nodes``: the stream's; ``edge_feature_dim``: the width of the raw
     messages (the stream's edge features; 0: none, then each event sends one zero)."""
 
     num_nodes: int = 1899  # UCI's; the task passes the stream's
-    edge_feat_dim: int = 0
+    edge_feature_dim: int = 0
     memory_dim: int = 100
     time_dim: int = 100
     embedding_dim: int = 100
@@ -55,7 +55,7 @@ class PyGTGNConfig:
 
     def __post_init__(self) -> None:
         check_positive(self, "num_nodes", "memory_dim", "time_dim", "embedding_dim", "num_neighbors", "num_heads")
-        check_count(self, "edge_feat_dim")
+        check_count(self, "edge_feature_dim")
         check_rate(self, "dropout")
         if self.embedding_dim % self.num_heads:
             raise ValueError(f"{type(self).__name__}.embedding_dim ({self.embedding_dim}) must be divisible by "
@@ -77,7 +77,7 @@ class PyGTGN(PretrainedMixin, TemporalLinkPredictor):
         c = self.config = config
         # PyG's message store drops empty message tensors, so a stream without edge features sends one
         # zero per event (DyGLib gives UCI zero edge features too)
-        self.msg_dim = max(c.edge_feat_dim, 1)
+        self.msg_dim = max(c.edge_feature_dim, 1)
         self.memory = TGNMemory(c.num_nodes, self.msg_dim, c.memory_dim, c.time_dim,
                                 message_module=IdentityMessage(self.msg_dim, c.memory_dim, c.time_dim),
                                 aggregator_module=LastAggregator())
@@ -96,7 +96,7 @@ class PyGTGN(PretrainedMixin, TemporalLinkPredictor):
 
     def embed(self, nodes: Tensor, times: Tensor, ctx: TemporalContext) -> Tensor:
         c = self.config
-        check_context(ctx, c.num_nodes, None, c.edge_feat_dim, "this PyGTGN")
+        check_context(ctx, c.num_nodes, None, c.edge_feature_dim, "this PyGTGN")
         nb = ctx.sampler.sample(nodes, times, c.num_neighbors)  # validates nodes and times
         dev = self.memory.device
         nodes, nb_nodes = nodes.long().to(dev), nb.nodes.to(dev)
@@ -142,5 +142,5 @@ class PyGTGN(PretrainedMixin, TemporalLinkPredictor):
 @register_model
 def pyg_tgn() -> PyGTGNConfig:
     """PyG's TGN example (memory, time encoding and embedding of width 100, 2 heads, 10 neighbours);
-    pass the stream's ``num_nodes`` and ``edge_feat_dim``."""
+    pass the stream's ``num_nodes`` and ``edge_feature_dim``."""
     return PyGTGNConfig()

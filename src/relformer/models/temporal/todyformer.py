@@ -49,16 +49,16 @@ LAYOUTS = ("packed", "padded")
 
 @dataclass(frozen=True)
 class TodyformerConfig:
-    """Todyformer. ``num_nodes``: node ids ``[0, num_nodes)`` (the stream's); ``node_feat_dim`` /
-    ``edge_feat_dim``: widths of the stream's node / edge features (0: none). ``num_neighbors``:
+    """Todyformer. ``num_nodes``: node ids ``[0, num_nodes)`` (the stream's); ``node_feature_dim`` /
+    ``edge_feature_dim``: widths of the stream's node / edge features (0: none). ``num_neighbors``:
     ``k`` sampled events per query; ``num_patches``: patches per history (also the attention row
     width); ``num_blocks``: alternating local + global blocks. ``layout``: ``"packed"`` (groups
     share attention rows, events as sampled) or ``"padded"`` (each group alone in a row of
     ``num_patches`` slots and the events padded to ``k``: the same result at a padded model's cost)."""
 
     num_nodes: int = 1899  # UCI's; the task passes the stream's
-    node_feat_dim: int = 0
-    edge_feat_dim: int = 0
+    node_feature_dim: int = 0
+    edge_feature_dim: int = 0
     dim: int = 64
     time_dim: int = 64
     num_neighbors: int = 32
@@ -73,7 +73,7 @@ class TodyformerConfig:
     def __post_init__(self) -> None:
         name = type(self).__name__
         check_positive(self, "num_nodes", "dim", "time_dim", "num_neighbors", "num_patches", "num_blocks", "num_heads")
-        check_count(self, "node_feat_dim", "edge_feat_dim")
+        check_count(self, "node_feature_dim", "edge_feature_dim")
         check_rate(self, "dropout")
         if self.num_patches > self.num_neighbors:
             raise ValueError(f"{name}.num_patches ({self.num_patches}) must be <= num_neighbors ({self.num_neighbors})")
@@ -83,20 +83,20 @@ class TodyformerConfig:
             raise ValueError(f"{name}.layout must be one of {LAYOUTS}, got {self.layout!r}")
 
 
-def check_context(ctx: TemporalContext, num_nodes: int, node_feat_dim: int | None, edge_feat_dim: int,
+def check_context(ctx: TemporalContext, num_nodes: int, node_feature_dim: int | None, edge_feature_dim: int,
                   owner: str) -> None:
     """The context's stream fits a model built for ``num_nodes`` and these feature widths
-    (``node_feat_dim=None``: node features unused, not checked)."""
+    (``node_feature_dim=None``: node features unused, not checked)."""
     if not isinstance(ctx, TemporalContext):
         raise TypeError(f"ctx must be a TemporalContext, got {type(ctx).__name__}")
     s = ctx.stream
     if s.num_nodes > num_nodes:
         raise ValueError(f"the stream has {s.num_nodes} nodes but {owner} was built for num_nodes={num_nodes}")
-    for what, x, want in (("edge", s.edge_features, edge_feat_dim), ("node", s.node_features, node_feat_dim)):
+    for what, x, want in (("edge", s.edge_features, edge_feature_dim), ("node", s.node_features, node_feature_dim)):
         have = 0 if x is None else x.shape[1]
         if want is not None and have != want:
             raise ValueError(f"the stream's {what} features have width {have} but {owner} was built for "
-                             f"{what}_feat_dim={want}")
+                             f"{what}_feature_dim={want}")
 
 
 @builds(TodyformerConfig)
@@ -110,10 +110,10 @@ class Todyformer(PretrainedMixin, TemporalLinkPredictor):
         self.node_embedding = nn.Embedding(c.num_nodes, c.dim) if c.node_embeddings else None
         if self.node_embedding is not None:
             nn.init.zeros_(self.node_embedding.weight)
-        self.node_proj = nn.Linear(c.node_feat_dim, c.dim) if c.node_feat_dim else None
+        self.node_proj = nn.Linear(c.node_feature_dim, c.dim) if c.node_feature_dim else None
         self.kind = nn.Embedding(2, c.dim)  # neighbour token / query-node token
         self.time_encoding = TimeEncoding(c.time_dim)
-        edge_dim = c.edge_feat_dim + c.time_dim
+        edge_dim = c.edge_feature_dim + c.time_dim
         self.local_blocks = nn.ModuleList(LocalBlock(c.dim, edge_dim, c.dropout) for _ in range(c.num_blocks))
         self.global_blocks = nn.ModuleList(GlobalBlock(c.dim, c.num_heads, c.time_dim, c.dropout, c.backend)
                                            for _ in range(c.num_blocks))
@@ -123,7 +123,7 @@ class Todyformer(PretrainedMixin, TemporalLinkPredictor):
     def embed(self, nodes: Tensor, times: Tensor, ctx: TemporalContext) -> Tensor:
         """``(Q, dim)`` embeddings of ``nodes`` at ``times`` from their history strictly before."""
         c = self.config
-        check_context(ctx, c.num_nodes, c.node_feat_dim, c.edge_feat_dim, "this Todyformer")
+        check_context(ctx, c.num_nodes, c.node_feature_dim, c.edge_feature_dim, "this Todyformer")
         nb = ctx.sampler.sample(nodes, times, c.num_neighbors)  # validates nodes and times
         dev = self.kind.weight.device
         nodes, times = nodes.long().to(dev), times.to(dev)
@@ -135,7 +135,7 @@ class Todyformer(PretrainedMixin, TemporalLinkPredictor):
             h = h + self.node_proj(ctx.stream.node_features.to(dev)[g.token_node])
         q_e = nb.query_ids().to(dev)
         e_attr = self.time_encoding(times[q_e] - nb.times.to(dev))  # (E, time_dim): phi(t - t_e)
-        if c.edge_feat_dim:
+        if c.edge_feature_dim:
             e_attr = torch.cat([ctx.stream.edge_features.to(dev)[nb.edge_ids.to(dev)], e_attr], 1)
         edge_index, edge_attr = g.edge_index, e_attr[g.edge_entry]  # both directions of every event
         padded = c.layout == "padded"

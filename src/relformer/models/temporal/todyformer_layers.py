@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +33,7 @@ class TimeEncoding(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        w = 10.0 ** (-torch.linspace(0, 9, dim, dtype=torch.float64)) if dim > 1 else torch.ones(dim, dtype=torch.float64)
+        w = 10.0 ** (-torch.linspace(0, 9, dim, dtype=torch.float64))  # (dim,); dim = 1: w = 1
         self.register_buffer("freq", w, persistent=False)  # (dim,) float64: dt in seconds reaches 1e8
 
     def forward(self, dt: Tensor) -> Tensor:
@@ -110,7 +109,8 @@ class PatchGraph:
         n_tok_e = n_tok_e + C
         edge_index = torch.stack([torch.cat([n_tok_e, c_tok_e]), torch.cat([c_tok_e, n_tok_e])])
         entry = torch.arange(E, device=dev)
-        return cls(token_node=torch.cat([nodes.repeat_interleave(P), n_node]), token_query=torch.cat([c_query, n_query]),
+        return cls(token_node=torch.cat([nodes.repeat_interleave(P), n_node]),
+                   token_query=torch.cat([c_query, n_query]),
                    token_patch=torch.cat([c_patch, n_patch]), token_time=torch.cat([c_time, n_time]),
                    is_center=torch.arange(C + uniq.numel(), device=dev) < C,
                    group_offsets=lengths_to_offsets(torch.cat([P, n_group_len])), edge_index=edge_index,
@@ -120,30 +120,25 @@ class PatchGraph:
     def num_tokens(self) -> int:
         return self.token_node.numel()
 
-    @cached_property
-    def group_lengths(self) -> Tensor:
-        return self.group_offsets[1:] - self.group_offsets[:-1]
-
 
 def group_rows(group_offsets: Tensor, row_len: int, padded: bool = False) -> Rows:
     """Groups (``group_offsets (G + 1,)``, each at most ``row_len`` tokens, tokens contiguous by
     group) in attention rows of ``row_len`` slots, vectorised: groups of length ``L`` go
-    ``row_len // L`` to a row, in order (a bucketed first fit; no loop over groups).
+    ``row_len // L`` to a row, in order (rows filled per length; no loop over groups).
     ``padded=True`` gives every group a row of its own (what padding to ``row_len`` computes)."""
     lengths = group_offsets[1:] - group_offsets[:-1]
     dev = lengths.device
     if lengths.numel() and int(lengths.max()) > row_len:
         raise ValueError(f"row_len={row_len} is shorter than the longest group ({int(lengths.max())})")
-    per_row = torch.ones_like(lengths) if padded else torch.div(row_len, lengths.clamp(min=1), rounding_mode="floor")
     order = torch.argsort(lengths, stable=True)  # by length, then group id
     sorted_len = lengths[order]
     first = torch.searchsorted(sorted_len, sorted_len, right=False)  # first slot of each group's bucket
     rank = torch.arange(order.numel(), device=dev) - first  # rank inside its length bucket
-    pr = per_row[order]
     n_len = torch.bincount(sorted_len, minlength=row_len + 1)  # (row_len + 1,) groups of each length
     cap = torch.div(row_len, torch.arange(row_len + 1, device=dev).clamp(min=1), rounding_mode="floor")
     if padded:
-        cap = torch.ones_like(cap)
+        cap = torch.ones_like(cap)  # groups of each length per row
+    pr = cap[sorted_len]
     bucket_rows = torch.div(n_len + cap - 1, cap, rounding_mode="floor")  # rows of each length's bucket
     base = lengths_to_offsets(bucket_rows)[:-1]  # first row of each length's bucket
     row = base[sorted_len] + torch.div(rank, pr, rounding_mode="floor")
