@@ -5,6 +5,10 @@ The task is the generic COCO detection task (:class:`~relformer.tasks.coco_detec
 DETR's set-prediction loss, COCO box mAP by ``faster-coco-eval``) on the built-in canvases. Every
 epoch the engine evaluates the val AND test splits together; ``val_AP`` picks the best checkpoint,
 the test metrics are reported beside it.
+
+The crowded multi-scale canvases (:func:`~relformer.data.fashion_detection.build_fashion_crowded_detection`:
+256 x 256, 4-20 items of 12-128 px) are the task ``fashion_crowded_detection``
+(:class:`FashionCrowdedDetectionTask`), which also reports ``APl`` (its canvases have large boxes).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from typing import Literal
 
 from torch.utils.data import Dataset
 
-from ..data.fashion_detection import build_fashion_detection
+from ..data.fashion_detection import CROWDED, CROWDED_SIZES, build_fashion_crowded_detection, build_fashion_detection
 from ..data.fashion_mnist import FASHION_MNIST_CLASSES
 from ..interop import transformers as _hf_baselines  # noqa: F401  (registers the hf_detr_* model variants)
 from ..models import model_config
@@ -23,7 +27,8 @@ from .coco_detection import SPLIT_METRICS, CocoDetectionTask, SetLossSection
 from .registry import register_recipe, register_task
 from .splits import train_subset
 
-__all__ = ["DetectionTask", "DetectionRecipe", "FashionDetectionSection", "SetLossSection", "SPLIT_METRICS"]
+__all__ = ["DetectionTask", "DetectionRecipe", "FashionDetectionSection", "FashionCrowdedDetectionTask",
+           "CrowdedDetectionRecipe", "FashionCrowdedSection", "SetLossSection", "SPLIT_METRICS"]
 
 
 @dataclass
@@ -89,6 +94,40 @@ class DetectionTask(CocoDetectionTask):
         return train_subset(data["train"], d.train_subset, "canvases"), {"val": data["val"], "test": data["test"]}
 
 
+@dataclass
+class FashionCrowdedSection(FashionDetectionSection):
+    """The crowded canvases of :func:`~relformer.data.fashion_detection.build_fashion_crowded_detection`
+    (the other generator arguments: :data:`~relformer.data.fashion_detection.CROWDED`)."""
+
+    canvas: int = CROWDED["canvas"]
+    sizes: tuple[int, int, int] = CROWDED_SIZES
+    max_objects: int = CROWDED["max_objects"]
+
+
+@dataclass
+class CrowdedDetectionRecipe(DetectionRecipe):
+    task: Literal["fashion_crowded_detection"] = "fashion_crowded_detection"
+    data: FashionCrowdedSection = field(default_factory=FashionCrowdedSection)
+
+
+@register_task("fashion_crowded_detection")
+class FashionCrowdedDetectionTask(DetectionTask):
+    """:class:`DetectionTask` on the crowded multi-scale canvases; ``APl`` is reported too."""
+
+    recipe_type = CrowdedDetectionRecipe
+    split_metrics = (*SPLIT_METRICS, "APl")
+
+    @property
+    def eval_description(self) -> str:
+        return super().eval_description.replace("Fashion-MNIST detection", "crowded multi-scale Fashion-MNIST", 1)
+
+    def build_splits(self) -> tuple[Dataset, dict[str, Dataset]]:
+        d = self.recipe.data
+        data = build_fashion_crowded_detection(d.root, sizes=tuple(d.sizes), source=d.source, canvas=d.canvas,
+                                               max_objects=d.max_objects)
+        return train_subset(data["train"], d.train_subset, "canvases"), {"val": data["val"], "test": data["test"]}
+
+
 # ---------------------------------------------------------------------------------------------
 # Recipes: one schedule for all four, so their AP-vs-epoch curves compare; 8 epochs fit a 30-minute
 # budget of one core. From scratch the backbone needs trainable BatchNorms (DETR freezes them because
@@ -96,8 +135,8 @@ class DetectionTask(CocoDetectionTask):
 # rate and looser clipping than DETR's. Throughputs and the runs behind these choices:
 # bench/results/detection.md.
 # ---------------------------------------------------------------------------------------------
-def _detection(name: str, model: str, **options) -> DetectionRecipe:
-    return DetectionRecipe(
+def _detection(name: str, model: str, recipe_type: type = DetectionRecipe, **options) -> DetectionRecipe:
+    return recipe_type(
         name=name, model=ModelSection(model, options),
         optim=OptimSection(lr=5e-4, min_lr=5e-6, weight_decay=1e-4, warmup_epochs=1.0, clip_grad=1.0),
         epochs=8, batch_size=32, eval_batch_size=100, checkpoint_every=200, log_every=25)
@@ -126,3 +165,17 @@ def hf_detr_fashion() -> DetectionRecipe:
     """The baseline: HF DetrForObjectDetection with detr-fashion's config, initial weights and schedule
     (model variant ``hf_detr_fashion``, registered by :mod:`relformer.interop.transformers`)."""
     return _detection("hf-detr-fashion", "hf_detr_fashion")
+
+
+# The crowded canvases: the same schedule; 50 queries for up to 20 items (DETR keeps queries > 2-3x
+# the most objects of an image); 256 x 256 at stride 16 gives 16 x 16 = 256 image tokens.
+@register_recipe("detr-fashion-crowded")
+def detr_fashion_crowded() -> DetectionRecipe:
+    """detr-fashion (50 queries) on the crowded multi-scale canvases (256 x 256, 4-20 items of 12-128 px)."""
+    return _detection("detr-fashion-crowded", "detr_fashion", CrowdedDetectionRecipe, num_queries=50)
+
+
+@register_recipe("group-detr-fashion-crowded")
+def group_detr_fashion_crowded() -> DetectionRecipe:
+    """group-detr-fashion (50 queries per group) on the crowded multi-scale canvases."""
+    return _detection("group-detr-fashion-crowded", "group_detr_fashion", CrowdedDetectionRecipe, num_queries=50)
