@@ -18,6 +18,8 @@ from relformer.tasks import resolve_recipe
 from relformer.train.checkpoint import write_checkpoint
 from relformer.train.recipe import recipe_to_dict
 
+from .test_cli_errors import one_line_error
+
 pytestmark = pytest.mark.slow  # the module trains a tiny run first
 
 _LINE = re.compile(r"^  (.+?)\s+(\d\.\d{3})  (-?[\d.]+) (-?[\d.]+) (-?[\d.]+) (-?[\d.]+)$")
@@ -32,17 +34,6 @@ def run(tmp_path_factory):
           "--set", "batch_size=8", "--set", "log_every=1", "--out", str(out)])
     canvases = build_fashion_detection(tmp / "cache", sizes=(16, 2, 2))["test"]
     return out, canvases
-
-
-def _error(capsys, argv) -> str:
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    last = err.splitlines()[-1]
-    assert last.startswith(("relformer: error:", "relformer detect: error:")), err
-    return last
 
 
 def _printed(out: str) -> list[tuple[str, float, list[float]]]:
@@ -117,20 +108,20 @@ def test_detect_errors_are_one_line(run, tmp_path, capsys):
     run_dir, canvases = run
     image = tmp_path / "canvas.png"
     Image.fromarray(canvases.images[0].numpy()).save(image)
-    assert "does not exist" in _error(capsys, ["detect", str(image), "--checkpoint", str(tmp_path / "no-run")])
-    assert "no such file" in _error(capsys, ["detect", str(tmp_path / "nope.png"), "--checkpoint", str(run_dir)])
+    one_line_error(capsys, ["detect", str(image), "--checkpoint", str(tmp_path / "no-run")], "does not exist")
+    one_line_error(capsys, ["detect", str(tmp_path / "nope.png"), "--checkpoint", str(run_dir)], "no such file")
     # a checkpoint of a classification run
     recipe = resolve_recipe("vit-fashion-mnist")
     model = recipe.model.build()
     write_checkpoint(tmp_path / "vit" / "checkpoints" / "best", model, torch.optim.SGD(model.parameters(), lr=0.1),
                      None, {}, recipe=recipe_to_dict(recipe))
-    assert "not of a detection task" in _error(capsys, ["detect", str(image), "--checkpoint", str(tmp_path / "vit")])
+    one_line_error(capsys, ["detect", str(image), "--checkpoint", str(tmp_path / "vit")], "not of a detection task")
     # a saved model folder, not a training run
     save_pretrained(from_pretrained(run_dir), tmp_path / "saved")
-    assert "trainer_state.json" in _error(capsys, ["detect", str(image), "--checkpoint", str(tmp_path / "saved")])
-    assert "--threshold" in _error(capsys, ["detect", str(image), "--checkpoint", str(run_dir), "--threshold", "2"])
-    assert "for one image" in _error(capsys, ["detect", str(image), str(image), "--checkpoint", str(run_dir),
-                                             "--out", str(tmp_path / "x.png")])
+    one_line_error(capsys, ["detect", str(image), "--checkpoint", str(tmp_path / "saved")], "trainer_state.json")
+    one_line_error(capsys, ["detect", str(image), "--checkpoint", str(run_dir), "--threshold", "2"], "--threshold")
+    one_line_error(capsys, ["detect", str(image), str(image), "--checkpoint", str(run_dir),
+                                             "--out", str(tmp_path / "x.png")], "for one image")
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    assert "notes.png" in _error(capsys, ["detect", str(text), "--checkpoint", str(run_dir)])
+    one_line_error(capsys, ["detect", str(text), "--checkpoint", str(run_dir)], "notes.png")
