@@ -179,8 +179,8 @@ def hf_detr_fashion() -> DetectionRecipe:
     return _detection("hf-detr-fashion", "hf_detr_fashion")
 
 
-# The crowded canvases: the same schedule; 50 queries for up to 20 items (DETR keeps queries > 2-3x
-# the most objects of an image); 256 x 256 at stride 16 gives 16 x 16 = 256 image tokens.
+# The crowded canvases: the same schedule; 50 queries for up to 20 items (the recipes above have 25 for
+# up to 8); 256 x 256 at stride 16 gives 16 x 16 = 256 image tokens.
 @register_recipe("detr-fashion-crowded")
 def detr_fashion_crowded() -> DetectionRecipe:
     """detr-fashion (50 queries) on the crowded multi-scale canvases (256 x 256, 4-20 items of 12-128 px)."""
@@ -191,7 +191,6 @@ def detr_fashion_crowded() -> DetectionRecipe:
 def group_detr_fashion_crowded() -> DetectionRecipe:
     """group-detr-fashion (50 queries per group) on the crowded multi-scale canvases."""
     return _detection("group-detr-fashion-crowded", "group_detr_fashion", CrowdedDetectionRecipe, num_queries=50)
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,15 +230,15 @@ class TrainedDetector:
         if not issubclass(task_type, CocoDetectionTask):
             raise ValueError(f"{path} is a run of the {recipe.task!r} task, not of a detection task "
                              "(detection, fashion_crowded_detection, coco_detection)")
-        d = recipe.data
-        config = model_config(recipe.model.name, **recipe.model.options)
+        d, model = recipe.data, from_pretrained(folder)
+        config = getattr(model, "config", None)
         channels = int(getattr(d, "channels", None) or getattr(config, "in_channels", 3))
         size = int(getattr(d, "canvas", None) or d.image_size)
         if issubclass(task_type, DetectionTask):
             classes = list(FASHION_MNIST_CLASSES)  # DetectionTask.class_names
         else:
             classes = _coco_class_names(d.train_json) or [f"class {k}" for k in range(config.num_classes)]
-        return cls(from_pretrained(folder), classes, channels, size, folder)
+        return cls(model, classes, channels, size, folder)
 
     @torch.no_grad()
     def __call__(self, image: Tensor, threshold: float = 0.5) -> dict[str, Tensor]:
