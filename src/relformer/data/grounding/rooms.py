@@ -168,7 +168,8 @@ def _parts(cls: str, w: float, d: float, h: float) -> list[tuple]:
 
 
 def _sample_parts(parts: list[tuple], n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` points uniformly on the union of the parts' surfaces (by area), ``(n, 3)`` in the object frame."""
+    """``n`` points on the union of the parts' surfaces, ``(n, 3)`` in the object frame: one on every face
+    (when ``n`` allows), the others uniformly by area."""
     faces = []  # (area, sampler)
     for p in parts:
         if p[0] == "box":
@@ -185,7 +186,9 @@ def _sample_parts(parts: list[tuple], n: int, rng: np.random.Generator) -> np.nd
             for top in (0.0, hh):
                 faces.append((np.pi * r * r, ("cap", (cx, cy, cz + top), r)))
     areas = np.array([a for a, _ in faces], dtype=np.float64)
-    counts = rng.multinomial(n, areas / areas.sum())
+    # a point on every face (so each solid's extreme faces, its bottom included, bound the points), the rest by area
+    every = n >= len(faces)
+    counts = rng.multinomial(n - len(faces) if every else n, areas / areas.sum()) + int(every)
     out = []
     for (_, f), k in zip(faces, counts):
         if k == 0:
@@ -214,7 +217,7 @@ def _world_size(w: float, d: float, h: float, k: int) -> np.ndarray:
     return np.array([w, d, h]) if k % 2 == 0 else np.array([d, w, h])
 
 
-def _overlaps(lo: np.ndarray, hi: np.ndarray, los: list, his: list, tol: float = 1e-4) -> bool:
+def _overlaps(lo: np.ndarray, hi: np.ndarray, los: list, his: list, tol: float = 0.0) -> bool:
     if not los:
         return False
     L, Hh = np.array(los), np.array(his)
@@ -400,6 +403,9 @@ def generate_room(seed: int, scan_id: str | None = None, point_density: float = 
                    else 2 * np.pi * p[2] * (p[2] + p[3]) for p in parts)
         n = int(np.clip(round(area * point_density), *points_range))
         local = _sample_parts(parts, n, rng)  # object frame, bottom at z = 0
+        if cls in STRUCTURE:  # its corners among its points: the floor's box is the room's
+            local[:8] = np.stack(np.meshgrid(*[(-v / 2, v / 2) for v in size[:2]], (0.0, size[2]), indexing="ij"),
+                                 -1).reshape(8, 3)
         if cls not in STRUCTURE:
             c, s = [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)][k]
             local[:, :2] = local[:, :2] @ np.array([[c, s], [-s, c]])  # turn by k * 90 degrees
