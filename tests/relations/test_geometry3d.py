@@ -40,11 +40,12 @@ def loop_features(centres, sizes, eps=1e-3):
             else:
                 hyp = torch.sqrt(dx * dx + dy * dy)
                 dist = torch.sqrt(dx * dx + dy * dy + dz * dz)
-                azimuth = math.atan2(float(dy), float(dx))
+                azimuth = math.atan2(float(dy.detach()), float(dx.detach()))
                 sin, cos = dy / hyp, dx / hyp
-                assert math.isclose(float(sin), math.sin(azimuth), abs_tol=1e-12)
-                assert math.isclose(float(cos), math.cos(azimuth), abs_tol=1e-12)
-                feats += [dist, hyp, *(torch.log((sizes[j, a] + eps) / (sizes[i, a] + eps)) for a in range(3)), sin, cos]
+                assert math.isclose(float(sin.detach()), math.sin(azimuth), abs_tol=1e-12)
+                assert math.isclose(float(cos.detach()), math.cos(azimuth), abs_tol=1e-12)
+                ratios = [torch.log((sizes[j, a] + eps) / (sizes[i, a] + eps)) for a in range(3)]
+                feats += [dist, hyp, *ratios, sin, cos]
             row.append(torch.stack(feats))
         rows.append(torch.stack(row))
     return torch.stack(rows)
@@ -79,7 +80,9 @@ def packed_scenes(sizes_per_scene=(5, 3, 6), seed=0, requires_grad=False):
     boxes = packed.values * torch.tensor([6.0, 5.0, 2.5, 1.5, 1.5, 1.5]) + torch.tensor([0, 0, 0, 0.05, 0.05, 0.05])
     seg = torch.cat([packed.segment_ids(), torch.tensor([-1])])[None]  # (1, N + 1)
     boxes = torch.cat([boxes, torch.zeros(1, 6)])[None]                  # (1, N + 1, 6)
-    return boxes[..., :3].clone().requires_grad_(requires_grad), boxes[..., 3:].clone().requires_grad_(requires_grad), seg
+    centres, sizes = (boxes[..., :3].clone().requires_grad_(requires_grad),
+                      boxes[..., 3:].clone().requires_grad_(requires_grad))
+    return centres, sizes, seg
 
 
 def _relation(requires_grad=False, seed=0):

@@ -1,6 +1,9 @@
-"""Relations between 3-D objects: pairwise box geometry as a per-head attention bias (the pair
-relation features of 3-D visual-grounding transformers, e.g. TransRefer3D's relation-aware attention,
-He et al. 2021), packed scenes kept apart by segment ids."""
+"""Relations between 3-D objects: the geometry of each object pair (relative centre offsets, distances, log
+size ratios, horizontal direction) as a per-head attention bias, for relation-aware attention over the
+objects of a scene in 3-D visual grounding (the setting of TransRefer3D, He et al. 2021, and ReferIt3D,
+Achlioptas et al. 2020); packed scenes are kept apart by segment ids. The bias form -- pair features, a
+small network, one value per head -- follows Relation-DETR's position relation (Hou et al. 2024, see
+:class:`~relformer.relations.BoxRelationBias`), here with 3-D boxes and an MLP."""
 from __future__ import annotations
 
 import torch
@@ -30,7 +33,7 @@ def pair_features(centres_i: Tensor, sizes_i: Tensor, centres_j: Tensor | None =
         d = c_j - c_i                                  relative centre offset (dx, dy, dz; dz: vertical offset)
         |d|, |d_xy|                                    distance, horizontal distance
         log((s_j + eps) / (s_i + eps))                 size ratios per axis (log)
-        d_y / |d_xy|, d_x / |d_xy|                     horizontal direction, sin / cos of the azimuth (0, 0 when |d_xy| = 0)
+        d_y / |d_xy|, d_x / |d_xy|                     sin / cos of the azimuth (0, 0 when |d_xy| = 0)
 
     Called with one set, ``pair_features(centres (N, 3), sizes (N, 3))`` gives every pair, ``(N, N, F)``;
     with two, the inputs broadcast like ``c_j - c_i`` (``(..., 3)`` each). Sizes are box edge lengths
@@ -118,23 +121,38 @@ class Pair3DBias(Relation):
         object.__setattr__(new, "dense", dense.contiguous())
         return new
 
+    def bind(self, **data) -> "Pair3DBias":
+        """A copy reading new ``centres``, ``sizes`` and ``segment_ids``, their values checked here (once per
+        batch, not on every attend call): finite, sizes non-negative, integer segment ids."""
+        new = super().bind(**data)
+        for name in ("centres", "sizes"):
+            t = getattr(new, name)
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or not t.is_floating_point() or t.dim() != 3 or t.shape[-1] != 3:
+                raise ValueError(f"{name} must be a float (B, L, 3) tensor, got {getattr(t, 'dtype', type(t))} "
+                                 f"{tuple(getattr(t, 'shape', ()))}")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} must be finite")
+        if new.sizes is not None and (new.sizes < 0).any():
+            raise ValueError("sizes must be non-negative box edge lengths")
+        ids = new.segment_ids
+        if ids is not None and (not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64)
+                                or ids.dim() != 2):
+            raise ValueError(f"segment_ids must be an integer (B, L) tensor, got {getattr(ids, 'dtype', type(ids))} "
+                             f"{tuple(getattr(ids, 'shape', ()))}")
+        return new
+
     def check(self, B, H, Lq, Lk):
         if self.centres is None or self.sizes is None:
             raise ValueError("centres and sizes are not set: use Pair3DBias(...).bind(centres=..., sizes=...)")
         _check_heads(self.num_heads, H)
         for name, t in (("centres", self.centres), ("sizes", self.sizes)):
-            if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.shape != (B, Lq, 3) or Lq != Lk:
-                raise ValueError(f"{name} must be a float (B, L, 3) tensor with L = Lq = Lk, expected "
-                                 f"{(B, Lq, 3)} (Lk = {Lk}), got {getattr(t, 'shape', type(t))}")
-        if not torch.isfinite(self.centres).all() or not torch.isfinite(self.sizes).all():
-            raise ValueError("centres and sizes must be finite")
-        if (self.sizes < 0).any():
-            raise ValueError("sizes must be non-negative box edge lengths")
-        ids = self.segment_ids
-        if ids is not None and (not isinstance(ids, Tensor) or ids.dtype not in (torch.int32, torch.int64)
-                                or ids.shape != (B, Lq)):
-            raise ValueError(f"segment_ids must be an integer (B, L) = {(B, Lq)} tensor, "
-                             f"got {getattr(ids, 'dtype', type(ids))} {tuple(getattr(ids, 'shape', ()))}")
+            if t.shape != (B, Lq, 3) or Lq != Lk:
+                raise ValueError(f"{name} must be (B, L, 3) with L = Lq = Lk, expected {(B, Lq, 3)} (Lk = {Lk}), "
+                                 f"got {tuple(t.shape)}")
+        if self.segment_ids is not None and self.segment_ids.shape != (B, Lq):
+            raise ValueError(f"segment_ids must be (B, L) = {(B, Lq)}, got {tuple(self.segment_ids.shape)}")
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, hidden={self.mlp[0].out_features}, eps={self.eps}"

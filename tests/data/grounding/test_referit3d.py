@@ -62,7 +62,8 @@ def write_scan_files(root, binary=False, scan=SCAN):
     groups = [{"id": k, "objectId": oid, "label": label, "segments": s}
               for k, (oid, (label, s)) in enumerate(OBJECTS.items())]
     (d / f"{scan}.aggregation.json").write_text(json.dumps({"sceneId": f"scannet.{scan}", "segGroups": groups}))
-    (d / f"{scan}.txt").write_text("colorHeight = 968\naxisAlignment = " + " ".join(map(str, ROTATION.flatten())) + "\n")
+    matrix = " ".join(map(str, ROTATION.flatten()))
+    (d / f"{scan}.txt").write_text(f"colorHeight = 968\naxisAlignment = {matrix}\n")
     return xyz, rgb, segs
 
 
@@ -134,7 +135,8 @@ def test_sr3d_rows(tmp_path):
 
 def test_bad_inputs_fail_by_name(tmp_path):
     write_scan_files(tmp_path / "scans")
-    _write_csv(tmp_path / "no_target.csv", ["scan_id", "utterance", "stimulus_id"], [[SCAN, "x", f"{SCAN}-chair-2-0-2"]])
+    _write_csv(tmp_path / "no_target.csv", ["scan_id", "utterance", "stimulus_id"],
+               [[SCAN, "x", f"{SCAN}-chair-2-0-2"]])
     with pytest.raises(ValueError, match="target_id"):
         load_references(tmp_path / "no_target.csv")
     _write_csv(tmp_path / "no_context.csv", ["scan_id", "target_id", "utterance"], [[SCAN, 0, "x"]])

@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = ["Scene", "generate_room", "CLASSES", "STRUCTURE", "SIZE_PRIORS", "HAS_FRONT", "GENERATOR_VERSION"]
 
-#: bumped whenever the output of :func:`generate_room` changes (cached benchmarks are rebuilt)
+#: bumped whenever generated rooms, utterances or their files change (cached benchmarks are then rebuilt)
 GENERATOR_VERSION = "1"
 
 #: (width, depth, height) ranges in metres in the object's own frame (front along +depth)
@@ -108,7 +108,8 @@ class Scene:
         for name, shape in (("object_ids", (n,)), ("centres", (n, 3)), ("sizes", (n, 3)), ("fronts", (n, 2)),
                             ("point_offsets", (n + 1,))):
             if getattr(self, name).shape != shape:
-                raise ValueError(f"scene {self.scan_id}: {name} has shape {getattr(self, name).shape}, expected {shape}")
+                raise ValueError(f"scene {self.scan_id}: {name} has shape {getattr(self, name).shape}, "
+                                 f"expected {shape}")
         if self.points.ndim != 2 or self.points.shape[1] != 6 or self.point_offsets[-1] != len(self.points):
             raise ValueError(f"scene {self.scan_id}: points must be (P, 6) with P = point_offsets[-1]")
         if len(set(self.object_ids.tolist())) != n:
@@ -152,9 +153,11 @@ def _parts(cls: str, w: float, d: float, h: float) -> list[tuple]:
                           box(0, -d / 2 + 0.01, 0, w, 0.02, h)]
     if cls == "lamp":
         r = min(w, d) / 2
-        return [("cyl", (0, 0, 0), r * 0.6, 0.03), ("cyl", (0, 0, 0.03), 0.015, h * 0.6), ("cyl", (0, 0, h * 0.6), r, h * 0.4)]
+        return [("cyl", (0, 0, 0), r * 0.6, 0.03), ("cyl", (0, 0, 0.03), 0.015, h * 0.6),
+                ("cyl", (0, 0, h * 0.6), r, h * 0.4)]
     if cls == "monitor":
-        return [box(0, 0, 0, 0.2, d, 0.02), box(0, 0, 0.02, 0.04, 0.04, h * 0.3), box(0, 0.04, h * 0.3, w, 0.03, h * 0.7)]
+        return [box(0, 0, 0, 0.2, d, 0.02), box(0, 0, 0.02, 0.04, 0.04, h * 0.3),
+                box(0, 0.04, h * 0.3, w, 0.03, h * 0.7)]
     if cls == "plant":
         r = min(w, d) / 2
         return [("cyl", (0, 0, 0), r * 0.6, h * 0.35), ("cyl", (0, 0, h * 0.35), r, h * 0.65)]
@@ -385,7 +388,8 @@ def generate_room(seed: int, scan_id: str | None = None, point_density: float = 
                          f"got {point_density}, {points_range}")
     rng = np.random.default_rng(int(seed))
     kind = list(_ROOM_TYPES)[int(rng.integers(len(_ROOM_TYPES)))]
-    W, D = (rng.uniform(2.5, 4.0), rng.uniform(2.5, 4.0)) if kind == "bathroom" else (rng.uniform(4.0, 8.0), rng.uniform(4.0, 7.0))
+    small = kind == "bathroom"
+    W, D = (rng.uniform(2.5, 4.0), rng.uniform(2.5, 4.0)) if small else (rng.uniform(4.0, 8.0), rng.uniform(4.0, 7.0))
     room = _Room(rng, float(W), float(D))
     _structure(room)
     _furnish(room, [(cls, int(rng.integers(lo, hi + 1))) for cls, lo, hi in _ROOM_TYPES[kind]])
