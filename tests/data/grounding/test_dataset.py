@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+import relformer
+
 from relformer.data.grounding import (CLASSES, STRUCTURE, ReferringDataset, benchmark_dir, build_benchmark, collate,
                                       generate_room, generate_utterances, verify)
 from relformer.data.grounding import dataset as dataset_module
 from relformer.data.grounding.dataset import scene_seed
+from relformer.relations import Pair3DBias
 
 SMALL = dict(num_scenes=(12, 3, 3), seed=1)
 
@@ -111,3 +114,20 @@ def test_bad_arguments(tmp_path):
         build_benchmark(num_scenes=(1, 0, 1), root=tmp_path)
     with pytest.raises(ValueError, match="split"):
         ReferringDataset.generated("dev", root=tmp_path)
+
+
+def test_pair_relation_attends_within_each_scene(built):
+    root, _ = built
+    ds = ReferringDataset.generated("train", root=root, **SMALL)
+    batch = collate([ds[i] for i in range(3)])
+    rel = batch.pair_relation(Pair3DBias(2, hidden=8))
+    N = batch.centres.shape[0]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, N, 8, generator=g) for _ in range(3))
+    with torch.no_grad():
+        out = relformer.attend(q, k, v, rel, backend="sdpa")
+        for b in range(batch.num_scenes):
+            o0, o1 = batch.object_offsets[b].item(), batch.object_offsets[b + 1].item()
+            alone = rel.bind(centres=batch.centres[None, o0:o1], sizes=batch.sizes[None, o0:o1], segment_ids=None)
+            ref = relformer.attend(q[:, :, o0:o1], k[:, :, o0:o1], v[:, :, o0:o1], alone, backend="eager")
+            torch.testing.assert_close(out[:, :, o0:o1], ref, atol=1e-5, rtol=0)

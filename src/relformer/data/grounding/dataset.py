@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ...relations.geometry3d import Pair3DBias
 from ...utils import atomic_write_text, cache_root
 from ..packed import Packed, lengths_to_offsets
 from .referit3d import load_referit3d, write_references, write_scan
@@ -129,6 +130,11 @@ class GroundingBatch:
     def scene_ids(self) -> Tensor:
         """``(N,)`` scene (utterance) index of every object: the segment ids of a packed attention."""
         return Packed(self.centres, self.object_offsets).segment_ids()
+
+    def pair_relation(self, relation: Pair3DBias) -> Pair3DBias:
+        """``relation`` bound to this batch's objects as one packed ``(1, N)`` sequence: the pair geometry
+        of their boxes, pairs of different scenes masked."""
+        return relation.bind(centres=self.centres[None], sizes=self.sizes[None], segment_ids=self.scene_ids()[None])
 
     def target_index(self) -> Tensor:
         """``(B,)`` the target's index among all ``N`` objects."""
