@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ...relations.geometry import sine_embed
 
-__all__ = ["FrozenBatchNorm2d", "ConvNorm", "ResidualUnit", "ResNetBackbone", "sine_positions"]
+__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "ResidualUnit", "ResNetBackbone", "sine_positions"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -33,24 +33,45 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale + shift
 
 
+def conv_norm_parts(cin: int, cout: int, kernel: int = 3, stride: int = 1, norm: str = "batch",
+                    act: bool | type[nn.Module] = True, eps: float = 1e-5,
+                    padding: int | None = None) -> tuple[nn.Conv2d, nn.Module, nn.Module]:
+    """The ``(conv, norm, act)`` of :class:`ConvNorm`: a bias-free ``k x k`` convolution (padding
+    ``k // 2`` unless given), ``FrozenBatchNorm2d`` (``norm="frozen"``) or ``nn.BatchNorm2d``
+    (``"batch"``) with ``eps``, and ``act``: ``True`` (ReLU), ``False`` (nothing) or a module class."""
+    if norm not in ("batch", "frozen"):
+        raise ValueError(f"norm must be 'batch' or 'frozen', got {norm!r}")
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2 if padding is None else padding, bias=False)
+    bn = FrozenBatchNorm2d(cout, eps) if norm == "frozen" else nn.BatchNorm2d(cout, eps)
+    if isinstance(act, bool):
+        activation = nn.ReLU(inplace=True) if act else nn.Identity()
+    else:
+        activation = act()
+    return conv, bn, activation
+
+
+def conv_norm_act(x: Tensor, conv: nn.Module, norm: nn.Module, act: nn.Module) -> Tensor:
+    """``act(norm(conv(x)))``; a frozen norm works in place on the convolution's output."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        scale, shift = norm.scale_shift()
+        return act(conv(x).mul_(scale).add_(shift))
+    return act(norm(conv(x)))
+
+
 class ConvNorm(nn.Module):
-    """``act(norm(conv(x)))``: a bias-free ``k x k`` convolution (padding ``k // 2``), a norm, ReLU or
-    nothing. ``norm``: ``"frozen"`` (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable). The frozen
-    norm and the ReLU work in place on the convolution's output (its backward never reads it): no
-    new activation-sized buffer per layer."""
+    """``act(norm(conv(x)))``: a bias-free ``k x k`` convolution (padding ``k // 2``), a norm, ReLU,
+    nothing or a given activation class (see :func:`conv_norm_parts`). ``norm``: ``"frozen"``
+    (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable). The frozen norm and the ReLU work in
+    place on the convolution's output (its backward never reads it): no new activation-sized buffer
+    per layer."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, norm: str = "batch",
-                 act: bool = True) -> None:
+                 act: bool | type[nn.Module] = True, eps: float = 1e-5) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False)
-        self.norm = FrozenBatchNorm2d(cout) if norm == "frozen" else nn.BatchNorm2d(cout)
-        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
+        self.conv, self.norm, self.act = conv_norm_parts(cin, cout, kernel, stride, norm, act, eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(self.norm, FrozenBatchNorm2d):
-            scale, shift = self.norm.scale_shift()
-            return self.act(self.conv(x).mul_(scale).add_(shift))
-        return self.act(self.norm(self.conv(x)))
+        return conv_norm_act(x, self.conv, self.norm, self.act)
 
 
 class ResidualUnit(nn.Module):
