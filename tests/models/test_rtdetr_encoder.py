@@ -15,7 +15,7 @@ from transformers.models.rt_detr.modeling_rt_detr import get_contrastive_denoisi
 
 from relformer.models.detection.rtdetr_backbone import RTDetrResNetBackbone as Backbone
 from relformer.models.detection.rtdetr_encoder import RTDetrHybridEncoder, input_projections
-from relformer.models.detection.rtdetr_queries import QuerySelection, contrastive_denoising_group
+from relformer.models.detection.rtdetr_queries import QuerySelection, contrastive_denoising_group, generate_anchors
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 ACT = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -27,7 +27,7 @@ BASIC = dict(backbone=dict(embedding_size=16, hidden_sizes=[16, 24, 32, 48], dep
              model=dict(num_feature_levels=3, learn_initial_query=False, hidden_expansion=1.0, encoder_layers=1))
 BOTTLENECK = dict(backbone=dict(embedding_size=16, hidden_sizes=[32, 48, 64, 96], depths=[1, 2, 1, 1],
                                 layer_type="bottleneck", out_indices=[2, 3, 4]),
-                  model=dict(num_feature_levels=4, learn_initial_query=True, hidden_expansion=0.5, encoder_layers=2,
+                  model=dict(num_feature_levels=6, learn_initial_query=True, hidden_expansion=0.5, encoder_layers=2,
                              encoder_activation_function="relu"))
 
 
@@ -55,7 +55,14 @@ def hf_model(spec: dict) -> RTDetrForObjectDetection:
         old = model.model.weight_embedding
         model.model.weight_embedding = _Tileable(*old.weight.shape)
         model.model.weight_embedding.load_state_dict(old.state_dict())
-    with torch.no_grad():  # norm statistics and scales that are not identities, so a mixed-up norm shows
+    with torch.no_grad():
+        # PyTorch's default init instead of HF's std-0.01 one (under which attention is uniform and positions
+        # do not matter), sharper attention, and norm statistics and scales that are not identities
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                module.reset_parameters()
+                if name.endswith(("q_proj", "k_proj")):
+                    module.weight.mul_(4)
         for name, t in [*model.named_buffers(), *model.named_parameters()]:
             if name.endswith("running_mean"):
                 t.normal_(0, 0.1)
@@ -128,7 +135,7 @@ def _weights(t: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("spec", [BASIC, BOTTLENECK], ids=["basic-3lvl", "bottleneck-4lvl-learnq"])
+@pytest.mark.parametrize("spec", [BASIC, BOTTLENECK], ids=["basic-3lvl", "bottleneck-6lvl-learnq"])
 @pytest.mark.parametrize("size", [(64, 64), (64, 96)])
 def test_backbone_encoder_and_query_selection_equal_hf_forward_and_backward(spec, size):
     hf = hf_model(spec)
@@ -302,3 +309,15 @@ def test_bad_inputs_raise_value_errors():
     queries = QuerySelection(16, 3, 30, (16, 16), 2, num_denoising=0)
     with pytest.raises(ValueError, match="fewer than num_queries"):
         queries([torch.randn(1, 16, 4, 4), torch.randn(1, 16, 2, 2)])
+
+
+@pytest.mark.parametrize("shapes", [((8, 8), (4, 4), (2, 2)), ((2, 120), (1, 60), (1, 1), (1, 1), (1, 1), (1, 1))])
+def test_anchors_and_valid_mask_equal_hf(shapes):
+    """Wide maps put cell centres within 1e-2 of the border; level 5's size (1.6) is out of range."""
+    from transformers.models.rt_detr.modeling_rt_detr import RTDetrModel
+
+    ref_anchors, ref_valid = RTDetrModel._cached_generate_anchors(shapes, 0.05, "cpu", torch.float32)
+    anchors, valid = generate_anchors(shapes, 0.05, "cpu", torch.float32)
+    assert torch.equal(valid, ref_valid) and valid.dtype == torch.bool
+    torch.testing.assert_close(anchors, ref_anchors, atol=1e-6, rtol=1e-6)
+    assert (len(shapes) < 6) == bool(valid.all())
