@@ -98,6 +98,7 @@ def test_initialisation_is_hfs():
     (dict(value_mask=torch.ones(2, 41)), "value_mask"),
     (dict(position_embeddings=torch.randn(2, 4, 24)), "position_embeddings"),
     (dict(spatial_shapes=torch.tensor([[6, 5], [3, 3]])), "spatial_shapes"),
+    (dict(spatial_shapes=[(6, 5), (3, 3)]), "spatial_shapes"),
     (dict(spatial_shapes=torch.tensor([[6, 5], [3, 3], [2, 2]])), "spatial_shapes"),
 ])
 def test_bad_input_names_the_argument(change, match):
@@ -114,3 +115,11 @@ def test_bad_input_names_the_argument(change, match):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MultiScaleDeformableAttention(**kwargs)
+
+
+@pytest.mark.parametrize("coords", [2, 4])
+def test_spatial_shapes_as_a_list_of_pairs(coords):
+    ours, _ = pair()
+    hidden, ref, memory, mask, pos = data(coords, per_level=coords == 2)
+    torch.testing.assert_close(ours(hidden, ref, memory, SHAPES), ours(hidden, ref, memory, torch.tensor(SHAPES)),
+                               rtol=0, atol=0)

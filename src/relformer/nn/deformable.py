@@ -93,9 +93,8 @@ class MultiScaleDeformableAttention(nn.Module):
                 level_start_index: Tensor | None = None, value_mask: Tensor | None = None,
                 position_embeddings: Tensor | None = None) -> Tensor:
         self._check(hidden_states, reference_points, value_states, value_mask, position_embeddings)
-        if isinstance(spatial_shapes, Tensor) and spatial_shapes.shape[:1] != (self.num_levels,):
-            raise ValueError(f"spatial_shapes must have num_levels = {self.num_levels} rows, got "
-                             f"{tuple(spatial_shapes.shape)}")
+        if not hasattr(spatial_shapes, "__len__") or len(spatial_shapes) != self.num_levels:
+            raise ValueError(f"spatial_shapes must have num_levels = {self.num_levels} rows (h, w), got {spatial_shapes!r}")
         H, L, P, D = self.num_heads, self.num_levels, self.num_points, self.head_dim
         B, Q, _ = hidden_states.shape
         S = value_states.shape[1]
