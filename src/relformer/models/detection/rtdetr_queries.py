@@ -27,15 +27,10 @@ from ...nn import Linear
 from ..outputs import ModelOutput
 from .boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from .detr import BoxHead, hf_targets
+from .rtdetr_decoder import inverse_sigmoid
 
-__all__ = ["inverse_sigmoid", "generate_anchors", "flatten_levels", "decoder_input_projections", "QuerySelection",
+__all__ = ["generate_anchors", "flatten_levels", "decoder_input_projections", "QuerySelection",
            "QuerySelectionOutput", "DenoisingGroup", "contrastive_denoising_group"]
-
-
-def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
-    """``log(x / (1 - x))`` of ``x`` clamped to ``[0, 1]``, both parts at least ``eps`` (HF's, RT-DETR's)."""
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 def generate_anchors(spatial_shapes: Sequence[tuple[int, int]], grid_size: float = 0.05, device=None,
