@@ -34,10 +34,11 @@ BOTTLENECK = dict(backbone=dict(embedding_size=16, hidden_sizes=[32, 48, 64, 96]
 def hf_config(spec: dict) -> RTDetrConfig:
     backbone = RTDetrResNetConfig(num_channels=3, **spec["backbone"])
     channels = [([backbone.embedding_size] + backbone.hidden_sizes)[i] for i in spec["backbone"]["out_indices"]]
+    options = dict(encoder_hidden_dim=32, d_model=32, decoder_in_channels=[32] * 3, encoder_ffn_dim=64,
+                   decoder_ffn_dim=64, encoder_attention_heads=4, decoder_attention_heads=4, num_queries=12,
+                   decoder_layers=1, num_labels=5, num_denoising=20)
     return RTDetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, backbone_config=backbone,
-                        encoder_in_channels=channels, encoder_hidden_dim=32, d_model=32, decoder_in_channels=[32] * 3,
-                        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4, decoder_attention_heads=4,
-                        num_queries=12, decoder_layers=1, num_labels=5, num_denoising=20, **spec["model"])
+                        encoder_in_channels=channels, **{**options, **spec["model"]})
 
 
 class _Tileable(nn.Embedding):
