@@ -11,7 +11,9 @@ import pytest
 import torch
 from transformers import RTDetrForObjectDetection
 
+from relformer.interop.rtdetr import RTDETR_KEYMAP
 from relformer.interop.transformers import from_hf
+from relformer.models.keymap import plan
 from relformer.models.detection import RTDETR
 from tests.models.test_rtdetr_encoder import BASIC, BOTTLENECK, hf_config, hf_model
 
@@ -47,9 +49,6 @@ def test_from_hf_gives_hf_logits_boxes_and_gradients_in_eval(spec):
     torch.testing.assert_close(x_ours.grad, x_hf.grad, **TOL)
     grads = {k: p.grad for k, p in hf.named_parameters()}
     ours_grads = dict(ours.named_parameters())
-    from relformer.interop.rtdetr import RTDETR_KEYMAP
-    from relformer.models.keymap import plan
-
     checked = 0
     for name, (source,) in plan(dict(hf.named_parameters()), RTDETR_KEYMAP).items():
         a, b = ours_grads[name].grad, grads[source]
@@ -87,3 +86,4 @@ def test_from_hf_refuses_options_it_does_not_reproduce(option, match):
         setattr(config, key, value)
     with pytest.raises(NotImplementedError, match=match):
         from_hf(RTDetrForObjectDetection(copy.deepcopy(config)))
+

@@ -2,7 +2,8 @@
 ``RTDetrForObjectDetection`` (random weights from small configs, fp32): HF's weights load strictly
 (only prefixes stripped), and the feature maps, encoder maps, selected queries, reference boxes and
 encoder top-k predictions equal HF's within 1e-4, forward and backward (image and parameter
-gradients); denoising groups equal HF's ``get_contrastive_denoising_training_group`` draw for draw."""
+gradients); denoising groups equal HF's ``get_contrastive_denoising_training_group`` draw for draw; bad
+targets, inputs and options raise ValueError naming them."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +14,8 @@ from torch import nn
 from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetBackbone, RTDetrResNetConfig
 from transformers.models.rt_detr.modeling_rt_detr import get_contrastive_denoising_training_group
 
+from relformer.models import create_model
+from relformer.models.detection import RTDETR
 from relformer.models.detection.rtdetr_backbone import RTDetrResNetBackbone as Backbone
 from relformer.models.detection.rtdetr_encoder import RTDetrHybridEncoder, input_projections
 from relformer.models.detection.rtdetr_queries import QuerySelection, contrastive_denoising_group, generate_anchors
@@ -322,3 +325,19 @@ def test_anchors_and_valid_mask_equal_hf(shapes):
     assert torch.equal(valid, ref_valid) and valid.dtype == torch.bool
     torch.testing.assert_close(anchors, ref_anchors, atol=1e-6, rtol=1e-6)
     assert (len(shapes) < 6) == bool(valid.all())
+
+
+def test_rtdetr_variant_and_config_checks():
+    model = create_model("rtdetr_micro")
+    assert isinstance(model, RTDETR)
+    out = model(torch.randn(1, 1, 64, 64))
+    assert out.logits.shape == (1, 8, 5) and out.pred_boxes.shape == (1, 8, 4)
+    for option, match in [(dict(num_queries=0), "num_queries"), (dict(encoder_act="tanh"), "encoder_act"),
+                          (dict(dropout=1.5), "dropout"), (dict(num_levels=2), "num_levels"),
+                          (dict(box_noise_scale=-1.0), "box_noise_scale")]:
+        with pytest.raises(ValueError, match=match):
+            create_model("rtdetr_micro", **option)
+    with pytest.raises(ValueError, match="pixel_mask"):
+        model(torch.randn(1, 1, 64, 64), pixel_mask=torch.ones(1, 32, 32))
+    with pytest.raises(ValueError, match="fewer than num_queries"):
+        create_model("rtdetr_micro", num_queries=200)(torch.randn(1, 1, 64, 64))

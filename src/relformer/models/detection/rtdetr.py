@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ...relations import GraphAdjacency
-from ..checks import check_rate
+from ..checks import check_count, check_eps, check_positive, check_rate
 from ..registry import PretrainedMixin, builds, register_model
 from .detr import DetectionOutput
 from .rtdetr_backbone import RTDetrResNetBackbone
@@ -107,18 +107,20 @@ class RTDETRConfig:
 
     def __post_init__(self) -> None:
         name = type(self).__name__
-        for key in ("num_classes", "in_channels", "stem_channels", "encoder_dim", "encoder_heads", "encoder_ffn", "dim",
-                    "num_queries", "num_levels", "decoder_layers", "decoder_heads", "decoder_ffn", "num_points"):
-            value = getattr(self, key)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise ValueError(f"{name}.{key} must be a positive int, got {value!r}")
-        for key in ("encoder_layers", "num_denoising"):
-            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 0):
-                raise ValueError(f"{name}.{key} must be an int >= 0, got {getattr(self, key)!r}")
+        check_positive(self, "num_classes", "in_channels", "stem_channels", "encoder_dim", "encoder_heads",
+                       "encoder_ffn", "dim", "num_queries", "num_levels", "decoder_layers", "decoder_heads",
+                       "decoder_ffn", "num_points")
+        check_count(self, "encoder_layers", "num_denoising")
+        check_eps(self, "layer_norm_eps", "batch_norm_eps", "expansion", "temperature")
+        check_rate(self, "dropout", "attn_dropout")
         for key, options in (("block", ("basic", "bottleneck")), ("backbone_norm", ("batch", "frozen")),
                              ("encoder_act", tuple(ACTIVATIONS)), ("act", tuple(ACTIVATIONS))):
             if getattr(self, key) not in options:
                 raise ValueError(f"{name}.{key} must be one of {options}, got {getattr(self, key)!r}")
+        for key in ("label_noise_ratio", "box_noise_scale"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")):
+                raise ValueError(f"{name}.{key} must be a finite number >= 0, got {value!r}")
         if self.num_levels < len(self.out_indices):
             raise ValueError(f"{name}.num_levels ({self.num_levels}) must be >= len(out_indices) ({len(self.out_indices)})")
         if self.encoder_dim != self.dim and self.num_levels > len(self.out_indices) + 1:
@@ -127,11 +129,6 @@ class RTDETRConfig:
         if self.encoder_dim % 4 or self.encoder_dim % self.encoder_heads or self.dim % self.decoder_heads:
             raise ValueError(f"{name}: encoder_dim ({self.encoder_dim}) must be divisible by 4 and encoder_heads, "
                              f"dim ({self.dim}) by decoder_heads")
-        for key in ("label_noise_ratio", "box_noise_scale", "expansion", "layer_norm_eps", "batch_norm_eps"):
-            value = getattr(self, key)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")):
-                raise ValueError(f"{name}.{key} must be a finite number >= 0, got {value!r}")
-        check_rate(self, "dropout", "attn_dropout")
 
 
 @builds(RTDETRConfig)
