@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...attention import attend
-from ...nn import MLP, Linear
+from ...nn import MLP
 from .backbone import ConvNorm
+from .rtdetr_decoder import PositionalSelfAttention
 
-__all__ = ["input_projections", "sincos_positions_2d", "AIFISelfAttention", "AIFILayer", "AIFI", "RepVggBlock",
+__all__ = ["input_projections", "sincos_positions_2d", "AIFILayer", "AIFI", "RepVggBlock",
            "CSPRepLayer", "RTDetrHybridEncoder"]
 
 
@@ -53,36 +53,17 @@ def sincos_positions_2d(height: int, width: int, dim: int, temperature: float = 
     return torch.cat([ang_y.sin(), ang_y.cos(), ang_x.sin(), ang_x.cos()], 1).to(dtype)
 
 
-class AIFISelfAttention(nn.Module):
-    """Multi-head self-attention whose queries and keys see ``x + pos`` and values ``x`` (HF's
-    ``RTDetrSelfAttention`` names: ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj``), through
-    :func:`relformer.attend`. ``x, pos (B, L, C) -> (B, L, C)``."""
-
-    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, backend: str = "auto") -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
-        self.num_heads, self.dropout, self.backend = num_heads, dropout, backend
-        self.k_proj, self.v_proj, self.q_proj, self.o_proj = (Linear(dim, dim) for _ in range(4))
-
-    def forward(self, x: Tensor, pos: Tensor | None = None) -> Tensor:
-        B, L, C = x.shape
-        qk_in = x if pos is None else x + pos
-        heads = lambda t: t.view(B, L, self.num_heads, -1).transpose(1, 2)  # (B, H, L, D)
-        out = attend(heads(self.q_proj(qk_in)), heads(self.k_proj(qk_in)), heads(self.v_proj(x)),
-                     backend=self.backend, dropout_p=self.dropout if self.training else 0.0)
-        return self.o_proj(out.transpose(1, 2).reshape(B, L, C))
-
-
 class AIFILayer(nn.Module):
     """One Transformer encoder layer (HF ``RTDetrEncoderLayer``): attention and FFN sub-layers with
-    residuals, LayerNorm after each (post-norm, RT-DETR's) or before (``pre_norm``)."""
+    residuals, LayerNorm after each (post-norm, RT-DETR's) or before (``pre_norm``); the attention's queries
+    and keys see ``x + pos``, its values ``x`` (:class:`~.rtdetr_decoder.PositionalSelfAttention`, through
+    :func:`relformer.attend`)."""
 
     def __init__(self, dim: int, num_heads: int, ffn_dim: int, act: type[nn.Module] = nn.GELU, dropout: float = 0.0,
                  pre_norm: bool = False, eps: float = 1e-5, backend: str = "auto") -> None:
         super().__init__()
         self.pre_norm, self.dropout = pre_norm, dropout
-        self.self_attn = AIFISelfAttention(dim, num_heads, dropout, backend)
+        self.self_attn = PositionalSelfAttention(dim, num_heads, dropout, backend)
         self.self_attn_layer_norm = nn.LayerNorm(dim, eps=eps)
         self.mlp = MLP(dim, ffn_dim, act=act, dropout=dropout)
         self.final_layer_norm = nn.LayerNorm(dim, eps=eps)
