@@ -20,7 +20,14 @@ from relformer.models.detection.rtdetr_backbone import RTDetrResNetBackbone as B
 from relformer.models.detection.rtdetr_encoder import RTDetrHybridEncoder, input_projections
 from relformer.models.detection.rtdetr_queries import QuerySelection, contrastive_denoising_group, generate_anchors
 
-TOL = dict(atol=1e-4, rtol=1e-4)
+TOL = 1e-4
+
+
+def assert_near(a: torch.Tensor, b: torch.Tensor, msg: str | None = None) -> None:
+    """fp32 equality within 1e-4, relative to the reference's largest magnitude (at least 1): the encoder's
+    maps reach the hundreds, where 1e-4 absolute is below fp32 rounding of a different summation order."""
+    scale = max(1.0, b.detach().abs().max().item()) if b.numel() else 1.0
+    torch.testing.assert_close(a, b, atol=TOL * scale, rtol=TOL, msg=None if msg is None else lambda m: f"{msg}: {m}")
 ACT = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 QUERY_KEYS = ("decoder_input_proj.", "enc_output.", "enc_score_head.", "enc_bbox_head.", "denoising_class_embed.",
               "weight_embedding.")
@@ -61,10 +68,12 @@ def hf_model(spec: dict) -> RTDetrForObjectDetection:
         model.model.weight_embedding.load_state_dict(old.state_dict())
     with torch.no_grad():
         # PyTorch's default init instead of HF's std-0.01 one (under which attention is uniform and positions
-        # do not matter), sharper attention, and norm statistics and scales that are not identities
+        # do not matter), He init for convs, and norm statistics and scales that are not identities
         for name, module in model.named_modules():
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 module.reset_parameters()
+            if isinstance(module, nn.Conv2d):  # He init keeps the image's signal above the norms' shifts
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 if name.endswith(("q_proj", "k_proj")):
                     module.weight.mul_(4)
         for name, t in [*model.named_buffers(), *model.named_parameters()]:
@@ -73,6 +82,8 @@ def hf_model(spec: dict) -> RTDetrForObjectDetection:
             elif name.endswith(("running_var", "norm.weight", "normalization.weight")) or (
                     name.endswith(".1.weight") and t.dim() == 1):
                 t.uniform_(0.5, 1.5)
+        for proj in model.model.encoder_input_proj:  # AIFI's inputs of order 1: a saturated softmax is ill-conditioned
+            proj[1].weight.uniform_(0.02, 0.06)
     return model
 
 
@@ -133,6 +144,31 @@ def run_hf(model: RTDetrForObjectDetection, images, pixel_mask=None, labels=None
     return dict(seen, out=out)
 
 
+def assert_selection_margin(enc_outputs_class: torch.Tensor, num_queries: int, margin: float = 1e-5) -> None:
+    """The test's precondition: the top ``num_queries + 1`` token scores are ``margin`` apart, so rounding
+    differences within the tolerance cannot reorder RT-DETR's (discontinuous) top-k selection."""
+    top = enc_outputs_class.max(-1).values.topk(num_queries + 1, dim=1).values
+    gap = (top[:, :-1] - top[:, 1:]).min().item()
+    assert gap > margin, f"near-tie in the test data's top-k scores (gap {gap:.2g}): change the seed or init"
+
+
+def assert_grads_near(ours: dict, ref: dict) -> int:
+    """Parameter gradients (name -> gradient or None) equal; a key projection's bias has an exact zero
+    gradient (softmax ignores a shift per query), so there both must be rounding noise. -> gradients compared."""
+    checked = 0
+    for name, a in ours.items():
+        b = ref[name]
+        assert (a is None) == (b is None), name
+        if a is None:
+            continue
+        if name.endswith("k_proj.bias"):
+            assert a.abs().max() < 1e-2 and b.abs().max() < 1e-2, name
+        else:
+            assert_near(a, b, msg=name)
+        checked += 1
+    return checked
+
+
 def _weights(t: torch.Tensor, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(t.shape, generator=g)
@@ -152,11 +188,12 @@ def test_backbone_encoder_and_query_selection_equal_hf_forward_and_backward(spec
     ref = run_hf(hf, x_hf, pixel_mask)
     maps, encoded, q = ours(x_ours)
     o = ref["out"]
+    assert_selection_margin(o.enc_outputs_class, hf.config.num_queries)
     for a, b in zip(maps, ref["maps"], strict=True):
-        torch.testing.assert_close(a, b, **TOL)
+        assert_near(a, b)
     for a, b in zip(encoded, o.encoder_last_hidden_state, strict=True):
-        torch.testing.assert_close(a, b, **TOL)
-    torch.testing.assert_close(q.memory, ref["encoder_hidden_states"], **TOL)
+        assert_near(a, b)
+    assert_near(q.memory, ref["encoder_hidden_states"])
     assert torch.equal(q.spatial_shapes, ref["spatial_shapes"]) and q.spatial_shapes_list == ref["spatial_shapes_list"]
     assert torch.equal(q.level_start_index, ref["level_start_index"])
     assert torch.equal(q.topk_ind, o.enc_outputs_class.max(-1).values.topk(hf.config.num_queries, dim=1).indices)
@@ -164,7 +201,7 @@ def test_backbone_encoder_and_query_selection_equal_hf_forward_and_backward(spec
              (q.enc_topk_logits, o.enc_topk_logits), (q.enc_topk_bboxes, o.enc_topk_bboxes),
              (q.reference_points_unact, o.init_reference_points), (q.target, ref["inputs_embeds"])]
     for a, b in pairs:
-        torch.testing.assert_close(a, b, **TOL)
+        assert_near(a, b)
     assert q.attn_mask is None and ref["encoder_attention_mask"] is None and not q.reference_points_unact.requires_grad
 
     def loss(maps, encoded, memory, logits, boxes, target):
@@ -174,17 +211,12 @@ def test_backbone_encoder_and_query_selection_equal_hf_forward_and_backward(spec
     loss(maps, encoded, q.memory, q.enc_topk_logits, q.enc_topk_bboxes, q.target).backward()
     loss(ref["maps"], o.encoder_last_hidden_state, ref["encoder_hidden_states"], o.enc_topk_logits,
          o.enc_topk_bboxes, ref["inputs_embeds"]).backward()
-    torch.testing.assert_close(x_ours.grad, x_hf.grad, **TOL)
-    hf_params = dict(hf.named_parameters())
+    assert_near(x_ours.grad, x_hf.grad)
     names = {k: ("model." + k.replace("backbone.", "backbone.model.", 1).replace("queries.", "", 1))
              for k, _ in ours.named_parameters()}
-    checked = 0
-    for name, p in ours.named_parameters():
-        ref_p = hf_params[names[name]]
-        assert (p.grad is None) == (ref_p.grad is None), name
-        if p.grad is not None:
-            torch.testing.assert_close(p.grad, ref_p.grad, **TOL, msg=name)
-            checked += 1
+    hf_grads = {k: p.grad for k, p in hf.named_parameters()}
+    checked = assert_grads_near({k: p.grad for k, p in ours.named_parameters()},
+                                {k: hf_grads[names[k]] for k, _ in ours.named_parameters()})
     assert checked > 40
     if spec["model"]["learn_initial_query"]:
         assert ours.queries.weight_embedding.weight.grad is not None
@@ -203,8 +235,8 @@ def test_query_selection_with_denoising_in_training_equals_hf():
     _, _, q = ours(x, labels)
     N = 2 * 2 * (20 // 2)
     assert q.target.shape[1] == N + 12 and q.denoising_meta_values["dn_num_split"] == [N, 12]
-    torch.testing.assert_close(q.target, ref["inputs_embeds"], **TOL)
-    torch.testing.assert_close(q.reference_points_unact, ref["reference_points"], **TOL)
+    assert_near(q.target, ref["inputs_embeds"])
+    assert_near(q.reference_points_unact, ref["reference_points"])
     assert torch.equal(q.attn_mask, ref["encoder_attention_mask"] == 0)
     hf_meta = ref["out"].denoising_meta_values
     assert q.denoising_meta_values["dn_num_group"] == hf_meta["dn_num_group"]
@@ -293,7 +325,7 @@ def test_backbone_alone_loads_hf_resnet_backbone_strictly():
     ours.load_state_dict(hf.state_dict(), strict=True)
     x = torch.randn(1, 3, 48, 80)
     for a, b in zip(ours(x), hf(x).feature_maps, strict=True):
-        torch.testing.assert_close(a, b, **TOL)
+        assert_near(a, b)
     assert ours.channels == list(hf.channels)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...relations.geometry import sine_embed
@@ -50,20 +51,36 @@ def conv_norm_parts(cin: int, cout: int, kernel: int = 3, stride: int = 1, norm:
     return conv, bn, activation
 
 
-def conv_norm_act(x: Tensor, conv: nn.Module, norm: nn.Module, act: nn.Module) -> Tensor:
-    """``act(norm(conv(x)))``; a frozen norm works in place on the convolution's output."""
+def _affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``(scale, shift)`` (each ``(1, C, 1, 1)``) of a norm that is a fixed affine map now: a
+    :class:`FrozenBatchNorm2d`, or an ``nn.BatchNorm2d`` in eval mode with running statistics."""
     if isinstance(norm, FrozenBatchNorm2d):
-        scale, shift = norm.scale_shift()
-        return act(conv(x).mul_(scale).add_(shift))
-    return act(norm(conv(x)))
+        return norm.scale_shift()
+    if isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_var is not None and norm.affine:
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        return scale[None, :, None, None], (norm.bias - norm.running_mean * scale)[None, :, None, None]
+    return None
+
+
+def conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: nn.Module, act: nn.Module | None = None) -> Tensor:
+    """``act(norm(conv(x)))`` (``act=None``: none). A norm that is a fixed affine map (frozen, or BatchNorm in
+    eval) is folded into the convolution's weight and bias: one pass, no activation-sized buffer of its own."""
+    folded = _affine(norm)
+    if folded is None:
+        y = norm(conv(x))
+    else:
+        scale, shift = folded
+        bias = shift.flatten() if conv.bias is None else shift.flatten() + conv.bias * scale.flatten()
+        y = F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation,
+                     conv.groups)
+    return y if act is None else act(y)
 
 
 class ConvNorm(nn.Module):
     """``act(norm(conv(x)))``: a bias-free ``k x k`` convolution (padding ``k // 2``), a norm, ReLU,
     nothing or a given activation class (see :func:`conv_norm_parts`). ``norm``: ``"frozen"``
-    (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable). The frozen norm and the ReLU work in
-    place on the convolution's output (its backward never reads it): no new activation-sized buffer
-    per layer."""
+    (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable). A frozen norm, or a BatchNorm in eval
+    mode, is folded into the convolution (:func:`conv_norm_act`); the ReLU works in place."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, norm: str = "batch",
                  act: bool | type[nn.Module] = True, eps: float = 1e-5) -> None:

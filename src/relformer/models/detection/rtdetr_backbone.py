@@ -55,7 +55,7 @@ class BasicUnit(nn.Module):
         self.activation = act()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.activation(self.layer(x) + self.shortcut(x))
+        return self.activation(self.layer(x).add_(self.shortcut(x)))
 
 
 class BottleneckUnit(nn.Module):
@@ -73,7 +73,7 @@ class BottleneckUnit(nn.Module):
         self.activation = act()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.activation(self.layer(x) + self.shortcut(x))
+        return self.activation(self.layer(x).add_(self.shortcut(x)))
 
 
 class _Stem(nn.Module):

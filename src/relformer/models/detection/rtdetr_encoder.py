@@ -24,17 +24,28 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn import MLP
-from .backbone import ConvNorm
+from .backbone import ConvNorm, conv_norm_act
 from .rtdetr_decoder import PositionalSelfAttention
 
-__all__ = ["input_projections", "sincos_positions_2d", "AIFILayer", "AIFI", "RepVggBlock",
+__all__ = ["ConvBN", "input_projections", "sincos_positions_2d", "AIFILayer", "AIFI", "RepVggBlock",
            "CSPRepLayer", "RTDetrHybridEncoder"]
 
 
+class ConvBN(nn.Sequential):
+    """``Sequential(Conv2d(cin, cout, k, stride, k // 2, bias=False), BatchNorm2d(cout, eps))`` (HF's projection
+    layout, keys ``0.weight``, ``1.*``), the norm folded into the conv in eval (:func:`~.backbone.conv_norm_act`)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, eps: float = 1e-5) -> None:
+        super().__init__(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False), nn.BatchNorm2d(cout, eps))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv_norm_act(x, self[0], self[1])
+
+
 def input_projections(in_channels: Sequence[int], dim: int, eps: float = 1e-5) -> nn.ModuleList:
-    """Per level ``Sequential(Conv2d(C_i, dim, 1, bias=False), BatchNorm2d(dim, eps))`` (HF's
-    ``encoder_input_proj``; keys ``{i}.0.weight``, ``{i}.1.*``)."""
-    return nn.ModuleList(nn.Sequential(nn.Conv2d(c, dim, 1, bias=False), nn.BatchNorm2d(dim, eps)) for c in in_channels)
+    """Per level a :class:`ConvBN` ``C_i -> dim``, 1x1 (HF's ``encoder_input_proj``; keys ``{i}.0.weight``,
+    ``{i}.1.*``)."""
+    return nn.ModuleList(ConvBN(c, dim, 1, eps=eps) for c in in_channels)
 
 
 def sincos_positions_2d(height: int, width: int, dim: int, temperature: float = 10000.0, device=None,

@@ -28,6 +28,7 @@ from ..outputs import ModelOutput
 from .boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from .detr import BoxHead, hf_targets
 from .rtdetr_decoder import inverse_sigmoid
+from .rtdetr_encoder import ConvBN
 
 __all__ = ["generate_anchors", "flatten_levels", "decoder_input_projections", "QuerySelection",
            "QuerySelectionOutput", "DenoisingGroup", "contrastive_denoising_group"]
@@ -67,10 +68,10 @@ def decoder_input_projections(in_channels: Sequence[int], dim: int, num_levels: 
     - len(in_channels)`` bias-free 3x3 stride-2 convs + BatchNorm (the first on the last encoder map)."""
     if num_levels < len(in_channels):
         raise ValueError(f"num_levels ({num_levels}) must be >= the encoder levels ({len(in_channels)})")
-    projs = [nn.Sequential(nn.Conv2d(c, dim, 1, bias=False), nn.BatchNorm2d(dim, eps)) for c in in_channels]
+    projs = [ConvBN(c, dim, 1, eps=eps) for c in in_channels]
     cin = in_channels[-1]
     for _ in range(num_levels - len(in_channels)):
-        projs.append(nn.Sequential(nn.Conv2d(cin, dim, 3, 2, 1, bias=False), nn.BatchNorm2d(dim, eps)))
+        projs.append(ConvBN(cin, dim, 3, 2, eps))
         cin = dim
     return nn.ModuleList(projs)
 
