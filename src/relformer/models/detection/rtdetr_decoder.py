@@ -1,4 +1,4 @@
-"""The RT-DETR decoder (Zhao et al. 2024, "DETRs Beat YOLOs on Real-time Object Detection", sec. 4):
+"""The RT-DETR decoder (Zhao et al. 2024, "DETRs Beat YOLOs on Real-time Object Detection", sec. 4.1):
 a Deformable-DETR decoder with iterative box refinement over the hybrid encoder's multi-scale memory.
 
 Layer ``i`` (post-norm, as RT-DETR), queries ``h (B, Q, C)``, reference boxes ``r_i (B, Q, 4)``
