@@ -28,7 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "level_start_index_of"]
+__all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "level_start_index_of", "describe"]
+
+
+def describe(x) -> str:
+    """What an error message says was given: a tensor's dtype and shape, else the type's name."""
+    return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
 
 
 def _shapes(spatial_shapes, device) -> Tensor:
@@ -37,7 +42,7 @@ def _shapes(spatial_shapes, device) -> Tensor:
     if not isinstance(spatial_shapes, Tensor) or spatial_shapes.dtype not in (torch.int32, torch.int64) \
             or spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.shape[0] == 0:
         raise ValueError("spatial_shapes must be an integer (L, 2) tensor of (height, width) per level, got "
-                         f"{(spatial_shapes.dtype, tuple(spatial_shapes.shape)) if isinstance(spatial_shapes, Tensor) else type(spatial_shapes).__name__}")
+                         f"{describe(spatial_shapes)}")
     return spatial_shapes.to(device=device, dtype=torch.long)
 
 
@@ -53,8 +58,7 @@ def _check(value: Tensor, spatial_shapes, sampling_locations: Tensor, attention_
     for name, t in (("value", value), ("sampling_locations", sampling_locations),
                     ("attention_weights", attention_weights)):
         if not isinstance(t, Tensor) or not t.is_floating_point():
-            raise ValueError(f"{name} must be a floating-point tensor, got "
-                             f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
+            raise ValueError(f"{name} must be a floating-point tensor, got {describe(t)}")
     if value.dim() != 4:
         raise ValueError(f"value must be (B, S, H, D), got shape {tuple(value.shape)}")
     B, S, H, D = value.shape
@@ -81,8 +85,9 @@ def _check(value: Tensor, spatial_shapes, sampling_locations: Tensor, attention_
     if level_start_index is not None:
         if not isinstance(level_start_index, Tensor) or level_start_index.shape != (L,) \
                 or not torch.equal(level_start_index.to(starts), starts):
-            raise ValueError(f"level_start_index must be the (L,) starts of the levels, {starts.tolist()}, got "
-                             f"{level_start_index.tolist() if isinstance(level_start_index, Tensor) else level_start_index!r}")
+            given = level_start_index.tolist() if isinstance(level_start_index, Tensor) else level_start_index
+            raise ValueError(f"level_start_index must be the (L,) starts of the levels, {starts.tolist()}, "
+                             f"got {given!r}")
     if sampling_locations.numel() and not bool(torch.isfinite(sampling_locations).all()):
         raise ValueError("sampling_locations must be finite (a NaN or inf location has no bilinear sample)")
     return shapes, starts, hw
