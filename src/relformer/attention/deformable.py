@@ -19,6 +19,12 @@ and weights (corner weight x attention weight, zero for corners outside the map)
 and sums them for all levels at once: no loop over levels, and the ``4 * L * P`` corner rows of a query
 are never materialised. :func:`grid_sample_deformable_attend` is the plain per-level ``grid_sample``
 twin (the formulation of HF transformers and the Deformable DETR code's PyTorch fallback).
+
+``sampler="auto"`` (``bench/deformable.py`` -> ``bench/results/deformable.md``): the packed sampler
+when no gradient is needed (inference) or on one CPU thread; the per-level ``grid_sample`` when
+gradients flow on several threads or an accelerator, because ``embedding_bag``'s backward sorts every
+corner index, and PyTorch's CPU sort ran several times slower on 2 threads than on 1 (the packed
+backward then lost about 2x to grid_sample's, while on 1 thread it won).
 """
 from __future__ import annotations
 
@@ -28,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "level_start_index_of", "describe"]
+__all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "level_start_index_of", "describe",
+           "SAMPLERS"]
+
+SAMPLERS = ("auto", "packed", "grid_sample")
 
 
 def describe(x) -> str:
@@ -94,7 +103,8 @@ def _check(value: Tensor, spatial_shapes, sampling_locations: Tensor, attention_
 
 
 def multi_scale_deformable_attend(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
-                                  attention_weights: Tensor, level_start_index: Tensor | None = None) -> Tensor:
+                                  attention_weights: Tensor, level_start_index: Tensor | None = None, *,
+                                  sampler: str = "auto") -> Tensor:
     """The sampling core of multi-scale deformable attention (module doc, Zhu et al. 2021 eq. 3).
 
     Args:
@@ -103,12 +113,34 @@ def multi_scale_deformable_attend(value: Tensor, spatial_shapes: Tensor, samplin
         sampling_locations: ``(B, Q, H, L, P, 2)`` ``(x, y)`` in ``[0, 1]`` (outside: zero padding).
         attention_weights: ``(B, Q, H, L, P)`` (softmax-normalised over ``L * P`` by the caller).
         level_start_index: ``(L,)`` start of every level in ``S``; checked when given, derived when None.
+        sampler: ``"packed"`` (one ``embedding_bag`` over all levels), ``"grid_sample"`` (one call per
+            level) or ``"auto"`` (module doc); the results agree to rounding.
 
     Returns:
         ``(B, Q, H * D)``, head-major (head ``h`` in columns ``h*D : (h+1)*D``). Bad input raises
         ``ValueError`` naming the argument.
     """
-    shapes, starts, _ = _check(value, spatial_shapes, sampling_locations, attention_weights, level_start_index)
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    shapes, starts, hw = _check(value, spatial_shapes, sampling_locations, attention_weights, level_start_index)
+    if sampler == "auto":
+        sampler = auto_sampler(value, sampling_locations, attention_weights)
+    if sampler == "grid_sample":
+        return _grid_sample(value, hw, sampling_locations, attention_weights)
+    return _packed(value, shapes, starts, sampling_locations, attention_weights)
+
+
+def auto_sampler(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> str:
+    """``"packed"`` or ``"grid_sample"``: what ``sampler="auto"`` runs for these inputs (module doc)."""
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (value, sampling_locations, attention_weights))
+    if not grad or (value.device.type == "cpu" and torch.get_num_threads() == 1):
+        return "packed"
+    return "grid_sample"
+
+
+def _packed(value: Tensor, shapes: Tensor, starts: Tensor, sampling_locations: Tensor,
+            attention_weights: Tensor) -> Tensor:
+    """The packed sampler (module doc)."""
     B, S, H, D = value.shape
     Q, L, P = sampling_locations.shape[1], shapes.shape[0], sampling_locations.shape[4]
     dtype = value.dtype
@@ -139,8 +171,13 @@ def multi_scale_deformable_attend(value: Tensor, spatial_shapes: Tensor, samplin
 def grid_sample_deformable_attend(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
                                   attention_weights: Tensor, level_start_index: Tensor | None = None) -> Tensor:
     """The plain twin of :func:`multi_scale_deformable_attend`: one ``grid_sample`` per level, same
-    arguments and result."""
-    _, _, hw = _check(value, spatial_shapes, sampling_locations, attention_weights, level_start_index)
+    arguments and result (``sampler="grid_sample"``)."""
+    return multi_scale_deformable_attend(value, spatial_shapes, sampling_locations, attention_weights,
+                                         level_start_index, sampler="grid_sample")
+
+
+def _grid_sample(value: Tensor, hw: list[tuple[int, int]], sampling_locations: Tensor,
+                 attention_weights: Tensor) -> Tensor:
     B, S, H, D = value.shape
     Q, L, P = sampling_locations.shape[1], len(hw), sampling_locations.shape[4]
     grids = 2 * sampling_locations - 1  # (B, Q, H, L, P, 2) in [-1, 1]
