@@ -86,7 +86,7 @@ def steps(batch: int, mode: str):
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[2, 1], help="one table per thread count")
-    ap.add_argument("--reps", type=int, default=11)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--quick", action="store_true", help="5 repetitions")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
