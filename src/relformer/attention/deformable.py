@@ -145,27 +145,27 @@ def _packed(value: Tensor, shapes: Tensor, starts: Tensor, sampling_locations: T
     Q, L, P = sampling_locations.shape[1], shapes.shape[0], sampling_locations.shape[4]
     dtype = value.dtype
     h_l, w_l = shapes[:, 0].to(dtype).view(L, 1), shapes[:, 1].to(dtype).view(L, 1)  # (L, 1)
-    loc = sampling_locations.permute(0, 2, 1, 3, 4, 5)  # (B, H, Q, L, P, 2)
-    aw = attention_weights.permute(0, 2, 1, 3, 4)  # (B, H, Q, L, P)
+    loc, aw = sampling_locations, attention_weights  # (B, Q, H, L, P, 2), (B, Q, H, L, P)
     # pixel coordinates (align_corners=False); clamped just outside the map, where every corner is padding
-    x = (loc[..., 0] * w_l - 0.5).clamp(-2.0, None).minimum(w_l + 1)  # (B, H, Q, L, P)
+    x = (loc[..., 0] * w_l - 0.5).clamp(-2.0, None).minimum(w_l + 1)  # (B, Q, H, L, P)
     y = (loc[..., 1] * h_l - 0.5).clamp(-2.0, None).minimum(h_l + 1)
     x0, y0 = x.detach().floor(), y.detach().floor()
     fx, fy = x - x0, y - y0
-    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], -1)  # (B, H, Q, L, P, 4) corners
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], -1)  # (B, Q, H, L, P, 4) corners
     ys = torch.stack([y0, y0, y0 + 1, y0 + 1], -1)
     wx = torch.stack([1 - fx, fx, 1 - fx, fx], -1)
     wy = torch.stack([1 - fy, 1 - fy, fy, fy], -1)
     w_pix, h_pix = shapes[:, 1].view(L, 1, 1), shapes[:, 0].view(L, 1, 1)
     xi, yi = xs.long(), ys.long()
     inside = (xi >= 0) & (xi < w_pix) & (yi >= 0) & (yi < h_pix)
-    rows = starts.view(L, 1, 1) + yi.clamp(min=0).minimum(h_pix - 1) * w_pix + xi.clamp(min=0).minimum(w_pix - 1)
-    heads = torch.arange(B * H, device=value.device).view(B, H, 1, 1, 1, 1) * S  # (b, h) block of the flat rows
-    weights = wx * wy * aw.unsqueeze(-1) * inside  # (B, H, Q, L, P, 4)
-    flat = value.permute(0, 2, 1, 3).reshape(B * H * S, D)  # (B*H*S, D)
-    out = F.embedding_bag((rows + heads).view(B * H * Q, L * P * 4), flat, mode="sum",
-                          per_sample_weights=weights.reshape(B * H * Q, L * P * 4))  # (B*H*Q, D)
-    return out.view(B, H, Q, D).permute(0, 2, 1, 3).reshape(B, Q, H * D)
+    pixel = starts.view(L, 1, 1) + yi.clamp(min=0).minimum(h_pix - 1) * w_pix + xi.clamp(min=0).minimum(w_pix - 1)
+    # row (b, s, h) of value seen as (B*S*H, D): no copy of value, and the bags come out as (B, Q, H)
+    base = (torch.arange(B, device=value.device) * (S * H)).view(B, 1, 1, 1, 1, 1) \
+        + torch.arange(H, device=value.device).view(1, 1, H, 1, 1, 1)
+    weights = wx * wy * aw.unsqueeze(-1) * inside  # (B, Q, H, L, P, 4)
+    out = F.embedding_bag((pixel * H + base).view(B * Q * H, L * P * 4), value.reshape(B * S * H, D), mode="sum",
+                          per_sample_weights=weights.view(B * Q * H, L * P * 4))  # (B*Q*H, D)
+    return out.view(B, Q, H * D)
 
 
 def grid_sample_deformable_attend(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
