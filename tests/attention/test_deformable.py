@@ -135,3 +135,16 @@ def _bad(**change):
 def test_bad_input_names_the_argument(change, names):
     with pytest.raises(ValueError, match=names):
         multi_scale_deformable_attend(**_bad(**change))
+
+
+def test_non_contiguous_inputs():
+    """Inputs that are views with other strides (e.g. a permuted projection) give the same result."""
+    value, loc, weights = (t.detach() for t in _inputs(2, 5, 3, 4, [(4, 3), (2, 2)], 2, torch.float64))
+    ss = torch.tensor([[4, 3], [2, 2]])
+    want = multi_scale_deformable_attend(value, ss, loc, weights, sampler="packed")
+    strided = (value.transpose(0, 1).contiguous().transpose(0, 1), loc.transpose(1, 2).contiguous().transpose(1, 2),
+               weights.permute(4, 3, 2, 1, 0).contiguous().permute(4, 3, 2, 1, 0))
+    assert not any(t.is_contiguous() for t in strided)
+    for sampler in ("packed", "grid_sample"):
+        torch.testing.assert_close(multi_scale_deformable_attend(*strided[:1], ss, *strided[1:], sampler=sampler), want,
+                                   rtol=1e-12, atol=1e-12)

@@ -15,7 +15,7 @@ projection ``W'_h`` and output projection ``W_h`` live in :class:`relformer.nn.M
 All levels are packed in one flat value tensor (level ``l`` starts at ``level_start_index[l]``,
 row-major ``h_l x w_l``). The four bilinear corners of every sample are turned into flat row indices
 and weights (corner weight x attention weight, zero for corners outside the map), and one
-``F.embedding_bag(mode="sum", per_sample_weights=...)`` over the ``(B * H * S, D)`` value rows gathers
+``F.embedding_bag(mode="sum", per_sample_weights=...)`` over the ``(B * S * H, D)`` value rows gathers
 and sums them for all levels at once: no loop over levels, and the ``4 * L * P`` corner rows of a query
 are never materialised. :func:`grid_sample_deformable_attend` is the plain per-level ``grid_sample``
 twin (the formulation of HF transformers and the Deformable DETR code's PyTorch fallback).
@@ -163,8 +163,8 @@ def _packed(value: Tensor, shapes: Tensor, starts: Tensor, sampling_locations: T
     base = (torch.arange(B, device=value.device) * (S * H)).view(B, 1, 1, 1, 1, 1) \
         + torch.arange(H, device=value.device).view(1, 1, H, 1, 1, 1)
     weights = wx * wy * aw.unsqueeze(-1) * inside  # (B, Q, H, L, P, 4)
-    out = F.embedding_bag((pixel * H + base).view(B * Q * H, L * P * 4), value.reshape(B * S * H, D), mode="sum",
-                          per_sample_weights=weights.view(B * Q * H, L * P * 4))  # (B*Q*H, D)
+    out = F.embedding_bag((pixel * H + base).reshape(B * Q * H, L * P * 4), value.reshape(B * S * H, D), mode="sum",
+                          per_sample_weights=weights.reshape(B * Q * H, L * P * 4))  # (B*Q*H, D)
     return out.view(B, Q, H * D)
 
 
