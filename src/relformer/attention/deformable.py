@@ -22,9 +22,11 @@ twin (the formulation of HF transformers and the Deformable DETR code's PyTorch 
 
 ``sampler="auto"`` (``bench/deformable.py`` -> ``bench/results/deformable.md``): the packed sampler
 when no gradient is needed (inference) or on one CPU thread; the per-level ``grid_sample`` when
-gradients flow on several threads or an accelerator, because ``embedding_bag``'s backward sorts every
-corner index, and PyTorch's CPU sort ran several times slower on 2 threads than on 1 (the packed
-backward then lost about 2x to grid_sample's, while on 1 thread it won).
+gradients flow on several threads or an accelerator. On one thread the packed sampler was level with
+or faster than grid_sample (forward and backward); ``embedding_bag``'s backward sorts every corner
+index, and on 2 threads of a busy machine that sort ran several times slower than on one and the
+packed backward lost up to 2x, so training keeps grid_sample there (HF's own kernel: never slower
+than HF). The 2-thread figures were taken under load; re-measure on an idle machine.
 """
 from __future__ import annotations
 
