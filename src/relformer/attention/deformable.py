@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "level_start_index_of", "describe",
-           "SAMPLERS"]
+__all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "auto_sampler", "level_start_index_of",
+           "describe", "SAMPLERS"]
 
 SAMPLERS = ("auto", "packed", "grid_sample")
 
