@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..attention.deformable import multi_scale_deformable_attend
+from ..attention.deformable import describe, multi_scale_deformable_attend
 from ..attention.relation import check_int
 from .gemm import Linear
 
@@ -70,31 +70,31 @@ class MultiScaleDeformableAttention(nn.Module):
                value_mask: Tensor | None, position_embeddings: Tensor | None) -> None:
         for name, t in (("hidden_states", hidden_states), ("value_states", value_states)):
             if not isinstance(t, Tensor) or t.dim() != 3 or t.shape[-1] != self.dim:
-                raise ValueError(f"{name} must be (B, L, {self.dim}), got "
-                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+                raise ValueError(f"{name} must be (B, L, {self.dim}), got {describe(t)}")
         B, Q, _ = hidden_states.shape
         if value_states.shape[0] != B:
             raise ValueError(f"value_states has batch {value_states.shape[0]}, hidden_states {B}")
         if not isinstance(reference_points, Tensor) or reference_points.dim() != 4 \
                 or reference_points.shape[:2] != (B, Q) or reference_points.shape[2] not in (1, self.num_levels) \
                 or reference_points.shape[3] not in (2, 4):
-            raise ValueError(f"reference_points must be (B, Q, L|1, 2|4) = ({B}, {Q}, {self.num_levels}|1, 2|4), got "
-                             f"{tuple(reference_points.shape) if isinstance(reference_points, Tensor) else type(reference_points).__name__}")
+            raise ValueError(f"reference_points must be (B, Q, L|1, 2|4) = ({B}, {Q}, {self.num_levels}|1, 2|4), "
+                             f"got {describe(reference_points)}")
         if position_embeddings is not None and (not isinstance(position_embeddings, Tensor)
                                                 or position_embeddings.shape != hidden_states.shape):
             raise ValueError(f"position_embeddings must be (B, Q, C) = {tuple(hidden_states.shape)}, got "
-                             f"{tuple(position_embeddings.shape) if isinstance(position_embeddings, Tensor) else type(position_embeddings).__name__}")
+                             f"{describe(position_embeddings)}")
         if value_mask is not None and (not isinstance(value_mask, Tensor) or value_mask.dtype != torch.bool
                                        or value_mask.shape != value_states.shape[:2]):
-            raise ValueError(f"value_mask must be a bool (B, S) = {tuple(value_states.shape[:2])} tensor (True = real), got "
-                             f"{(value_mask.dtype, tuple(value_mask.shape)) if isinstance(value_mask, Tensor) else type(value_mask).__name__}")
+            raise ValueError(f"value_mask must be a bool (B, S) = {tuple(value_states.shape[:2])} tensor "
+                             f"(True = real), got {describe(value_mask)}")
 
     def forward(self, hidden_states: Tensor, reference_points: Tensor, value_states: Tensor, spatial_shapes: Tensor,
                 level_start_index: Tensor | None = None, value_mask: Tensor | None = None,
                 position_embeddings: Tensor | None = None) -> Tensor:
         self._check(hidden_states, reference_points, value_states, value_mask, position_embeddings)
         if not hasattr(spatial_shapes, "__len__") or len(spatial_shapes) != self.num_levels:
-            raise ValueError(f"spatial_shapes must have num_levels = {self.num_levels} rows (h, w), got {spatial_shapes!r}")
+            raise ValueError(f"spatial_shapes must have num_levels = {self.num_levels} rows (h, w), "
+                             f"got {spatial_shapes!r}")
         H, L, P, D = self.num_heads, self.num_levels, self.num_points, self.head_dim
         B, Q, _ = hidden_states.shape
         S = value_states.shape[1]

@@ -1,4 +1,4 @@
-"""The RT-DETR decoder (Zhao et al. 2024, "DETRs Beat YOLOs on Real-time Object Detection", sec. 4):
+"""The RT-DETR decoder (Zhao et al. 2024, "DETRs Beat YOLOs on Real-time Object Detection", sec. 4.1):
 a Deformable-DETR decoder with iterative box refinement over the hybrid encoder's multi-scale memory.
 
 Layer ``i`` (post-norm, as RT-DETR), queries ``h (B, Q, C)``, reference boxes ``r_i (B, Q, 4)``
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ...attention import Relation, attend
+from ...attention.deformable import describe
 from ...attention.relation import check_float, check_int
 from ...nn import MLP, Linear, MultiScaleDeformableAttention
 from ..outputs import ModelOutput
@@ -169,13 +170,12 @@ class RTDetrDecoder(nn.Module):
                 spatial_shapes: Tensor, level_start_index: Tensor | None = None,
                 attention_mask: Relation | None = None, value_mask: Tensor | None = None) -> RTDetrDecoderOutput:
         if not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.dim:
-            raise ValueError(f"inputs_embeds must be (B, Q, {self.dim}), got "
-                             f"{tuple(inputs_embeds.shape) if isinstance(inputs_embeds, Tensor) else type(inputs_embeds).__name__}")
+            raise ValueError(f"inputs_embeds must be (B, Q, {self.dim}), got {describe(inputs_embeds)}")
         if not isinstance(reference_points, Tensor) or reference_points.shape != (*inputs_embeds.shape[:2], 4):
-            raise ValueError(f"reference_points must be (B, Q, 4) = {(*inputs_embeds.shape[:2], 4)} unsigmoided boxes, got "
-                             f"{tuple(reference_points.shape) if isinstance(reference_points, Tensor) else type(reference_points).__name__}")
+            raise ValueError(f"reference_points must be (B, Q, 4) = {(*inputs_embeds.shape[:2], 4)} unsigmoided "
+                             f"boxes, got {describe(reference_points)}")
         if attention_mask is not None and not isinstance(attention_mask, Relation):
-            raise ValueError(f"attention_mask must be a relformer Relation or None, got {type(attention_mask).__name__}")
+            raise ValueError(f"attention_mask must be a relformer Relation or None, got {describe(attention_mask)}")
         h, ref = inputs_embeds, reference_points.sigmoid()  # (B, Q, C), (B, Q, 4)
         states, logits, boxes = [], [], []
         for layer, class_embed, bbox_embed in zip(self.layers, self.class_embed, self.bbox_embed):
