@@ -1,5 +1,6 @@
 """relformer: relation-aware Transformers on one attention primitive."""
-from .attention import BACKENDS, Choice, Compose, Relation, attend, explain
+from .attention import BACKENDS, Choice, Compose, Relation, attend, explain, multi_scale_deformable_attend
 
 __version__ = "0.1.0"
-__all__ = ["attend", "explain", "Choice", "BACKENDS", "Relation", "Compose", "__version__"]
+__all__ = ["attend", "explain", "Choice", "BACKENDS", "Relation", "Compose", "multi_scale_deformable_attend",
+           "__version__"]

@@ -17,6 +17,8 @@
                                                  match two photos and draw the matches
     relformer flow IMG0 IMG1 [--method gmflow|dis|farneback] [--model DIR] [--stereo] --out flow.png
                                                  optical flow (or stereo disparity), colour-coded
+    relformer detect IMAGE [IMAGE ...] --checkpoint RUN [--threshold 0.5] [--out out.png]
+                                                 detect objects with a trained detection run, draw the boxes
     relformer --version                          the installed version
 
 A mistake in the input (a bad recipe value, a missing or unreadable file, an impossible option)
@@ -274,6 +276,49 @@ def _flow(argv: list[str]) -> None:
           f"{pictures.save_flow_figure(a.out, image0, image1, result, stereo=a.stereo)}")
 
 
+DETECT_DESCRIPTION = """Detect objects in images with a trained detection run (a `relformer train` run of a
+detection recipe, e.g. detr-fashion, or one of its checkpoint folders): draws the boxes with class names and
+scores on each image, writes the picture and prints one line per detection (class, score, x0 y0 x1 y1 in the
+image's pixels). Any PNG or JPEG, grey or RGB, of any size: it is converted to the channels the model was
+trained on (RGB to grey as ITU-R 601 luma, grey to RGB by repetition) and resized to its square training
+canvas (antialiased bilinear, the aspect ratio is not kept); boxes are mapped back to the original image.
+The Fashion-MNIST models were trained on light items on a black background."""
+
+
+def _detect(argv: list[str]) -> None:
+    from .tasks.detection import TrainedDetector, save_detection_figure
+
+    ap = argparse.ArgumentParser(prog="relformer detect", description=DETECT_DESCRIPTION)
+    ap.add_argument("images", nargs="+", metavar="IMAGE", help="PNG / JPEG files")
+    ap.add_argument("--checkpoint", required=True, metavar="RUN",
+                    help="a detection run folder (its checkpoints/best, else the newest checkpoint) or a checkpoint "
+                         "folder (checkpoints/best, checkpoints/step-...)")
+    ap.add_argument("--threshold", type=float, default=0.5, help="keep detections with score >= this (default 0.5)")
+    ap.add_argument("--out", help="the picture to write (.png) for one image, a folder for several "
+                    "(default: IMAGE-STEM.detections.png in the current folder)")
+    a = ap.parse_args(argv)
+    if not 0.0 <= a.threshold <= 1.0:
+        ap.error(f"--threshold must be in [0, 1], got {a.threshold}")
+    for image in a.images:
+        if not Path(image).is_file():
+            raise ValueError(f"IMAGE: no such file {image}")
+    if a.out is not None and a.out.endswith(".png") != (len(a.images) == 1):
+        ap.error(f"--out {a.out}: give a .png file for one image, a folder for several")
+    names = [f"{Path(image).stem}.detections.png" for image in a.images]
+    if len(set(names)) < len(names):
+        ap.error("two images have the same file name stem; their pictures would overwrite each other")
+    outs = [Path(a.out)] if a.out is not None and len(a.images) == 1 else [Path(a.out or ".") / n for n in names]
+    detector = TrainedDetector.load(a.checkpoint)
+    for image_path, out in zip(a.images, outs):
+        image = read_image(image_path, detector.channels)                                   # (C, H, W) uint8
+        found = detector(image, a.threshold)
+        title = f"{Path(image_path).name}: {len(found['scores'])} detections (score >= {a.threshold:g})"
+        save_detection_figure(out, image, found, detector.classes, title=title)
+        print(f"{title} -> {out}")
+        for box, label, score in zip(found["boxes"].tolist(), found["labels"].tolist(), found["scores"].tolist()):
+            print(f"  {detector.classes[label]:<14s} {score:.3f}  " + " ".join(f"{v:.1f}" for v in box))
+
+
 def _is_user_error(error: BaseException) -> bool:
     """Bad input, not a bug: a ValueError (RecipeError included), an OSError (a missing, unreadable
     or unwritable path) or a FloatingPointError (a diverged run), or a TypeError raised by
@@ -301,8 +346,10 @@ def _run(cmd: str, rest: list[str]) -> None:
         _match(rest)
     elif cmd == "flow":
         _flow(rest)
+    elif cmd == "detect":
+        _detect(rest)
     else:
-        print(f"relformer: error: unknown command {cmd!r} (one of bench, explain, train, embed, similar, match, flow; "
+        print(f"relformer: error: unknown command {cmd!r} (one of bench, explain, train, embed, similar, match, flow, detect; "
               "relformer --help lists them)", file=sys.stderr)
         raise SystemExit(2)
 

@@ -104,6 +104,10 @@ def _relation(draw, name: str, B: int, H: int, Lq: int, Lk: int):
         K = draw(st.integers(1, 3))
         paths = torch.randint(-1, E, (B, Lq, Lk, K)) if E else torch.full((B, Lq, Lk, K), -1)
         return R.EdgePathBias(H, K).bind_paths(paths, _randn(E, H))
+    if name == "Pair3DBias":
+        seg = torch.tensor(draw(st.lists(ids, min_size=B * Lg, max_size=B * Lg)), dtype=torch.long).view(B, Lg)
+        return R.Pair3DBias(H, hidden=4).bind(centres=torch.rand(B, Lg, 3) * 4, sizes=torch.rand(B, Lg, 3) + 0.1,
+                                              segment_ids=seg)
     assert name == "BoxRelationBias"
     return R.BoxRelationBias(H, embed_dim=4).bind(boxes=torch.rand(B, Lg, 4) * 0.5 + 0.1)
 

@@ -7,13 +7,16 @@ import contextlib
 import io
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from relformer.data.fashion_detection import CLASSES, THRESHOLD, FashionDetection, build_fashion_detection
+import relformer.data.fashion_detection as fashion_detection
+from relformer.data.fashion_detection import (CLASSES, CROWDED, THRESHOLD, FashionDetection, area_counts,
+                                              build_fashion_crowded_detection, build_fashion_detection)
 from relformer.tasks.coco import coco_evaluate, draw_detections
 from relformer.data.fashion_mnist import load_fashion_mnist
 
@@ -76,10 +79,9 @@ def test_cache_hit_does_not_regenerate_and_a_broken_file_is_rebuilt(built, tmp_p
     assert not list(folder.glob(".*tmp*"))  # no temporary files left
 
 
-def test_every_item_rerenders_exactly_from_its_metadata(built, fmnist):
+def _check_rerender(ds, fmnist):
     """An independent twin of the renderer: resize each annotation's source image to its scale,
     paste it at paste_xy; its tight box is the JSON box, and the max of the pastes is the canvas."""
-    _, ds = built
     for split, ds_split in ds.items():
         coco, C = ds_split.coco, ds_split.canvas
         images, labels = fmnist[coco["info"]["source_file"]]
@@ -101,6 +103,10 @@ def test_every_item_rerenders_exactly_from_its_metadata(built, fmnist):
                 assert edge.max() > THRESHOLD
             np.maximum(rebuilt[a["image_id"] - 1], layer, out=rebuilt[a["image_id"] - 1])
         assert np.array_equal(rebuilt, ds_split.images.numpy()), split
+
+
+def test_every_item_rerenders_exactly_from_its_metadata(built, fmnist):
+    _check_rerender(built[1], fmnist)
 
 
 def test_targets_are_normalised_cxcywh_of_the_coco_boxes(built):
@@ -152,10 +158,7 @@ def test_object_counts(built, tmp_path):
     assert len(build_fashion_detection(tmp_path, sizes=(20, 0, 0), max_occlusion=1.0)["val"]) == 0
 
 
-def test_occlusion_limit_between_boxes(built):
-    """No box has more than max_occlusion of its area under the union of the other boxes (so no pair
-    overlaps by more than that fraction of either box)."""
-    _, ds = built
+def _check_occlusion(ds, limit):
     for split in ds.values():
         boxes = {}
         for a in split.coco["annotations"]:
@@ -166,17 +169,26 @@ def test_occlusion_limit_between_boxes(built):
                 m[y:y + h, x:x + w] = True
             for j, m in enumerate(masks):
                 others = np.delete(masks, j, axis=0).any(0)
-                assert (m & others).sum() <= OCCLUSION * m.sum() + 1e-9
+                assert (m & others).sum() <= limit * m.sum() + 1e-9
 
 
-def test_source_images_are_disjoint_between_splits(built):
-    _, ds = built
+def test_occlusion_limit_between_boxes(built):
+    """No box has more than max_occlusion of its area under the union of the other boxes (so no pair
+    overlaps by more than that fraction of either box)."""
+    _check_occlusion(built[1], OCCLUSION)
+
+
+def _check_disjoint_sources(ds):
     src = {s: [a["source_index"] for a in d.coco["annotations"]] for s, d in ds.items()}
     assert all(0 <= i < 50000 for i in src["train"]) and all(50000 <= i < 60000 for i in src["val"])
     assert all(0 <= i < 10000 for i in src["test"]) and ds["test"].coco["info"]["source_file"] == "test"
     assert ds["train"].coco["info"]["source_file"] == ds["val"].coco["info"]["source_file"] == "train"
     assert not set(src["train"]) & set(src["val"])
     assert all(len(set(v)) == len(v) for v in src.values())  # no repeat before a pool is used up
+
+
+def test_source_images_are_disjoint_between_splits(built):
+    _check_disjoint_sources(built[1])
 
 
 def test_coco_json_loads_in_pycocotools(built):
@@ -266,3 +278,101 @@ def test_draw_detections(built):
         assert len(ax.patches) == len(target["labels"]) and ax.texts[0].get_text().endswith("1.00")
     finally:
         plt.close(fig)
+
+
+# ---- the crowded multi-scale variant -------------------------------------------------------------
+
+CROWDED_TEST_SIZES = (24, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory):
+    return build_fashion_crowded_detection(tmp_path_factory.mktemp("crowded"), sizes=CROWDED_TEST_SIZES)
+
+
+@pytest.mark.slow
+def test_crowded_is_deterministic_and_cached(crowded, tmp_path):
+    again = build_fashion_crowded_detection(tmp_path, sizes=CROWDED_TEST_SIZES)
+    assert _folder(again).name == _folder(crowded).name
+    for name in FILES:
+        assert (_folder(again) / name).read_bytes() == (_folder(crowded) / name).read_bytes(), name
+    mtimes = {n: (_folder(again) / n).stat().st_mtime_ns for n in FILES}
+    hit = build_fashion_crowded_detection(tmp_path, sizes=CROWDED_TEST_SIZES)  # loaded, not regenerated
+    assert {n: (_folder(hit) / n).stat().st_mtime_ns for n in FILES} == mtimes
+    assert torch.equal(hit["test"].images, crowded["test"].images)
+    # the same arguments through the plain builder are the same cache entry
+    plain = build_fashion_detection(tmp_path, sizes=CROWDED_TEST_SIZES, **CROWDED)
+    assert _folder(plain) == _folder(hit)
+    assert _folder(build_fashion_crowded_detection(tmp_path, sizes=CROWDED_TEST_SIZES, seed=1)) != _folder(hit)
+    with pytest.raises(TypeError, match="min_sise"):
+        build_fashion_crowded_detection(tmp_path, sizes=CROWDED_TEST_SIZES, min_sise=3)
+
+
+def test_crowded_canvases_boxes_and_counts(crowded, fmnist):
+    """256 x 256 canvases, 4-20 items drawn per canvas of 12-128 px, every box tight, inside the canvas
+    and within the occlusion limit (re-rendered independently from the JSON's metadata)."""
+    for split, ds in crowded.items():
+        info = ds.coco["info"]
+        assert info["arguments"] | dict(CROWDED) == info["arguments"]  # the variant's arguments were used
+        assert ds.images.shape == (CROWDED_TEST_SIZES[("train", "val", "test").index(split)], 256, 256)
+        drawn = np.array([im["num_drawn"] for im in ds.coco["images"]])
+        assert ((4 <= drawn) & (drawn <= 20)).all()
+        scales = np.array([a["scale"] for a in ds.coco["annotations"]])
+        assert scales.min() >= 12 and scales.max() <= 128
+        placed = np.bincount([a["image_id"] for a in ds.coco["annotations"]], minlength=len(ds) + 1)[1:]
+        assert (placed <= drawn).all() and (drawn - placed).sum() == info["dropped_no_room"] + info["dropped_blank"]
+    _check_rerender(crowded, fmnist)
+    _check_occlusion(crowded, CROWDED["max_occlusion"])
+    _check_disjoint_sources(crowded)
+
+
+def test_area_counts_use_cocoevals_ranges(crowded):
+    """area_counts against pycocotools' own area ranges (Params.areaRng, bounds inclusive as in
+    COCOeval.evaluateImg), on the boxes and on boxes placed exactly on the bounds."""
+    from pycocotools.cocoeval import Params
+
+    params = Params(iouType="bbox")
+    ranges = dict(zip(params.areaRngLbl, params.areaRng))
+    edge = {"annotations": [{"area": v} for v in (1.0, 32.0 ** 2, 50.0 ** 2, 96.0 ** 2, 100.0 ** 2)]}
+    for coco in (crowded["train"].coco, edge):
+        areas = np.array([a["area"] for a in coco["annotations"]], dtype=float)
+        expected = {name: int(((areas >= ranges[name][0]) & (areas <= ranges[name][1])).sum())
+                    for name in ("small", "medium", "large")}
+        assert area_counts(coco) == expected
+    assert area_counts(edge) == {"small": 2, "medium": 3, "large": 2}
+
+
+def test_crowded_coco_json_in_pycocotools_has_every_area_range(crowded):
+    """The JSON loads in pycocotools, and its ground truth as detections scores AP = APs = APm = APl = 1
+    (each COCO area range holds boxes, unlike the 128 x 128 canvases' APl)."""
+    from pycocotools.coco import COCO
+    ds = crowded["test"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(ds.coco_json))
+    assert sorted(coco.getImgIds()) == list(range(1, len(ds) + 1)) and len(coco.getAnnIds()) == len(
+        ds.coco["annotations"])
+    assert json.loads(ds.coco_json.read_text())["images"][0]["width"] == 256
+    perfect = coco_evaluate(ds.coco_json, _gt_as_detections(ds.coco), backend="pycocotools")
+    assert all(perfect[k] == 1.0 for k in ("AP", "AP75", "APs", "APm", "APl")), perfect
+
+
+def _dataset_card() -> dict[str, list[int]]:
+    """The table in the module docstring: split -> [canvases, boxes, small, medium, large, dropped]."""
+    rows = re.findall(r"^\s+(val|test)((?:\s+\d+){6})\s*$", fashion_detection.__doc__, flags=re.M)
+    return {split: [int(v) for v in numbers.split()] for split, numbers in rows}
+
+
+@pytest.mark.slow
+def test_dataset_card_in_the_docstring_matches_the_default_crowded_build(tmp_path):
+    """The card's numbers are those of the default crowded build (its val and test splits: with
+    train's size set to 0 they are the same canvases, since each split has its own random stream)."""
+    card = _dataset_card()
+    assert set(card) == {"val", "test"}
+    sizes = (0, *fashion_detection.CROWDED_SIZES[1:])
+    data = build_fashion_crowded_detection(tmp_path, sizes=sizes)
+    for split in ("val", "test"):
+        ds, counts = data[split], area_counts(data[split].coco)
+        info = ds.coco["info"]
+        assert card[split] == [len(ds), info["num_placed"], counts["small"], counts["medium"], counts["large"],
+                               info["dropped_no_room"] + info["dropped_blank"]], split
+        assert min(counts.values()) > 0

@@ -20,6 +20,7 @@ from relformer.data.temporal import EventStream, TemporalNeighborSampler
 from relformer.models import (DETRConfig, GPSConfig, GraphormerConfig, GTConfig, PretrainedMixin, SentenceEncoder,
                               SwinConfig, TextConfig, TextEncoder, ViT, ViTConfig, create_model, from_pretrained,
                               list_models, model_config, save_config, save_pretrained, shipped_weights)
+from relformer.models.detection import RTDETRConfig
 from relformer.models.matching import GMFlowConfig, LightGlueConfig, LoFTRConfig
 from relformer.models.temporal import TemporalContext, TodyformerConfig
 from relformer.models.text.checkpoint import minilm_l6_path
@@ -28,7 +29,7 @@ from tests.models.test_graph import random_graphs
 
 PEERS = ("hf_", "pyg_")  # other libraries' modules behind relformer configs (interop/)
 SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion", "loftr"}  # 5-10 s on one core (build, write, read, forward)
-MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro", "gps_micro", "gt_micro",
+MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro", "rtdetr_micro", "gps_micro", "gt_micro",
          "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro", "todyformer_micro"]
 
 
@@ -43,7 +44,7 @@ def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
         if config.causal:
             return (ids,), {}
         return (ids,), {"attention_mask": torch.tensor([[1] * 9, [1] * 5 + [0] * 4])}
-    if isinstance(config, DETRConfig):
+    if isinstance(config, (DETRConfig, RTDETRConfig)):
         return (torch.randn(2, config.in_channels, 64, 64, generator=g),), {}
     if isinstance(config, (GPSConfig, GTConfig, GraphormerConfig)):
         return (random_graphs(seed=seed, node_types=config.node_types, edge_types=config.edge_types),), {}

@@ -33,6 +33,18 @@ category id = class index + 1), atomically (temporary file, fsync, ``os.replace`
 load them (a split whose files are missing or do not parse is regenerated). ``root`` defaults to
 :func:`relformer.utils.cache_root`.
 
+**The crowded multi-scale variant** (:func:`build_fashion_crowded_detection`, arguments
+:data:`CROWDED`): 256 x 256 canvases, 4-20 items of 12-128 px, the same occlusion limit (0.3),
+the same source pools. Items reach 128 px (not 96) because COCO's ``large`` range starts at an
+area of 96²: a tight box of a 96 px item is at most 96 x 96, so with 96 px items ``AP_large`` would
+have no ground truth. Dataset card of its evaluated splits (``sizes=(4000, 500, 500)``, seed 0;
+boxes per COCO area range counted as ``COCOeval`` does, bounds inclusive; ``dropped``: items with
+no room under the occlusion limit; checked by ``tests/data/test_fashion_detection.py``)::
+
+    split  canvases  boxes  small  medium  large  dropped
+    val    500       4909   1540   3056    317    1188
+    test   500       4764   1433   3037    295    1137
+
 COCO box mAP on these splits and the drawing of boxes live with the detection task
 (:mod:`relformer.tasks.coco`).
 """
@@ -43,6 +55,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Sequence
 
 import numpy as np
@@ -54,7 +67,8 @@ from torch.utils.data import Dataset
 from ..utils import atomic_write_bytes, atomic_write_with, cache_root
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 
-__all__ = ["CLASSES", "SPLITS", "THRESHOLD", "PLACEMENT_TRIES", "FashionDetection", "build_fashion_detection",
+__all__ = ["CLASSES", "SPLITS", "THRESHOLD", "PLACEMENT_TRIES", "CROWDED", "CROWDED_SIZES", "COCO_AREA_RANGES",
+           "FashionDetection", "build_fashion_detection", "build_fashion_crowded_detection", "area_counts",
            "fashion_detection_dir"]
 
 CLASSES: tuple[str, ...] = tuple(FASHION_MNIST_CLASSES)
@@ -64,6 +78,13 @@ PLACEMENT_TRIES = 50    # positions drawn per item before it is dropped
 _FORMAT = "fashion-detection-v1"
 # split -> (Fashion-MNIST file, first row, end row) of its source pool
 _SOURCES = {"train": ("train", 0, 50000), "val": ("train", 50000, 60000), "test": ("test", 0, 10000)}
+#: the generator arguments of the crowded multi-scale variant (:func:`build_fashion_crowded_detection`)
+CROWDED = MappingProxyType({"canvas": 256, "min_objects": 4, "max_objects": 20, "min_size": 12, "max_size": 128,
+                            "max_occlusion": 0.3})
+CROWDED_SIZES = (4000, 500, 500)  # canvases per split (train, val, test) of the crowded variant
+#: COCO's box area ranges (``COCOeval.params.areaRng``: bounds inclusive)
+COCO_AREA_RANGES = MappingProxyType({"small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2),
+                                     "large": (96.0 ** 2, 1e10)})
 
 
 # ---- arguments and cache -------------------------------------------------------------------------
@@ -147,6 +168,26 @@ def build_fashion_detection(root: str | os.PathLike | None = None, *, canvas: in
         atomic_write_with(folder / f"{split}.npz", lambda f: _write_npz(f, images))
         out[split] = FashionDetection.load(folder, split, expected_args=args)
     return out
+
+
+def build_fashion_crowded_detection(root: str | os.PathLike | None = None, *, sizes: Sequence[int] = CROWDED_SIZES,
+                                    seed: int = 0, source: str | os.PathLike | None = None, rebuild: bool = False,
+                                    **overrides: Any) -> dict[str, "FashionDetection"]:
+    """The crowded multi-scale variant (module docstring): :func:`build_fashion_detection` with the
+    arguments :data:`CROWDED`, any of them replaced by ``overrides`` (unknown names are a TypeError)."""
+    unknown = sorted(set(overrides) - set(CROWDED))
+    if unknown:
+        raise TypeError(f"build_fashion_crowded_detection: unknown argument(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(CROWDED)}, sizes, seed, source, rebuild")
+    return build_fashion_detection(root, sizes=sizes, seed=seed, source=source, rebuild=rebuild,
+                                   **{**CROWDED, **overrides})
+
+
+def area_counts(coco: dict) -> dict[str, int]:
+    """Non-crowd boxes of a COCO dict per :data:`COCO_AREA_RANGES` range (as ``COCOeval`` counts
+    them: a box on a bound counts in both ranges)."""
+    areas = np.array([a["area"] for a in coco["annotations"] if not a.get("iscrowd", 0)], dtype=np.float64)
+    return {name: int(((areas >= lo) & (areas <= hi)).sum()) for name, (lo, hi) in COCO_AREA_RANGES.items()}
 
 
 # ---- generation ----------------------------------------------------------------------------------

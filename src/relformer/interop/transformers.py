@@ -9,7 +9,8 @@ Supported (transformers >= 5 weight names): ``ViTModel``, ``ViTForImageClassific
 ``SwinForImageClassification``, ``BertModel`` (-> :class:`~relformer.models.TextEncoder`; its outputs
 hold zeros at padded positions, where HF's hold values no one reads), ``DetrForObjectDetection`` with
 an HF ResNet backbone (-> :class:`~relformer.models.DETR`, called ``model(pixel_values, pixel_mask)``,
-returning ``logits`` and ``pred_boxes``).
+returning ``logits`` and ``pred_boxes``), ``RTDetrForObjectDetection`` with HF's RTDetrResNet backbone
+(-> :class:`~relformer.models.detection.RTDETR`, :mod:`relformer.interop.rtdetr`).
 HF's separate q / k / v projections are fused into relformer's ``qkv`` (cross-attention: k / v into ``kv``). ``bert_text_config`` and
 ``bert_state_dict`` convert a BERT ``config.json`` and weight file without ``transformers``.
 """
@@ -26,6 +27,7 @@ from ..models.detection import detr_fashion, detr_micro
 from ..models.keymap import KeyMap, convert_state, load_into
 from ..models.registry import builds, register_model
 from ..models.text.checkpoint import BERT_KEYMAP, bert_state_dict, bert_text_config
+from .rtdetr import RTDETR_KEYMAP, rtdetr_config
 
 __all__ = ["from_hf", "SUPPORTED", "bert_text_config", "bert_state_dict", "hf_detr_config", "HFDETR", "HFDETRConfig"]
 
@@ -163,6 +165,7 @@ _FAMILIES = {
     "SwinForImageClassification": _Family(_swin_config, KeyMap("swin.", _SWIN_KEYS)),
     "BertModel": _Family(_bert_config, BERT_KEYMAP),
     "DetrForObjectDetection": _Family(_detr_config, _DETR_KEYMAP),
+    "RTDetrForObjectDetection": _Family(rtdetr_config, RTDETR_KEYMAP),
 }
 SUPPORTED = tuple(_FAMILIES)
 

@@ -3,9 +3,10 @@ from .sequence import ALiBi, Causal, Documents, RelativeBias, SlidingWindow, T5B
 from .grid import GridRelativeBias, ManhattanDecay, ShiftedWindowRegions, WindowMask
 from .graph import EdgeBias, EdgeFeatureBias, EdgePathBias, GraphAdjacency, ShortestPathBias
 from .geometry import BoxRelationBias
+from .geometry3d import Pair3DBias
 from .rotary import Rotary
 
 __all__ = ["Causal", "SlidingWindow", "Documents", "RelativeBias", "T5Bias", "ALiBi", "URPE",
            "GridRelativeBias", "WindowMask", "ShiftedWindowRegions", "ManhattanDecay",
            "GraphAdjacency", "ShortestPathBias", "EdgeBias", "EdgeFeatureBias", "EdgePathBias", "BoxRelationBias",
-           "Rotary"]
+           "Pair3DBias", "Rotary"]

@@ -171,13 +171,14 @@ class CocoDetectionTask(TaskBase):
 
     recipe_type = CocoDetectionRecipe
     eval_splits: tuple[str, ...] = ("eval",)
+    split_metrics: tuple[str, ...] = SPLIT_METRICS  # of COCO_METRICS, reported per eval split
     log_names = ("loss_ce", "loss_bbox", "loss_giou")
 
     def __init__(self, recipe: CocoDetectionRecipe) -> None:
         super().__init__(recipe)
         prefixes = [("" if len(self.eval_splits) == 1 else f"{split}_") for split in self.eval_splits]
         self.main_metric, self.mode = f"{prefixes[0]}AP", "max"
-        self.metric_names = tuple(p + m for p in prefixes for m in (*SPLIT_METRICS, "images"))
+        self.metric_names = tuple(p + m for p in prefixes for m in (*self.split_metrics, "images"))
         self._splits: tuple[Dataset, EvalSplits] | None = None
         self._detections: dict[str, list] = {split: [] for split in self.eval_splits}
         self.classes = self.class_names()
@@ -264,7 +265,7 @@ class CocoDetectionTask(TaskBase):
             detections, self._detections[split] = gather_objects(self._detections[split]), []
             prefix = self.splits()[1].prefix(split)
             stats = coco_evaluate(self.splits()[1].splits[split].coco, detections)
-            out.update({prefix + m: stats[m] for m in SPLIT_METRICS})
+            out.update({prefix + m: stats[m] for m in self.split_metrics})
             out[prefix + "images"] = sums[f"{split}_images"]
         return out
 

@@ -3,11 +3,12 @@ positions of a feature map are :func:`relformer.nn.sine_positions` (re-exported 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn.posenc import sine_positions
 
-__all__ = ["FrozenBatchNorm2d", "ConvNorm", "ResidualUnit", "ResNetBackbone", "sine_positions"]
+__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "ResidualUnit", "ResNetBackbone", "sine_positions"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -31,24 +32,61 @@ class FrozenBatchNorm2d(nn.Module):
         return x * scale + shift
 
 
+def conv_norm_parts(cin: int, cout: int, kernel: int = 3, stride: int = 1, norm: str = "batch",
+                    act: bool | type[nn.Module] = True, eps: float = 1e-5,
+                    padding: int | None = None) -> tuple[nn.Conv2d, nn.Module, nn.Module]:
+    """The ``(conv, norm, act)`` of :class:`ConvNorm`: a bias-free ``k x k`` convolution (padding
+    ``k // 2`` unless given), ``FrozenBatchNorm2d`` (``norm="frozen"``) or ``nn.BatchNorm2d``
+    (``"batch"``) with ``eps``, and ``act``: ``True`` (ReLU), ``False`` (nothing) or a module class."""
+    if norm not in ("batch", "frozen"):
+        raise ValueError(f"norm must be 'batch' or 'frozen', got {norm!r}")
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2 if padding is None else padding, bias=False)
+    bn = FrozenBatchNorm2d(cout, eps) if norm == "frozen" else nn.BatchNorm2d(cout, eps)
+    if isinstance(act, bool):
+        activation = nn.ReLU(inplace=True) if act else nn.Identity()
+    else:
+        activation = act()
+    return conv, bn, activation
+
+
+def _affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``(scale, shift)`` (each ``(1, C, 1, 1)``) of a norm that is a fixed affine map now: a
+    :class:`FrozenBatchNorm2d`, or an ``nn.BatchNorm2d`` in eval mode with running statistics."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return norm.scale_shift()
+    if isinstance(norm, nn.BatchNorm2d) and not norm.training and norm.running_var is not None and norm.affine:
+        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+        return scale[None, :, None, None], (norm.bias - norm.running_mean * scale)[None, :, None, None]
+    return None
+
+
+def conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: nn.Module, act: nn.Module | None = None) -> Tensor:
+    """``act(norm(conv(x)))`` (``act=None``: none). A norm that is a fixed affine map (frozen, or BatchNorm in
+    eval) is folded into the convolution's weight and bias: one pass, no activation-sized buffer of its own."""
+    folded = _affine(norm)
+    if folded is None:
+        y = norm(conv(x))
+    else:
+        scale, shift = folded
+        bias = shift.flatten() if conv.bias is None else shift.flatten() + conv.bias * scale.flatten()
+        y = F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation,
+                     conv.groups)
+    return y if act is None else act(y)
+
+
 class ConvNorm(nn.Module):
-    """``act(norm(conv(x)))``: a bias-free ``k x k`` convolution (padding ``k // 2``), a norm, ReLU or
-    nothing. ``norm``: ``"frozen"`` (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable). The frozen
-    norm and the ReLU work in place on the convolution's output (its backward never reads it): no
-    new activation-sized buffer per layer."""
+    """``act(norm(conv(x)))``: a bias-free ``k x k`` convolution (padding ``k // 2``), a norm, ReLU,
+    nothing or a given activation class (see :func:`conv_norm_parts`). ``norm``: ``"frozen"``
+    (:class:`FrozenBatchNorm2d`) or ``"batch"`` (trainable). A frozen norm, or a BatchNorm in eval
+    mode, is folded into the convolution (:func:`conv_norm_act`); the ReLU works in place."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, norm: str = "batch",
-                 act: bool = True) -> None:
+                 act: bool | type[nn.Module] = True, eps: float = 1e-5) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride, padding=kernel // 2, bias=False)
-        self.norm = FrozenBatchNorm2d(cout) if norm == "frozen" else nn.BatchNorm2d(cout)
-        self.act = nn.ReLU(inplace=True) if act else nn.Identity()
+        self.conv, self.norm, self.act = conv_norm_parts(cin, cout, kernel, stride, norm, act, eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(self.norm, FrozenBatchNorm2d):
-            scale, shift = self.norm.scale_shift()
-            return self.act(self.conv(x).mul_(scale).add_(shift))
-        return self.act(self.norm(self.conv(x)))
+        return conv_norm_act(x, self.conv, self.norm, self.act)
 
 
 class ResidualUnit(nn.Module):

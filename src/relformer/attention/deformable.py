@@ -1,0 +1,193 @@
+"""Multi-scale deformable attention (Zhu et al. 2021, "Deformable DETR: Deformable Transformers for
+End-to-End Object Detection"), the sampling core.
+
+Each query ``q`` samples, per head ``h``, level ``l`` and point ``k``, the level-``l`` value map at a
+location ``p_{qhlk}`` (given here already as reference point + offset, normalised to ``[0, 1]``) and
+takes the weighted sum (eq. 3; eq. 2 is its single-scale case)::
+
+    MSDeformAttn(z_q, p_q, {x^l}) = sum_h W_h [ sum_l sum_k A_{hlqk} . W'_h x^l(phi_l(p_q) + dp_{hlqk}) ]
+
+with ``sum_{l,k} A_{hlqk} = 1``; this function computes the bracket for every head (the value
+projection ``W'_h`` and output projection ``W_h`` live in :class:`relformer.nn.MultiScaleDeformableAttention`).
+``x^l(p)`` is bilinear interpolation with zero padding outside the map, pixel centres at
+``(i + 0.5) / w`` -- ``grid_sample(..., align_corners=False)``.
+
+All levels are packed in one flat value tensor (level ``l`` starts at ``level_start_index[l]``,
+row-major ``h_l x w_l``). The four bilinear corners of every sample are turned into flat row indices
+and weights (corner weight x attention weight, zero for corners outside the map), and one
+``F.embedding_bag(mode="sum", per_sample_weights=...)`` over the ``(B * S * H, D)`` value rows gathers
+and sums them for all levels at once: no loop over levels, and the ``4 * L * P`` corner rows of a query
+are never materialised. :func:`grid_sample_deformable_attend` is the plain per-level ``grid_sample``
+twin (the formulation of HF transformers and the Deformable DETR code's PyTorch fallback).
+
+``sampler="auto"`` (``bench/deformable.py`` -> ``bench/results/deformable.md``): the packed sampler
+when no gradient is needed (inference) or on one CPU thread; the per-level ``grid_sample`` when
+gradients flow on several threads or an accelerator. On one thread the packed sampler was level with
+or faster than grid_sample (forward and backward); ``embedding_bag``'s backward sorts every corner
+index, and on 2 threads of a busy machine that sort ran several times slower than on one and the
+packed backward lost up to 2x, so training keeps grid_sample there (HF's own kernel: never slower
+than HF). The 2-thread figures were taken under load; re-measure on an idle machine.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "auto_sampler", "level_start_index_of",
+           "describe", "SAMPLERS"]
+
+SAMPLERS = ("auto", "packed", "grid_sample")
+
+
+def describe(x) -> str:
+    """What an error message says was given: a tensor's dtype and shape, else the type's name."""
+    return f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def _shapes(spatial_shapes, device) -> Tensor:
+    if isinstance(spatial_shapes, Sequence) and not isinstance(spatial_shapes, str):
+        spatial_shapes = torch.as_tensor(spatial_shapes, dtype=torch.long, device=device)
+    if not isinstance(spatial_shapes, Tensor) or spatial_shapes.dtype not in (torch.int32, torch.int64) \
+            or spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2 or spatial_shapes.shape[0] == 0:
+        raise ValueError("spatial_shapes must be an integer (L, 2) tensor of (height, width) per level, got "
+                         f"{describe(spatial_shapes)}")
+    return spatial_shapes.to(device=device, dtype=torch.long)
+
+
+def level_start_index_of(spatial_shapes: Tensor) -> Tensor:
+    """``(L,)`` start row of every level in the flat value tensor: ``[0, h_0 w_0, h_0 w_0 + h_1 w_1, ...]``."""
+    sizes = spatial_shapes.prod(1)
+    return torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+
+
+def _check(value: Tensor, spatial_shapes, sampling_locations: Tensor, attention_weights: Tensor,
+           level_start_index) -> tuple[Tensor, Tensor, list[tuple[int, int]]]:
+    """-> spatial_shapes ``(L, 2)`` long, level_start_index ``(L,)`` long, the shapes as Python ints."""
+    for name, t in (("value", value), ("sampling_locations", sampling_locations),
+                    ("attention_weights", attention_weights)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got {describe(t)}")
+    if value.dim() != 4:
+        raise ValueError(f"value must be (B, S, H, D), got shape {tuple(value.shape)}")
+    B, S, H, D = value.shape
+    shapes = _shapes(spatial_shapes, value.device)
+    L = shapes.shape[0]
+    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2 \
+            or sampling_locations.shape[0] != B or sampling_locations.shape[2] != H or sampling_locations.shape[3] != L:
+        raise ValueError(f"sampling_locations must be (B, Q, H, L, P, 2) = ({B}, Q, {H}, {L}, P, 2), got shape "
+                         f"{tuple(sampling_locations.shape)}")
+    if attention_weights.shape != sampling_locations.shape[:-1]:
+        raise ValueError(f"attention_weights must be (B, Q, H, L, P) = {tuple(sampling_locations.shape[:-1])}, "
+                         f"got shape {tuple(attention_weights.shape)}")
+    if not (value.dtype == sampling_locations.dtype == attention_weights.dtype):
+        raise ValueError("value, sampling_locations and attention_weights must share a dtype, got "
+                         f"{value.dtype}, {sampling_locations.dtype}, {attention_weights.dtype}")
+    if not (value.device == sampling_locations.device == attention_weights.device):
+        raise ValueError("value, sampling_locations and attention_weights must be on one device")
+    hw = [(int(h), int(w)) for h, w in shapes.tolist()]
+    if min(min(s) for s in hw) < 1:
+        raise ValueError(f"spatial_shapes must be positive (height, width) pairs, got {hw}")
+    if sum(h * w for h, w in hw) != S:
+        raise ValueError(f"spatial_shapes {hw} cover {sum(h * w for h, w in hw)} positions but value has S = {S}")
+    starts = level_start_index_of(shapes)
+    if level_start_index is not None:
+        if not isinstance(level_start_index, Tensor) or level_start_index.shape != (L,) \
+                or not torch.equal(level_start_index.to(starts), starts):
+            given = level_start_index.tolist() if isinstance(level_start_index, Tensor) else level_start_index
+            raise ValueError(f"level_start_index must be the (L,) starts of the levels, {starts.tolist()}, "
+                             f"got {given!r}")
+    if sampling_locations.numel() and not bool(torch.isfinite(sampling_locations).all()):
+        raise ValueError("sampling_locations must be finite (a NaN or inf location has no bilinear sample)")
+    return shapes, starts, hw
+
+
+def multi_scale_deformable_attend(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
+                                  attention_weights: Tensor, level_start_index: Tensor | None = None, *,
+                                  sampler: str = "auto") -> Tensor:
+    """The sampling core of multi-scale deformable attention (module doc, Zhu et al. 2021 eq. 3).
+
+    Args:
+        value: ``(B, S, H, D)``, every level flattened row-major and concatenated, ``S = sum_l h_l w_l``.
+        spatial_shapes: ``(L, 2)`` integer ``(h_l, w_l)`` (a list of pairs is accepted).
+        sampling_locations: ``(B, Q, H, L, P, 2)`` ``(x, y)`` in ``[0, 1]`` (outside: zero padding).
+        attention_weights: ``(B, Q, H, L, P)`` (softmax-normalised over ``L * P`` by the caller).
+        level_start_index: ``(L,)`` start of every level in ``S``; checked when given, derived when None.
+        sampler: ``"packed"`` (one ``embedding_bag`` over all levels), ``"grid_sample"`` (one call per
+            level) or ``"auto"`` (module doc); the results agree to rounding.
+
+    Returns:
+        ``(B, Q, H * D)``, head-major (head ``h`` in columns ``h*D : (h+1)*D``). Bad input raises
+        ``ValueError`` naming the argument.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    shapes, starts, hw = _check(value, spatial_shapes, sampling_locations, attention_weights, level_start_index)
+    if sampler == "auto":
+        sampler = auto_sampler(value, sampling_locations, attention_weights)
+    if sampler == "grid_sample":
+        return _grid_sample(value, hw, sampling_locations, attention_weights)
+    return _packed(value, shapes, starts, sampling_locations, attention_weights)
+
+
+def auto_sampler(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> str:
+    """``"packed"`` or ``"grid_sample"``: what ``sampler="auto"`` runs for these inputs (module doc)."""
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (value, sampling_locations, attention_weights))
+    if not grad or (value.device.type == "cpu" and torch.get_num_threads() == 1):
+        return "packed"
+    return "grid_sample"
+
+
+def _packed(value: Tensor, shapes: Tensor, starts: Tensor, sampling_locations: Tensor,
+            attention_weights: Tensor) -> Tensor:
+    """The packed sampler (module doc)."""
+    B, S, H, D = value.shape
+    Q, L, P = sampling_locations.shape[1], shapes.shape[0], sampling_locations.shape[4]
+    dtype = value.dtype
+    h_l, w_l = shapes[:, 0].to(dtype).view(L, 1), shapes[:, 1].to(dtype).view(L, 1)  # (L, 1)
+    loc, aw = sampling_locations, attention_weights  # (B, Q, H, L, P, 2), (B, Q, H, L, P)
+    # pixel coordinates (align_corners=False); clamped just outside the map, where every corner is padding
+    x = (loc[..., 0] * w_l - 0.5).clamp(-2.0, None).minimum(w_l + 1)  # (B, Q, H, L, P)
+    y = (loc[..., 1] * h_l - 0.5).clamp(-2.0, None).minimum(h_l + 1)
+    x0, y0 = x.detach().floor(), y.detach().floor()
+    fx, fy = x - x0, y - y0
+    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], -1)  # (B, Q, H, L, P, 4) corners
+    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], -1)
+    wx = torch.stack([1 - fx, fx, 1 - fx, fx], -1)
+    wy = torch.stack([1 - fy, 1 - fy, fy, fy], -1)
+    w_pix, h_pix = shapes[:, 1].view(L, 1, 1), shapes[:, 0].view(L, 1, 1)
+    xi, yi = xs.long(), ys.long()
+    inside = (xi >= 0) & (xi < w_pix) & (yi >= 0) & (yi < h_pix)
+    pixel = starts.view(L, 1, 1) + yi.clamp(min=0).minimum(h_pix - 1) * w_pix + xi.clamp(min=0).minimum(w_pix - 1)
+    # row (b, s, h) of value seen as (B*S*H, D): no copy of value, and the bags come out as (B, Q, H)
+    base = (torch.arange(B, device=value.device) * (S * H)).view(B, 1, 1, 1, 1, 1) \
+        + torch.arange(H, device=value.device).view(1, 1, H, 1, 1, 1)
+    weights = wx * wy * aw.unsqueeze(-1) * inside  # (B, Q, H, L, P, 4)
+    out = F.embedding_bag((pixel * H + base).reshape(B * Q * H, L * P * 4), value.reshape(B * S * H, D), mode="sum",
+                          per_sample_weights=weights.reshape(B * Q * H, L * P * 4))  # (B*Q*H, D)
+    return out.view(B, Q, H * D)
+
+
+def grid_sample_deformable_attend(value: Tensor, spatial_shapes: Tensor, sampling_locations: Tensor,
+                                  attention_weights: Tensor, level_start_index: Tensor | None = None) -> Tensor:
+    """The plain twin of :func:`multi_scale_deformable_attend`: one ``grid_sample`` per level, same
+    arguments and result (``sampler="grid_sample"``)."""
+    return multi_scale_deformable_attend(value, spatial_shapes, sampling_locations, attention_weights,
+                                         level_start_index, sampler="grid_sample")
+
+
+def _grid_sample(value: Tensor, hw: list[tuple[int, int]], sampling_locations: Tensor,
+                 attention_weights: Tensor) -> Tensor:
+    B, S, H, D = value.shape
+    Q, L, P = sampling_locations.shape[1], len(hw), sampling_locations.shape[4]
+    grids = 2 * sampling_locations - 1  # (B, Q, H, L, P, 2) in [-1, 1]
+    sampled = []
+    for level, (v_l, (h, w)) in enumerate(zip(value.split([h * w for h, w in hw], dim=1), hw)):
+        v_l = v_l.permute(0, 2, 3, 1).reshape(B * H, D, h, w)  # (B*H, D, h, w)
+        g_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B*H, Q, P, 2)
+        sampled.append(F.grid_sample(v_l, g_l, mode="bilinear", padding_mode="zeros", align_corners=False))
+    stacked = torch.stack(sampled, dim=-2).flatten(-2)  # (B*H, D, Q, L*P)
+    aw = attention_weights.transpose(1, 2).reshape(B * H, 1, Q, L * P)
+    return (stacked * aw).sum(-1).view(B, H * D, Q).transpose(1, 2)
