@@ -88,6 +88,17 @@ def test_patch_graph_message_passing_matches_a_loop():
         assert len({int(x) for x in g.token_query[a:b]}) == 1 and len({int(x) for x in g.token_node[a:b]}) == 1
         assert len({bool(x) for x in g.is_center[a:b]}) == 1 and bool(g.token_patch[a:b].diff().gt(0).all())
     assert g.token_patch[g.readout].tolist() == [max(1, min(int(n), 4)) - 1 for n in nb.counts]
+    # patches are windows in time: every event lies after the previous patch's latest event, and a
+    # patch's time is its latest event's (the query time for an empty one)
+    off = nb.offsets.tolist()
+    for q in range(nodes.numel()):
+        ts = nb.times[off[q]:off[q + 1]].tolist()
+        n, P = len(ts), max(1, min(len(ts), 4))
+        patch_of = [j * min(n, 4) // n for j in range(n)]
+        ends = [max(t for t, p in zip(ts, patch_of) if p == m) for m in range(P)] if n else [int(times[q])]
+        centers = (g.token_query == q) & g.is_center
+        assert g.token_time[centers].tolist() == ends and ends == sorted(ends)
+        assert all(p == 0 or t >= ends[p - 1] for t, p in zip(ts, patch_of))
     torch.manual_seed(0)
     block = LocalBlock(16, 3 + 8)
     h = torch.randn(g.num_tokens, 16, requires_grad=True)
