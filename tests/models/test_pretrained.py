@@ -21,12 +21,14 @@ from relformer.models import (DETRConfig, GPSConfig, GraphormerConfig, GTConfig,
 from relformer.models.matching import GMFlowConfig, LightGlueConfig, LoFTRConfig
 from relformer.models.text.checkpoint import minilm_l6_path
 from relformer.train.checkpoint import CheckpointDir
+from relformer.models.grounding import GroundingConfig
 from tests.models.test_graph import random_graphs
+from tests.models.test_grounding import random_batch
 
 PEERS = ("hf_", "pyg_")  # other libraries' modules behind relformer configs (interop/)
-SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion", "loftr"}  # 5-10 s on one core (build, write, read, forward)
+SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion", "loftr", "transrefer3d", "transrefer3d_plain", "referit3dnet"}  # 5-10 s on one core (build, write, read, forward)
 MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro", "gps_micro", "gt_micro",
-         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro"]
+         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro", "transrefer3d_micro"]
 
 
 def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
@@ -55,6 +57,8 @@ def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
     if isinstance(config, GMFlowConfig):
         size = (config.in_chans, 2 * config.stride, 3 * config.stride)
         return (torch.rand(1, *size, generator=g), torch.rand(1, *size, generator=g)), {}
+    if isinstance(config, GroundingConfig):
+        return (random_batch(seed=seed),), {}
     raise AssertionError(f"no test input for {type(config).__name__}: add one")
 
 

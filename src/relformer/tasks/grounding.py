@@ -69,16 +69,20 @@ class GroundingRecipe(Recipe):
 
 
 class _Batched(Dataset):
-    """A :class:`ReferringDataset` whose ``__getitems__`` packs a :class:`GroundingBatch`."""
+    """A :class:`ReferringDataset` whose ``__getitems__`` packs a :class:`GroundingBatch`, its class
+    indices mapped into ``class_names`` (the classes of every split)."""
 
-    def __init__(self, data: ReferringDataset) -> None:
+    def __init__(self, data: ReferringDataset, class_names: Sequence[str]) -> None:
         self.data = data
+        index = {c: k for k, c in enumerate(class_names)}
+        self.classes = torch.tensor([index[c] for c in data.class_names], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitems__(self, indices: Sequence[int]) -> GroundingBatch:
-        return collate([self.data[i] for i in indices])
+        items = [self.data[i] for i in indices]
+        return collate([{**it, "classes": self.classes[it["classes"]]} for it in items])
 
 
 def referring_sums(picked: Tensor, target: Tensor, hard: Tensor, view_dependent: Tensor) -> dict[str, Tensor]:
@@ -136,14 +140,21 @@ class GroundingTask(TaskBase):
         for key in ("csv", "scans_dir", "splits_dir"):
             if not Path(getattr(d, key)).exists():
                 raise RecipeError(f"data.{key}: no such file or folder {getattr(d, key)}")
-        out, names = {}, None
+        out = {}
         for split in ("train", "val", "test"):
             path = Path(d.splits_dir) / f"{split}_scans.txt"
             if not path.is_file():
                 raise RecipeError(f"data.splits_dir: {path} is missing (one scan id per line)")
-            out[split] = ReferringDataset(d.csv, d.scans_dir, path.read_text().split(), class_names=names)
-            names = out[split].class_names
+            out[split] = ReferringDataset(d.csv, d.scans_dir, path.read_text().split())
         return out
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The object classes of every split (sorted for real data; the generator's order otherwise)."""
+        data = self.datasets()
+        names = data["train"].class_names
+        extra = sorted({c for part in data.values() for c in part.class_names} - set(names))
+        return tuple(names) + tuple(extra)
 
     @property
     def eval_description(self) -> str:
@@ -152,13 +163,13 @@ class GroundingTask(TaskBase):
                 f"{self.recipe.data.source} data): val_accuracy picks the best checkpoint")
 
     def build_model(self) -> nn.Module:
-        return fill_model_options(self.recipe.model, num_classes=len(self.datasets()["train"].class_names)).build()
+        return fill_model_options(self.recipe.model, num_classes=len(self.class_names)).build()
 
     def train_dataset(self) -> Dataset:
-        return _Batched(self.datasets()["train"])
+        return _Batched(self.datasets()["train"], self.class_names)
 
     def eval_dataset(self) -> Dataset:
-        return EvalSplits({s: _Batched(self.datasets()[s]) for s in self.eval_splits})
+        return EvalSplits({s: _Batched(self.datasets()[s], self.class_names) for s in self.eval_splits})
 
     def batch_size_of(self, batch) -> int:
         if isinstance(batch, tuple):
@@ -197,10 +208,10 @@ class GroundingTask(TaskBase):
         from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
 
-        data = self.datasets()["test"]
+        data = _Batched(self.datasets()["test"], self.class_names)
         step = max(len(data) // count, 1)
-        indices = list(range(0, len(data), step))[:count]
-        batch = collate([data[i] for i in indices])
+        batch = data.__getitems__(list(range(0, len(data), step))[:count])
+        indices = range(batch.num_scenes)
         model.eval()
         with torch.no_grad():
             picked = model(batch.to(next(model.parameters()).device)).predictions().cpu()

@@ -38,6 +38,8 @@ class WordEncoder(nn.Module):
             raise ValueError(f"text_model {text_model!r} has a vocabulary of {self.encoder.config.vocab_size}, "
                              f"smaller than the tokenizer's {self.tokenizer.get_vocab_size()}")
         self.freeze = bool(freeze)
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler.requires_grad_(False)  # the [CLS] pooler: unused, word features only
         if self.freeze:
             self.encoder.requires_grad_(False)
         self._cache: dict[tuple, Tensor] = {}
