@@ -1,11 +1,12 @@
-"""TransRefer3D's layers (He et al. 2021, ACM MM, Sec. 3): Entity-aware Attention (EA), Relation-aware
-Attention (RA) and the Entity-and-Relation aware Contextual Block (ERCB), on packed scenes.
+"""TransRefer3D's layers (He et al. 2021, ACM MM): Entity-aware Attention (EA), Relation-aware Attention
+(RA) and the Entity-and-Relation aware Contextual Block (ERCB), on packed scenes.
 
 Notation (per scene): objects ``o_i`` ``(n, D)``, words ``w_t`` ``(T, D)``, boxes ``b_i`` (centre, size).
 Every attention is :func:`relformer.attend` through :class:`relformer.nn.Attention`, on rows of whole
 scenes (:mod:`.layout`); ``MHA(q, kv)`` is multi-head attention ``softmax(q W_q (kv W_k)^T / sqrt(d)) kv W_v``.
-The paper's equations are followed in the form of the authors' code (``coattention_net.py``), which fixes
-the details the text leaves open (post-norm residuals, max pooling over pairs, the fusion below).
+The formulas are written in the form of the authors' code (``referit3d/models/coattention_net.py`` of
+luo-junyu/TransRefer3D: post-norm residuals, max pooling over pairs, the fusion of EA and RA); the paper's
+own equation numbers were not at hand when this was written, so none are cited.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ class CoAttention(nn.Module):
 
 
 class EntityAwareAttention(nn.Module):
-    """EA (Sec. 3.3): visual entity features query the linguistic entity features,
+    """EA: visual entity features query the linguistic entity features,
     ``e_i = MHA(o_i, {w_t})`` -- each object gathers the words that describe it."""
 
     def __init__(self, dim: int, heads: int, dropout: float, backend: str) -> None:
@@ -60,7 +61,7 @@ class EntityAwareAttention(nn.Module):
 
 
 class RelationAwareAttention(nn.Module):
-    """RA (Sec. 3.4): pairwise visual relation features query the linguistic relation features, pooled
+    """RA: pairwise visual relation features query the linguistic relation features, pooled
     over the partner::
 
         r_ij = LN(W_d (o_j - o_i) + MLP_g(g_ij))       g_ij = pair_features(b_i, b_j)  (10 geometry features)
@@ -87,7 +88,7 @@ class RelationAwareAttention(nn.Module):
 
 
 class ERCB(nn.Module):
-    """Entity-and-Relation aware Contextual Block (Sec. 3.5): self-attention within each modality, then
+    """Entity-and-Relation aware Contextual Block: self-attention within each modality, then
     the language attends the objects while the objects get EA and RA, fused::
 
         w = SA(w);  o = SA(o)  (biased by Pair3DBias(b_i, b_j) when relation="pair")

@@ -78,7 +78,7 @@ def grounding_loss(out: GroundingOutput, batch, weights: dict[str, float] | None
     return sum(weights[k] * v for k, v in terms.items()), terms
 
 
-def _check_batch(batch, num_classes: int) -> None:
+def _check_batch(batch) -> None:
     for name in ("points", "point_offsets", "object_offsets", "centres", "sizes", "texts"):
         if not hasattr(batch, name):
             raise TypeError(f"batch must be a GroundingBatch (no {name!r}), got {type(batch).__name__}")
@@ -112,7 +112,7 @@ class _GroundingBase(PretrainedMixin, nn.Module):
 
     def _inputs(self, batch, padded: bool, with_pairs: bool):
         """Object tokens, word tokens, the layout and the boxes, in the layout's slots."""
-        _check_batch(batch, self.config.num_classes)
+        _check_batch(batch)
         obj = self.objects(batch.points, batch.point_offsets, batch.centres, batch.sizes, padded)  # (N, Cp)
         words = self.words(batch.texts)                                                            # (W, Ct)
         layout = SceneLayout.build(batch.object_offsets.diff(), words.lengths, padded, with_pairs)
