@@ -40,7 +40,8 @@ SUBSETS = ("accuracy", "easy", "hard", "view_dep", "view_indep")
 @dataclass
 class GroundingDataSection:
     """``source``: ``"generated"`` (``num_scenes`` train/val/test scenes of benchmark ``seed`` under ``root``,
-    None: the cache root) or ``"referit3d"`` (``csv``, ``scans_dir``, ``splits_dir``)."""
+    None: the cache root) or ``"referit3d"`` (``csv``, ``scans_dir``, ``splits_dir``;
+    ``mentions_target_class_only``: keep only utterances naming the target's class, ReferIt3D's Nr3D default)."""
 
     source: Literal["generated", "referit3d"] = "generated"
     num_scenes: tuple[int, int, int] = (300, 50, 50)
@@ -49,6 +50,7 @@ class GroundingDataSection:
     csv: str | None = None
     scans_dir: str | None = None
     splits_dir: str | None = None
+    mentions_target_class_only: bool = False
 
 
 @dataclass
@@ -145,7 +147,8 @@ class GroundingTask(TaskBase):
             path = Path(d.splits_dir) / f"{split}_scans.txt"
             if not path.is_file():
                 raise RecipeError(f"data.splits_dir: {path} is missing (one scan id per line)")
-            out[split] = ReferringDataset(d.csv, d.scans_dir, path.read_text().split())
+            out[split] = ReferringDataset(d.csv, d.scans_dir, path.read_text().split(),
+                                          mentions_target_class_only=d.mentions_target_class_only)
         return out
 
     @property
