@@ -25,12 +25,15 @@ from relformer.models.matching import GMFlowConfig, LightGlueConfig, LoFTRConfig
 from relformer.models.temporal import TemporalContext, TodyformerConfig
 from relformer.models.text.checkpoint import minilm_l6_path
 from relformer.train.checkpoint import CheckpointDir
+from relformer.models.grounding import GroundingConfig
 from tests.models.test_graph import random_graphs
+from tests.models.test_grounding import random_batch
 
 PEERS = ("hf_", "pyg_")  # other libraries' modules behind relformer configs (interop/)
-SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion", "loftr"}  # 5-10 s on one core (build, write, read, forward)
+SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion", "loftr", "transrefer3d", "transrefer3d_plain",
+        "referit3dnet"}  # 5-10 s on one core (build, write, read, forward)
 MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro", "rtdetr_micro", "gps_micro", "gt_micro",
-         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro", "todyformer_micro"]
+         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro", "todyformer_micro", "transrefer3d_micro"]
 
 
 def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
@@ -66,6 +69,8 @@ def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
                         t=torch.arange(E), num_nodes=n, edge_features=feats)
         b = slice(40, 60)
         return (s.src[b], s.dst[b], s.t[b], TemporalContext(s, TemporalNeighborSampler(s))), {}
+    if isinstance(config, GroundingConfig):
+        return (random_batch(seed=seed),), {}
     raise AssertionError(f"no test input for {type(config).__name__}: add one")
 
 

@@ -1,6 +1,6 @@
 """Model families built on relformer's one attention primitive, the variant registry and the
 one-call save / load (``save_pretrained`` / ``from_pretrained``, :mod:`.hub`)."""
-from . import detection, graph, hub, matching, outputs, text, vision
+from . import detection, graph, grounding, hub, matching, outputs, text, vision
 from .matching import (GMFlow, GMFlowConfig, DiskKeypoints, LightGlue, LightGlueConfig, LoFTR, LoFTRConfig, MatchOutput,
                        PackedMatches)
 from .hub import save_config
@@ -16,7 +16,7 @@ from .vision import Swin, SwinConfig, ViT, ViTConfig, VisionOutput
 __all__ = ["list_models", "create_model", "model_config", "build_model", "register_model", "builds",
            "from_pretrained", "save_pretrained", "save_config", "PretrainedMixin", "register_weights",
            "shipped_weights", "config_classes", "hub", "outputs", "ModelOutput", "classification_loss",
-           "detection", "DETR", "DETRConfig", "DetectionOutput",
+           "detection", "DETR", "DETRConfig", "DetectionOutput", "grounding",
            "graph", "GraphBatch", "GraphOutput", "GraphLayout", "GPS", "GPSConfig", "GPSLayer", "GraphTransformer",
            "GraphTransformerLayer", "GTConfig", "Graphormer", "GraphormerConfig",
            "vision", "ViT", "ViTConfig", "Swin", "SwinConfig", "VisionOutput",
