@@ -19,6 +19,7 @@ from relformer.models import (DETRConfig, GPSConfig, GraphormerConfig, GTConfig,
                               SwinConfig, TextConfig, TextEncoder, ViT, ViTConfig, create_model, from_pretrained,
                               list_models, model_config, save_config, save_pretrained, shipped_weights)
 from relformer.models.matching import GMFlowConfig, LightGlueConfig, LoFTRConfig
+from relformer.models.temporal import DyGFormerConfig
 from relformer.models.text.checkpoint import minilm_l6_path
 from relformer.train.checkpoint import CheckpointDir
 from tests.models.test_graph import random_graphs
@@ -26,7 +27,7 @@ from tests.models.test_graph import random_graphs
 PEERS = ("hf_", "pyg_")  # other libraries' modules behind relformer configs (interop/)
 SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion", "loftr"}  # 5-10 s on one core (build, write, read, forward)
 MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro", "gps_micro", "gt_micro",
-         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro"]
+         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro", "dygformer_micro"]
 
 
 def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
@@ -55,6 +56,10 @@ def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
     if isinstance(config, GMFlowConfig):
         size = (config.in_chans, 2 * config.stride, 3 * config.stride)
         return (torch.rand(1, *size, generator=g), torch.rand(1, *size, generator=g)), {}
+    if isinstance(config, DyGFormerConfig):
+        from tests.models.test_dygformer import random_context
+        ctx = random_context(config, seed=seed)
+        return (ctx.stream.src[-6:], ctx.stream.dst[-6:].flip(0), ctx.stream.t[-6:], ctx), {}
     raise AssertionError(f"no test input for {type(config).__name__}: add one")
 
 

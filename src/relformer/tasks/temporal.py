@@ -171,6 +171,12 @@ def _evenly_spaced(n: int, count: int) -> Tensor:
     return torch.linspace(0, n - 1, count).round().long().unique() if count else torch.zeros(0, dtype=torch.long)
 
 
+def on_device(stream: EventStream, device: torch.device) -> TemporalContext:
+    """A context over ``stream`` moved to ``device``, its sampler built there."""
+    stream = stream.to(device)
+    return TemporalContext(stream, TemporalNeighborSampler(stream))
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module behind DDP (``.module``) and ``torch.compile`` (``._orig_mod``)."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
@@ -253,7 +259,7 @@ def test_table(model: nn.Module, split: TemporalSplit, batch_size: int = 200, mr
     the transductive pass's scores (for the scores-over-time plot). ``model`` reads the whole stream."""
     was = model.training
     model.eval()
-    ctx = TemporalContext(split.stream, TemporalNeighborSampler(split.stream))
+    ctx = on_device(split.stream, next((p.device for p in model.parameters()), split.stream.device))
     table, scores = {}, {}
     try:
         for setting, name in (("transductive", "test"), ("inductive", "new_node_test")):
@@ -333,9 +339,18 @@ class TemporalLinkTask(TaskBase):
         self.train_ctx = TemporalContext(train, TemporalNeighborSampler(train))
         self.eval_ctx = TemporalContext(self.split.stream, TemporalNeighborSampler(self.split.stream))
         self.train_destinations = torch.unique(train.dst)
+        self._contexts: dict[tuple[str, str], TemporalContext] = {}
         self._val_name = "val" if d.setting == "transductive" else "new_node_val"
         self._val: EventSet | None = None
         self._scores: dict[str, list] = {"pos": [], "neg": [], "mrr": []}
+
+    def context(self, which: str, device: torch.device) -> TemporalContext:
+        """The ``"train"`` or ``"eval"`` context on ``device`` (built there once)."""
+        key = (which, str(device))
+        if key not in self._contexts:
+            base = self.train_ctx if which == "train" else self.eval_ctx
+            self._contexts[key] = base if base.stream.device == device else on_device(base.stream, device)
+        return self._contexts[key]
 
     @property
     def eval_description(self) -> str:
@@ -375,18 +390,20 @@ class TemporalLinkTask(TaskBase):
         return replace(batch, negatives={"random": (batch.src, self.train_destinations[pick])})
 
     def loss(self, model: nn.Module, batch: EventBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        ctx = self.context("train", batch.src.device)
         if batch.first:
-            start_pass(model, self.train_ctx, 0, len(batch))
-        pos, neg, _ = score_batch(model, batch, self.train_ctx)
+            start_pass(model, ctx, 0, len(batch))
+        pos, neg, _ = score_batch(model, batch, ctx)
         logits = torch.cat([pos, neg["random"]]).float()
         labels = torch.cat([torch.ones_like(pos), torch.zeros_like(neg["random"])]).float()
         ap = link_prediction_metrics(pos.detach(), neg["random"].detach())["ap"]
         return F.binary_cross_entropy_with_logits(logits, labels), {"ap": torch.tensor(ap)}
 
     def eval_step(self, model: nn.Module, batch: EventBatch) -> dict[str, Tensor]:
+        ctx = self.context("eval", batch.src.device)
         if batch.first:
-            start_pass(model, self.eval_ctx, int(batch.event_ids[0]), len(batch))
-        pos, neg, mrr_logits = score_batch(model, batch, self.eval_ctx)
+            start_pass(model, ctx, int(batch.event_ids[0]), len(batch))
+        pos, neg, mrr_logits = score_batch(model, batch, ctx)
         self._scores["pos"].append(pos.float().cpu())
         self._scores["neg"].append(neg["random"].float().cpu())
         if mrr_logits.numel():
