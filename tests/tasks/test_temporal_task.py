@@ -10,10 +10,11 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from relformer.cli import main
 from relformer.data.temporal import STRATEGIES, chronological_split, load_uci, split_negatives
-from relformer.models.temporal import EdgeBank
+from relformer.models.temporal import EdgeBank, TemporalLinkPredictor
 from relformer.tasks import build_task, resolve_recipe
 from relformer.tasks.temporal import evaluate_edgebank
 from relformer.tasks.temporal_metrics import link_prediction_metrics
@@ -27,9 +28,10 @@ SMALL = ["model.options.num_neighbors=7", "model.options.channel_dim=16", "model
 CELLS = [f"{setting}_{s}_{m}" for setting in ("transductive", "inductive") for s in STRATEGIES for m in ("ap", "auc")]
 
 
-@pytest.mark.parametrize("override, key", [("data.dataset=ucii", "data.dataset"), ("data.neighbors=0", "data.neighbors"),
-                                           ("data.setting=both", "data.setting"), ("data.prefix=3", "data.prefix"),
-                                           ("data.mrr_negatives=0", "data.mrr_negatives")])
+@pytest.mark.parametrize("override, key", [
+    ("data.dataset=ucii", "data.dataset"), ("data.neighbors=0", "data.neighbors"),
+    ("data.setting=both", "data.setting"),
+    ("data.prefix=3", "data.prefix"), ("data.mrr_negatives=0", "data.mrr_negatives")])
 def test_bad_recipe_values_name_the_key(override, key):
     with pytest.raises(RecipeError, match=key.replace(".", r"\.")) as e:
         resolve_recipe("dygformer-uci", [override]).validate()
@@ -111,3 +113,36 @@ def test_the_recipe_runs_from_the_command_line(tmp_path, capsys):
     main(["train", "dygformer-uci", "--out", str(tmp_path / "cli"), "--set", "max_steps=2", "--set", "epochs=1",
           *(x for o in SMALL for x in ("--set", o)), "--set", "data.prefix=1000"])
     assert (tmp_path / "cli" / "report.md").is_file() and (tmp_path / "cli" / "plots" / "test_table.png").is_file()
+
+
+class _Recorder(TemporalLinkPredictor):
+    """A memory model that scores nothing and records the calls the task makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w, self.calls = nn.Parameter(torch.zeros(())), []
+
+    def forward(self, src, dst, t, ctx):
+        return self.w + 0.0 * src
+
+    def observe(self, src, dst, t, edge_ids, ctx):
+        self.calls.append(edge_ids.clone())
+
+    def reset_state(self):
+        self.calls.append("reset")
+
+
+def test_memory_models_are_reset_and_observe_every_batch_in_order():
+    task = build_task(resolve_recipe("dygformer-uci", ["data.prefix=2000"]))
+    model, data = _Recorder(), task.train_dataset()
+    for a in (0, 200, 400):
+        task.loss(model, task.augment(data.__getitems__(range(a, a + 200)), torch.Generator().manual_seed(a)))
+    assert model.calls[0] == "reset" and "reset" not in model.calls[1:]
+    assert torch.equal(torch.cat(model.calls[1:]), torch.arange(600))  # the training stream, in order
+    model.calls.clear()
+    val = task.eval_dataset()
+    task.eval_step(model, val.__getitems__(range(0, 100)))
+    task.eval_step(model, val.__getitems__(range(100, 200)))
+    first = int(val.event_ids[0])  # replayed: the whole stream before the val split, then each val batch
+    assert model.calls[0] == "reset"
+    assert torch.equal(torch.cat(model.calls[1:]), torch.cat([torch.arange(first), val.event_ids[:200]]))

@@ -4,4 +4,5 @@ from .dygformer import DyGFormer, DyGFormerConfig
 from .edgebank import EdgeBank
 from .time_encoding import TimeEncoder
 
-__all__ = ["TemporalContext", "TemporalLinkPredictor", "MergeLayer", "EdgeBank", "DyGFormer", "DyGFormerConfig", "TimeEncoder"]
+__all__ = ["TemporalContext", "TemporalLinkPredictor", "MergeLayer", "EdgeBank", "DyGFormer", "DyGFormerConfig",
+           "TimeEncoder"]

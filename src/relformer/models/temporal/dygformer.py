@@ -4,27 +4,29 @@ Library", NeurIPS; DyGLib's ``models/DyGFormer.py``), packed.
 For a candidate link ``(u, v, t)`` each end's sequence is the node itself (elapsed time 0, no edge)
 followed by its ``num_neighbors`` most recent interactions strictly before ``t``, oldest first
 (DyGLib's ``max_input_sequence_length = num_neighbors + 1``; the context's sampler). Every entry
-carries four channels (Sec. 4.1):
+carries four channels (the paper's "Encode Neighbors, Links, and Time Intervals" and "Neighbor
+Co-occurrence Encoding Scheme"):
 
 * the neighbour's node features and the interaction's edge features (zeros for the node itself);
-* the time encoding ``cos((t - t_j) w)`` (:class:`~.time_encoding.TimeEncoder`, Eq. 2);
-* the **neighbour co-occurrence encoding** (Eq. 1): ``C_u[j] = [#j in S_u, #j in S_v]``, how often the
+* the time encoding ``cos((t - t_j) w)`` (:class:`~.time_encoding.TimeEncoder`);
+* the **neighbour co-occurrence encoding**: ``C_u[j] = [#j in S_u, #j in S_v]``, how often the
   entry's node appears in ``u``'s and in ``v``'s sequence, encoded as ``f(C[:, 0]) + f(C[:, 1])`` with
   ``f = Linear(1, d) -> ReLU -> Linear(d, d)``.
 
-**Patching** (Eq. 3): ``patch_size`` consecutive entries become one token, the ``patch_size * F``
-values of each channel projected to ``channel_dim``; a partial last patch is filled as DyGLib pads
+**Patching** ("Patching Technique"): ``patch_size`` consecutive entries become one token, the
+``patch_size * F`` values of each channel projected to ``channel_dim``; a partial last patch is filled as DyGLib pads
 (zero features, zero counts). The four channels concatenated, ``(4 channel_dim)`` wide, of both
-ends' patches go through ``depth`` pre-norm Transformer blocks (Eq. 4, DyGLib's
+ends' patches go through ``depth`` pre-norm Transformer blocks ("Transformer Encoder"; DyGLib's
 ``TransformerEncoder``: LayerNorm, attention, GELU MLP of 4x, no final norm) as **one packed item
 per pair**: ``u``'s tokens and ``v``'s tokens attend each other and nothing else. Each end's tokens
-are averaged and projected to ``output_dim`` (Eq. 5), then :class:`~.base.MergeLayer` scores the pair.
+are averaged and projected to ``output_dim``, then :class:`~.base.MergeLayer` scores the pair.
 
-Differences from DyGLib, all in what padding does: DyGLib pads every sequence of a batch to the
-longest and lets the padding patches attend and be averaged; here nothing is padded (rows of whole
-pairs, a block-diagonal mask), so a pair's output does not depend on the other pairs of its batch.
-DyGLib also drops the MLP's hidden activations; :class:`~relformer.nn.Block` drops the attention
-probabilities and both branch outputs. DyGLib learns the time frequencies (``time_trainable``).
+Differences from DyGLib. Padding: DyGLib pads every sequence of a batch to the longest and lets the
+padding patches attend and be averaged; here nothing is padded (rows of whole pairs, a block-diagonal
+mask), so a pair's output does not depend on the other pairs of its batch (pair by pair the two
+agree: the tests). Dropout: DyGLib also drops the MLP's hidden activations; :class:`~relformer.nn.Block`
+drops the attention probabilities and both branch outputs. Time: DyGLib learns the frequencies
+(``time_trainable=True``); they are fixed by default here.
 """
 from __future__ import annotations
 
@@ -91,7 +93,7 @@ def dygformer_micro() -> DyGFormerConfig:
 
 
 def cooccurrence_counts(nodes: Tensor, pair: Tensor, side: Tensor, num_nodes: int) -> Tensor:
-    """Eq. 1's counts: for each entry ``(M,)`` of pair ``pair`` on side ``side`` (0: source, 1:
+    """The co-occurrence counts: for each entry ``(M,)`` of pair ``pair`` on side ``side`` (0: source, 1:
     destination), how often its node appears in the source's and in the destination's sequence of
     that pair: ``(M, 2)`` float. One ``unique`` over ``pair * num_nodes + node`` and two bincounts."""
     key = pair * num_nodes + nodes
@@ -102,7 +104,7 @@ def cooccurrence_counts(nodes: Tensor, pair: Tensor, side: Tensor, num_nodes: in
 
 
 def patch_tokens(values: Tensor, slot: Tensor, num_tokens: int, patch_size: int) -> Tensor:
-    """Eq. 3's patching: entries ``values (M, F)`` at flat slots ``slot (M,)`` (``token * patch_size +
+    """Patching: entries ``values (M, F)`` at flat slots ``slot (M,)`` (``token * patch_size +
     place in the patch``) -> ``(num_tokens, patch_size * F)``, zeros in empty slots."""
     grid = values.new_zeros(num_tokens * patch_size, values.shape[-1])
     grid = grid.index_put((slot,), values)
@@ -110,7 +112,8 @@ def patch_tokens(values: Tensor, slot: Tensor, num_tokens: int, patch_size: int)
 
 
 class NeighborCooccurrence(nn.Module):
-    """Eq. 1's encoder: counts ``(..., 2) -> f(c_0) + f(c_1) (..., dim)``, ``f = Linear(1, dim) -> ReLU -> Linear(dim, dim)``."""
+    """The co-occurrence encoder: counts ``(..., 2) -> f(c_0) + f(c_1) (..., dim)``,
+    ``f = Linear(1, dim) -> ReLU -> Linear(dim, dim)``."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
