@@ -469,12 +469,13 @@ def dygformer_uci() -> TemporalRecipe:
 
 @register_recipe("dygformer-hospital")
 def dygformer_hospital() -> TemporalRecipe:
-    """DyGFormer on the SocioPatterns hospital contacts (DyGLib's Contacts settings: dropout 0), 25 minutes."""
+    """DyGFormer on the SocioPatterns hospital contacts with DyGLib's settings for its contact network
+    (dropout 0), 25 minutes."""
     return _dygformer("dygformer-hospital", "hospital", 25, dropout=0.0)
 
 
 @register_recipe("dygformer-movielens")
 def dygformer_movielens() -> TemporalRecipe:
     """DyGFormer on the bipartite MovieLens ratings stream (the rating as edge feature), 20 minutes: its
-    15,000-event val and test splits take the rest of the 30."""
+    large val and test splits take the rest of the 30."""
     return _dygformer("dygformer-movielens", "movielens", 20)
