@@ -463,19 +463,19 @@ def _dygformer(name: str, dataset: str, max_minutes: float, **model) -> Temporal
 @register_recipe("dygformer-uci")
 def dygformer_uci() -> TemporalRecipe:
     """DyGFormer on UCI messages with DyGLib's settings (the node + 31 neighbours, patch 1, Adam 1e-4,
-    batch 200) under a 25-minute training budget, so the final evaluation and test table end within 30."""
-    return _dygformer("dygformer-uci", "uci", 25)
+    batch 200) under a 22-minute training budget, so the final evaluation and test table end within 30."""
+    return _dygformer("dygformer-uci", "uci", 22)
 
 
 @register_recipe("dygformer-hospital")
 def dygformer_hospital() -> TemporalRecipe:
     """DyGFormer on the SocioPatterns hospital contacts with DyGLib's settings for its contact network
-    (dropout 0), 25 minutes."""
-    return _dygformer("dygformer-hospital", "hospital", 25, dropout=0.0)
+    (dropout 0), 22 minutes of training."""
+    return _dygformer("dygformer-hospital", "hospital", 22, dropout=0.0)
 
 
 @register_recipe("dygformer-movielens")
 def dygformer_movielens() -> TemporalRecipe:
-    """DyGFormer on the bipartite MovieLens ratings stream (the rating as edge feature), 20 minutes: its
-    large val and test splits take the rest of the 30."""
-    return _dygformer("dygformer-movielens", "movielens", 20)
+    """DyGFormer on the bipartite MovieLens ratings stream (the rating as edge feature), 17 minutes of
+    training: its large val and test splits take the rest of the 30."""
+    return _dygformer("dygformer-movielens", "movielens", 17)
