@@ -22,7 +22,7 @@ from relformer.models import (DETRConfig, GPSConfig, GraphormerConfig, GTConfig,
                               list_models, model_config, save_config, save_pretrained, shipped_weights)
 from relformer.models.detection import RTDETRConfig
 from relformer.models.matching import GMFlowConfig, LightGlueConfig, LoFTRConfig
-from relformer.models.temporal import TemporalContext, TodyformerConfig
+from relformer.models.temporal import DyGFormerConfig, TemporalContext, TodyformerConfig
 from relformer.models.text.checkpoint import minilm_l6_path
 from relformer.train.checkpoint import CheckpointDir
 from relformer.models.grounding import GroundingConfig
@@ -33,7 +33,8 @@ PEERS = ("hf_", "pyg_")  # other libraries' modules behind relformer configs (in
 SLOW = {"bert_base", "swin_tiny", "hf_detr_fashion", "loftr", "transrefer3d", "transrefer3d_plain",
         "referit3dnet"}  # 5-10 s on one core (build, write, read, forward)
 MICRO = ["vit_micro", "swin_micro", "text_micro", "lm_micro", "detr_micro", "rtdetr_micro", "gps_micro", "gt_micro",
-         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro", "todyformer_micro", "transrefer3d_micro"]
+         "graphormer_micro", "gmflow_micro", "loftr_micro", "lightglue_micro", "todyformer_micro", "transrefer3d_micro",
+         "dygformer_micro"]
 
 
 def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
@@ -71,6 +72,10 @@ def _inputs(config, seed: int = 0) -> tuple[tuple, dict]:
         return (s.src[b], s.dst[b], s.t[b], TemporalContext(s, TemporalNeighborSampler(s))), {}
     if isinstance(config, GroundingConfig):
         return (random_batch(seed=seed),), {}
+    if isinstance(config, DyGFormerConfig):
+        from tests.models.test_dygformer import random_context
+        ctx = random_context(config, seed=seed)
+        return (ctx.stream.src[-6:], ctx.stream.dst[-6:].flip(0), ctx.stream.t[-6:], ctx), {}
     raise AssertionError(f"no test input for {type(config).__name__}: add one")
 
 

@@ -1,6 +1,6 @@
 """Model families built on relformer's one attention primitive, the variant registry and the
 one-call save / load (``save_pretrained`` / ``from_pretrained``, :mod:`.hub`)."""
-from . import detection, graph, grounding, hub, matching, outputs, text, vision
+from . import detection, graph, grounding, hub, matching, outputs, temporal, text, vision
 from .matching import (GMFlow, GMFlowConfig, DiskKeypoints, LightGlue, LightGlueConfig, LoFTR, LoFTRConfig, MatchOutput,
                        PackedMatches)
 from .hub import save_config
@@ -22,4 +22,4 @@ __all__ = ["list_models", "create_model", "model_config", "build_model", "regist
            "vision", "ViT", "ViTConfig", "Swin", "SwinConfig", "VisionOutput",
            "matching", "LightGlue", "LightGlueConfig", "MatchOutput", "PackedMatches", "DiskKeypoints",
            "LoFTR", "LoFTRConfig", "GMFlow", "GMFlowConfig",
-           "text", "TextConfig", "TextEncoder", "TextOutput", "SentenceEncoder", "CausalLM", "KVCache"]
+           "temporal", "text", "TextConfig", "TextEncoder", "TextOutput", "SentenceEncoder", "CausalLM", "KVCache"]

@@ -28,6 +28,7 @@ from .graph import GraphTask
 from .text_pairs import TextPairTask
 from .coco_detection import CocoDetectionTask
 from .grounding import GroundingTask
+from .temporal import TemporalLinkTask  # temporal link prediction (DyGLib's protocol) and its recipes
 from .trainer import ObjectTask, Trainer
 from .registry import import_optional
 
@@ -36,7 +37,7 @@ flow = import_optional("flow", "matching")
 matching = import_optional("matching", "matching")
 
 __all__ = ["Task", "TaskBase", "Trainer", "ObjectTask", "ClassificationTask", "GraphRegressionTask", "DetectionTask",
-           "GraphTask", "TextPairTask", "CocoDetectionTask", "GroundingTask",
+           "GraphTask", "TextPairTask", "CocoDetectionTask", "GroundingTask", "TemporalLinkTask",
            "register_task", "register_recipe", "get_task", "build_task", "list_recipes", "recipe_summary",
            "load_recipe", "parse_recipe", "resolve_recipe", "train", "import_tasks", "load_plugins",
            "ENTRY_POINT_GROUP"]

@@ -10,7 +10,8 @@ evaluation every epoch, best-checkpoint tracking on the task's main metric, DDP 
 
 Reproducibility: every random number is a function of ``(seed, epoch, step, rank)``. The sample
 order is a :class:`DistributedSampler` (also with one process, so one and two processes see the
-same global batches) with ``set_epoch(epoch)``; torch's global RNG (dropout, drop-path) is
+same global batches) with ``set_epoch(epoch)``, shuffled unless the task sets ``shuffle_train = False``
+(event streams train in time order); torch's global RNG (dropout, drop-path) is
 reseeded before every step from ``(seed, global step, rank)`` and augmentation draws from a
 generator seeded the same way. A resumed run skips the batches its checkpoint had done, so
 killing a run and resuming it gives bit-identical weights.
@@ -178,7 +179,8 @@ class Engine:
         r, world = self.recipe, self.dist.world_size
         self.train_set: Dataset = self.task.train_dataset()
         self.eval_set: Dataset = self.task.eval_dataset()
-        self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.dist.rank, shuffle=True,
+        self.sampler = DistributedSampler(self.train_set, num_replicas=world, rank=self.dist.rank,
+                                          shuffle=getattr(self.task, "shuffle_train", True),
                                           seed=r.seed, drop_last=True)
         self.steps_per_epoch = len(self.sampler) // (self.per_rank_batch * r.accumulate_grad_batches)
         if self.steps_per_epoch == 0:

@@ -34,6 +34,7 @@ class Task(Protocol):
     log_names: tuple[str, ...]     # the names loss() returns in its logs, besides the loss
     metric_names: tuple[str, ...]  # the keys metrics() returns
     eval_description: str          # what the eval set is, one line for the report
+    # optional: ``shuffle_train = False`` keeps the training samples in dataset order (default: shuffled)
 
     def build_model(self) -> nn.Module:
         """The model, freshly initialised (the engine seeds torch first)."""
