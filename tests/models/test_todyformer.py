@@ -12,7 +12,8 @@ from torch.nn import functional as F
 from relformer.data.temporal import EventStream, TemporalNeighborSampler, load_uci, sample_negatives
 from relformer.models import create_model, list_models, model_config
 from relformer.models.temporal import TemporalContext, Todyformer, TodyformerConfig
-from relformer.models.temporal.todyformer_layers import (GlobalBlock, LocalBlock, PatchGraph, TimeEncoding,
+from relformer.models.temporal.time_encoding import TimeEncoder
+from relformer.models.temporal.todyformer_layers import (GlobalBlock, LocalBlock, PatchGraph,
                                                          group_rows, patch_ids)
 from relformer.tasks.temporal_metrics import link_prediction_metrics
 
@@ -103,7 +104,7 @@ def test_patch_graph_message_passing_matches_a_loop():
     block = LocalBlock(16, 3 + 8)
     h = torch.randn(g.num_tokens, 16, requires_grad=True)
     q_e = nb.query_ids()
-    e_attr = torch.cat([s.edge_features[nb.edge_ids], TimeEncoding(8)(times[q_e] - nb.times)], 1).requires_grad_()
+    e_attr = torch.cat([s.edge_features[nb.edge_ids], TimeEncoder(8)(times[q_e] - nb.times)], 1).requires_grad_()
     got = block.conv(h, g.edge_index, e_attr[g.edge_entry])
     ref = _reference_local(g, h, nb, e_attr, block.conv)
     torch.testing.assert_close(got, ref, **TOL)

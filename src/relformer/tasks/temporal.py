@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 
 from ..data.temporal import (SPLIT_SEEDS, STRATEGIES, TEMPORAL_DATASETS, EventStream, TemporalNeighborSampler,
                              TemporalSplit, chronological_split, load_temporal, mrr_negatives, split_negatives)
+from ..interop import pyg_temporal as _pyg_temporal  # noqa: F401  (registers the pyg_tgn peer)
 from ..models.temporal import EdgeBank, TemporalContext, TemporalLinkPredictor
 from ..train.recipe import EarlyStoppingSection, ModelSection, OptimSection, Recipe, RecipeError, suggest
 from ..utils import atomic_write_text
@@ -455,9 +456,13 @@ class TemporalLinkTask(TaskBase):
 # ---------------------------------------------------------------------------------------------
 # Recipes
 # ---------------------------------------------------------------------------------------------
-def _dygformer(name: str, dataset: str, max_minutes: float, **model) -> TemporalRecipe:
-    return TemporalRecipe(name=name, model=ModelSection("dygformer", dict(model)),
-                          data=TemporalDataSection(dataset=dataset), max_minutes=max_minutes, log_every=20)
+def _dygformer(name: str, dataset: str, max_minutes: float, model_name: str = "dygformer", neighbors: int | None = None,
+               **model) -> TemporalRecipe:
+    data = TemporalDataSection(dataset=dataset)
+    if neighbors is not None:
+        data.neighbors = neighbors
+    return TemporalRecipe(name=name, model=ModelSection(model_name, dict(model)), data=data, max_minutes=max_minutes,
+                          log_every=20)
 
 
 @register_recipe("dygformer-uci")
@@ -479,3 +484,25 @@ def dygformer_movielens() -> TemporalRecipe:
     """DyGFormer on the bipartite MovieLens ratings stream (the rating as edge feature), 17 minutes of
     training: its large val and test splits take the rest of the 30."""
     return _dygformer("dygformer-movielens", "movielens", 17)
+
+
+# The same data, schedule and budgets for Todyformer and for PyG's TGN (the peer), so the study compares
+# models, not set-ups. Todyformer reads 32 sampled neighbours (its patches cut them in time), TGN the
+# 10 most recent of its example.
+_BUDGETS = {"uci": 22, "hospital": 22, "movielens": 17}
+
+
+def _register_peer_recipes(model_name: str, prefix: str, neighbors: int, what: str) -> None:
+    for dataset, minutes in _BUDGETS.items():
+        def recipe(dataset=dataset, minutes=minutes) -> TemporalRecipe:
+            return _dygformer(f"{prefix}-{dataset}", dataset, minutes, model_name=model_name, neighbors=neighbors)
+
+        recipe.__doc__ = (f"{what} on {dataset} with the DyGFormer recipes' data, schedule and budget "
+                          f"({minutes} minutes of training, {neighbors} sampled neighbours).")
+        register_recipe(f"{prefix}-{dataset}")(recipe)
+
+
+_register_peer_recipes("todyformer", "todyformer", 32, "Todyformer (patches of each history, per-patch GINE tokens, "
+                       "a transformer across patches)")
+_register_peer_recipes("pyg_tgn", "tgn", 10, "PyG's TGN (TGNMemory + the example's TransformerConv embedding)")
+

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from ..checks import check_count, check_positive, check_rate
 from ..registry import PretrainedMixin, builds, register_model
 from .base import MergeLayer, TemporalContext, TemporalLinkPredictor
-from .todyformer_layers import GlobalBlock, LocalBlock, PatchGraph, TimeEncoding, group_rows
+from .time_encoding import TimeEncoder
+from .todyformer_layers import GlobalBlock, LocalBlock, PatchGraph, group_rows
 
 __all__ = ["TodyformerConfig", "Todyformer"]
 
@@ -112,7 +113,7 @@ class Todyformer(PretrainedMixin, TemporalLinkPredictor):
             nn.init.zeros_(self.node_embedding.weight)
         self.node_proj = nn.Linear(c.node_feature_dim, c.dim) if c.node_feature_dim else None
         self.kind = nn.Embedding(2, c.dim)  # neighbour token / query-node token
-        self.time_encoding = TimeEncoding(c.time_dim)
+        self.time_encoding = TimeEncoder(c.time_dim)
         edge_dim = c.edge_feature_dim + c.time_dim
         self.local_blocks = nn.ModuleList(LocalBlock(c.dim, edge_dim, c.dropout) for _ in range(c.num_blocks))
         self.global_blocks = nn.ModuleList(GlobalBlock(c.dim, c.num_heads, c.time_dim, c.dropout, c.backend)

@@ -1,7 +1,5 @@
 """Todyformer's pieces on packed temporal neighbourhoods (see :mod:`.todyformer` for the model).
 
-* :class:`TimeEncoding` -- ``cos(dt * w)`` with fixed frequencies ``w_i = 10^(-9 i / (d - 1))``
-  (GraphMixer's / DyGFormer's non-learned form of TGAT's time encoding), ``dt (...) -> (..., d)``.
 * :func:`patch_ids` -- the patchifier: a query's history (oldest first) cut into ``min(n, M)``
   consecutive patches of equal size (sizes differ by at most one), in time order.
 * :class:`PatchGraph` -- the per-patch interaction subgraphs of a batch of queries as packed tokens:
@@ -24,20 +22,7 @@ from ...data.temporal import TemporalNeighbors
 from ...nn import MLP, Attention, Linear
 from ..graph import GINE
 
-__all__ = ["TimeEncoding", "patch_ids", "PatchGraph", "group_rows", "LocalBlock", "GlobalBlock"]
-
-
-class TimeEncoding(nn.Module):
-    """``phi(dt) = cos(dt * w)``, ``w_i = 10^(-9 i / (dim - 1))`` fixed (Cong et al. 2023, GraphMixer,
-    Sec. 3; TGAT's Bochner form with the frequencies frozen): ``dt (...) -> (..., dim)`` fp32."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        w = 10.0 ** (-torch.linspace(0, 9, dim, dtype=torch.float64))  # (dim,); dim = 1: w = 1
-        self.register_buffer("freq", w, persistent=False)  # (dim,) float64: dt in seconds reaches 1e8
-
-    def forward(self, dt: Tensor) -> Tensor:
-        return torch.cos(dt.to(torch.float64).unsqueeze(-1) * self.freq).float()
+__all__ = ["patch_ids", "PatchGraph", "group_rows", "LocalBlock", "GlobalBlock"]
 
 
 def patch_ids(counts: Tensor, num_patches: int) -> Tensor:
