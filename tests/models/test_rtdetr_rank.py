@@ -63,6 +63,7 @@ def test_flags_off_build_the_plain_model():
     assert a.loss_dict.keys() == b.loss_dict.keys() and all(torch.equal(a.loss_dict[k], b.loss_dict[k]) for k in a.loss_dict)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train-denoising"])
 def test_rank_architecture_sorts_queries_by_previous_scores_and_keeps_denoising(train):
     plain, ranked = _pair(rank_architecture=True)
@@ -92,6 +93,7 @@ def test_rank_architecture_sorts_queries_by_previous_scores_and_keeps_denoising(
         torch.testing.assert_close(b.loss_dict[k], a.loss_dict[k], atol=ATOL, rtol=1e-6, msg=k)
 
 
+@pytest.mark.slow
 def test_rank_bias_is_added_by_rank_to_matching_queries_only():
     plain, ranked = _pair(rank_architecture=True)
     x = torch.rand(2, 1, 64, 64)
