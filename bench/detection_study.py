@@ -3,7 +3,8 @@ wall-clock budget, aggregated into a section of bench/results/detection.md.
 
     python bench/detection_study.py --dry-run                   # the commands of the runs still to do
     python bench/detection_study.py                             # train them (resumable), then aggregate
-    python bench/detection_study.py --models detr-fashion group-detr-fashion --sets fashion crowded \\
+    python bench/detection_study.py --models detr-fashion group-detr-fashion rtdetr-fashion rank-rtdetr-fashion \\
+        rank-rtdetr-arch-fashion rank-rtdetr-loss-fashion --sets fashion crowded \\
         --seeds 0 1 2 --minutes 30 --threads 1                  # the defaults, spelled out
     python bench/detection_study.py --report-only               # aggregate the finished runs only
 
@@ -46,8 +47,11 @@ from benchlib import write_section  # noqa: E402
 SETS = {"fashion": ("", "128 × 128, 1–8 items of 16–64 px (`relformer.data.fashion_detection`)"),
         "crowded": ("-crowded", "crowded multi-scale: 256 × 256, 4–20 items of 12–128 px")}
 LABELS = {"detr-fashion": "DETR", "group-detr-fashion": "Group DETR", "relation-detr-fashion": "Relation-DETR",
-          "hf-detr-fashion": "HF DETR"}
-MODELS = ("detr-fashion", "group-detr-fashion")
+          "hf-detr-fashion": "HF DETR", "rtdetr-fashion": "RT-DETR", "rank-rtdetr-fashion": "RT-DETR + Rank-DETR",
+          "rank-rtdetr-arch-fashion": "RT-DETR + Rank-DETR architecture", "rank-rtdetr-loss-fashion":
+          "RT-DETR + Rank-DETR loss and cost"}
+MODELS = ("detr-fashion", "group-detr-fashion", "rtdetr-fashion", "rank-rtdetr-fashion", "rank-rtdetr-arch-fashion",
+          "rank-rtdetr-loss-fashion")
 SEEDS = (0, 1, 2)
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 TITLE = "Detection study: both canvas sets, seeds, one wall-clock budget per run"

@@ -81,7 +81,7 @@ def test_aggregation_of_fake_runs(study, tmp_path, capsys):
                 expected.setdefault((set_name, model), []).append((tests[1], cpu_s))
     _fake_run(out / "crowded" / "group-detr-fashion-crowded-s2", [0.5], [_metrics(rng, True)], None, report=False)
 
-    argv = ["--report-only", "--out", str(out), "--results", str(page)]
+    argv = ["--report-only", "--out", str(out), "--results", str(page), "--models", "detr-fashion", "group-detr-fashion"]
     study.main(argv)
     study.main(argv)  # a second aggregation replaces the section
     text = page.read_text()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models.detection.rtdetr import ACTIVATIONS, RTDETRConfig
+from ..models.detection.rtdetr import ACTIVATIONS, LOSS_FIELDS, RTDETRConfig
 from ..models.keymap import KeyMap
 
 __all__ = ["rtdetr_config", "RTDETR_KEYMAP"]
@@ -25,8 +25,8 @@ def _require(ok: bool, what: str) -> None:
 
 
 def rtdetr_config(model: nn.Module, num_classes: int = 0) -> RTDETRConfig:
-    """The :class:`RTDETRConfig` of an HF ``RTDetrForObjectDetection``; ``NotImplementedError`` names an HF
-    option relformer does not reproduce."""
+    """The :class:`RTDETRConfig` of an HF ``RTDetrForObjectDetection`` (its loss fields too: same names);
+    ``NotImplementedError`` names an HF option relformer does not reproduce."""
     c = model.config
     b = c.backbone_config
     _require(getattr(b, "model_type", None) == "rt_detr_resnet",
@@ -59,4 +59,5 @@ def rtdetr_config(model: nn.Module, num_classes: int = 0) -> RTDETRConfig:
         decoder_ffn=c.decoder_ffn_dim, num_points=c.decoder_n_points, learn_initial_query=c.learn_initial_query,
         num_denoising=c.num_denoising, label_noise_ratio=float(c.label_noise_ratio),
         box_noise_scale=float(c.box_noise_scale), dropout=float(c.dropout), attn_dropout=float(c.attention_dropout),
-        layer_norm_eps=float(c.layer_norm_eps), batch_norm_eps=float(c.batch_norm_eps))
+        layer_norm_eps=float(c.layer_norm_eps), batch_norm_eps=float(c.batch_norm_eps),
+        **{key: getattr(c, key) if isinstance(getattr(c, key), bool) else float(getattr(c, key)) for key in LOSS_FIELDS})

@@ -10,9 +10,13 @@ resize keeps them. The model's ``num_classes`` and ``in_channels`` are filled in
 
 Training: DETR's set-prediction loss (:class:`~relformer.models.detection.set_prediction.SetCriterion`:
 Hungarian matching, cross-entropy with a down-weighted no-object class, L1 and GIoU box terms, the
-same on every decoder layer's output; Group DETR models match each query group on its own). Every
-epoch the whole eval set is predicted and scored with COCO box mAP (``AP`` picks the best
-checkpoint) against its ground truth rescaled to the resized images.
+same on every decoder layer's output; Group DETR models match each query group on its own). A model
+that computes its own loss from the targets (RT-DETR: ``model(images, labels=targets).loss``, its
+denoising queries need them; the loss fields are its config's, the recipe's ``loss`` section is not
+read) trains through that path. Every epoch the whole eval set is predicted and scored with COCO box
+mAP (``AP`` picks the best checkpoint) against its ground truth rescaled to the resized images:
+softmax models (a no-object column) keep every query's best class, sigmoid models (K logits: RT-DETR)
+the top 100 (query, class) pairs over queries x classes, as HF ``RTDetrImageProcessor``.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from torch.utils.data import Dataset
 
 from ..models import model_config
 from ..models.detection.boxes import box_cxcywh_to_xyxy
+from ..models.detection.rtdetr import RTDETRConfig
 from ..models.detection.set_prediction import SetCriterion, postprocess, set_criterion, to_coco_results
 from ..train.recipe import ModelSection, Recipe, RecipeError
 from .base import TaskBase
@@ -183,6 +188,10 @@ class CocoDetectionTask(TaskBase):
         self._detections: dict[str, list] = {split: [] for split in self.eval_splits}
         self.classes = self.class_names()
         self.model_config = model_config(self.model_section().name, **self.model_section().options)
+        self.own_loss = isinstance(self.model_config, RTDETRConfig)   # model(images, labels=...) -> .loss
+        if self.own_loss:
+            c = self.model_config
+            self.log_names = (f"loss_{'giou_aware' if c.rank_loss else 'vfl'}", "loss_bbox", "loss_giou")
         self.criterion = self.set_criterion(len(self.classes))
 
     # -- data and model ---------------------------------------------------------------------------
@@ -242,8 +251,19 @@ class CocoDetectionTask(TaskBase):
     # -- steps ------------------------------------------------------------------------------------
     def loss(self, model: nn.Module, batch) -> tuple[Tensor, dict[str, Tensor]]:
         images, targets = batch
-        losses = self.criterion(model(images), targets)
+        if self.own_loss:
+            out = model(images, labels=targets)
+            losses = {**out.loss_dict, "loss": out.loss}
+        else:
+            losses = self.criterion(model(images), targets)
         return losses["loss"], {name: losses[name].detach() for name in self.log_names}
+
+    def predict(self, model: nn.Module, images: Tensor) -> list[dict[str, Tensor]]:
+        """``images (B, C, H, W)`` -> :func:`postprocess` results in the images' pixels; sigmoid class
+        logits (as many as classes, no no-object column) take the focal path (top 100 over Q x K)."""
+        out = model(images)
+        focal = out.logits.shape[-1] == len(self.classes)
+        return postprocess(out, [list(images.shape[-2:])] * len(images), focal=focal)
 
     def eval_step(self, model: nn.Module, batch: tuple) -> dict[str, Tensor]:
         """Each split's images -> COCO results (all queries, DETR's protocol), kept for :meth:`metrics`."""
@@ -252,7 +272,7 @@ class CocoDetectionTask(TaskBase):
             n = 0
             if part is not None:
                 images, targets = part
-                results = postprocess(model(images), [list(images.shape[-2:])] * len(images))
+                results = self.predict(model, images)
                 self._detections[split] += to_coco_results(results, [t["image_id"] for t in targets])
                 n = len(images)
             out[f"{split}_images"] = torch.tensor(float(n))
@@ -279,7 +299,7 @@ class CocoDetectionTask(TaskBase):
         device = next(model.parameters()).device
         model.eval()
         with torch.no_grad():
-            results = postprocess(model(images.to(device)), [list(images.shape[-2:])] * len(images))
+            results = self.predict(model, images.to(device))
         H, W = images.shape[-2:]
         fig = Figure(figsize=(12, 6.4))
         for k, (image, target, result) in enumerate(zip(images, targets, results)):

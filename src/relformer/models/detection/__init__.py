@@ -6,8 +6,9 @@ from .backbone import ConvNorm, FrozenBatchNorm2d, ResidualUnit, ResNetBackbone,
 from . import boxes, set_prediction
 from .detr import (DETR, BoxHead, DetectionOutput, DETRConfig, detr_fashion, detr_micro, group_detr_fashion,
                    relation_detr_fashion)
-from .rtdetr import RTDETR, RTDETRConfig, RTDETROutput, rtdetr_micro
+from .rtdetr import RTDETR, RTDETRConfig, RTDETROutput, rtdetr_fashion, rtdetr_micro
 
 __all__ = ["DETRConfig", "DETR", "DetectionOutput", "BoxHead", "ResNetBackbone", "FrozenBatchNorm2d", "ConvNorm",
            "ResidualUnit", "sine_positions", "detr_fashion", "relation_detr_fashion", "group_detr_fashion",
-           "detr_micro", "boxes", "set_prediction", "RTDETR", "RTDETRConfig", "RTDETROutput", "rtdetr_micro"]
+           "detr_micro", "boxes", "set_prediction", "RTDETR", "RTDETRConfig", "RTDETROutput", "rtdetr_micro",
+           "rtdetr_fashion"]

@@ -10,7 +10,12 @@ Layer ``i`` (post-norm, as RT-DETR), queries ``h (B, Q, C)``, reference boxes ``
     b_i = sigmoid(bbox_embed[i](h) + inverse_sigmoid(r_i));  logits_i = class_embed[i](h)
     r_{i+1} = b_i.detach()                                        # iterative refinement, gradient stopped
 
-``r_0 = sigmoid(reference_points)`` (the query selection's unsigmoided boxes). The self-attention
+``r_0 = sigmoid(reference_points)`` (the query selection's unsigmoided boxes). With ``rank=True``
+(Rank-DETR's rank-oriented architecture, :mod:`.rank`, Sec. 3.1) a :class:`~.rank.QueryRankLayer` sorts
+the matching queries ``h`` and their boxes ``r_i`` by layer ``i - 1``'s scores and fuses rank embeddings
+into ``h`` before every layer ``i >= 1`` (the positions ``pos_i`` are rebuilt from the sorted boxes), and
+the class heads are :class:`~.rank.RankAdaptiveClassHead` s (a learned logit bias per rank); the first
+``num_fixed`` (denoising) queries are never sorted nor biased. The self-attention
 relation is any :class:`~relformer.attention.Relation` over ``(Q, Q)`` pairs; RT-DETR's denoising mask
 (matching queries do not see the denoising groups, groups do not see each other) is a boolean pair mask:
 ``GraphAdjacency(allowed (B, Q, Q), self_loops=False)`` from :mod:`relformer.relations`.
@@ -31,6 +36,7 @@ from ...attention.deformable import describe
 from ...attention.relation import check_float, check_int
 from ...nn import MLP, Linear, MultiScaleDeformableAttention
 from ..outputs import ModelOutput
+from .rank import QueryRankLayer, RankAdaptiveClassHead
 
 __all__ = ["RTDetrDecoder", "RTDetrDecoderLayer", "RTDetrDecoderOutput", "PositionalSelfAttention", "MLPHead",
            "inverse_sigmoid"]
@@ -130,17 +136,19 @@ class RTDetrDecoder(nn.Module):
     Args: ``dim`` (C), ``num_layers``, ``num_heads``, ``num_levels`` (L), ``num_points`` (P per head and
     level), ``ffn_dim``, ``num_classes`` (sigmoid classes, no "no object" column), ``dropout``,
     ``attn_dropout``, ``layer_norm_eps``, ``prior_prob`` (the class bias starts at ``-log((1 - p) / p)``;
-    default ``1 / (num_classes + 1)``), ``backend`` (of the self-attention's :func:`~relformer.attend`).
+    default ``1 / (num_classes + 1)``), ``backend`` (of the self-attention's :func:`~relformer.attend`);
+    ``rank``: Rank-DETR's architecture (module doc) for ``num_queries`` matching queries.
 
-    ``forward(inputs_embeds (B, Q, C), reference_points (B, Q, 4) unsigmoided, encoder_hidden_states
+    ``forward(inputs_embeds (B, N + Q, C), reference_points (B, N + Q, 4) unsigmoided, encoder_hidden_states
     (B, S, C), spatial_shapes (L, 2), level_start_index (L,) | None, attention_mask: Relation | None,
-    value_mask (B, S) bool | None) -> RTDetrDecoderOutput``.
+    value_mask (B, S) bool | None, num_fixed=N) -> RTDetrDecoderOutput``; ``N``: the denoising queries
+    placed first (only read with ``rank``).
     """
 
     def __init__(self, dim: int = 256, num_layers: int = 6, num_heads: int = 8, num_levels: int = 3,
                  num_points: int = 4, ffn_dim: int = 1024, num_classes: int = 80, dropout: float = 0.0,
                  attn_dropout: float = 0.0, layer_norm_eps: float = 1e-5, prior_prob: float | None = None,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", rank: bool = False, num_queries: int = 300) -> None:
         super().__init__()
         self.dim, self.num_levels = check_int("dim", dim), check_int("num_levels", num_levels)
         num_layers, num_classes = check_int("num_layers", num_layers), check_int("num_classes", num_classes)
@@ -148,7 +156,13 @@ class RTDetrDecoder(nn.Module):
             RTDetrDecoderLayer(dim, num_heads, num_levels, num_points, ffn_dim, dropout, attn_dropout, layer_norm_eps,
                                backend=backend) for _ in range(num_layers))
         self.query_pos_head = MLPHead(4, 2 * dim, dim, num_layers=2)
-        self.class_embed = nn.ModuleList(Linear(dim, num_classes) for _ in range(num_layers))
+        self.rank = bool(rank)
+        if self.rank:
+            self.query_rank = nn.ModuleList(QueryRankLayer(dim, num_queries) for _ in range(num_layers - 1))
+            self.class_embed = nn.ModuleList(RankAdaptiveClassHead(dim, num_classes, num_queries)
+                                             for _ in range(num_layers))
+        else:
+            self.class_embed = nn.ModuleList(Linear(dim, num_classes) for _ in range(num_layers))
         self.bbox_embed = nn.ModuleList(MLPHead(dim, dim, 4, num_layers=3) for _ in range(num_layers))
         p = 1.0 / (num_classes + 1) if prior_prob is None else check_float("prior_prob", prior_prob)
         if not 0.0 < p < 1.0:
@@ -159,7 +173,8 @@ class RTDetrDecoder(nn.Module):
     def reset_heads(self, prior_prob: float) -> None:
         """RT-DETR's head initialisation: class layers Xavier-uniform with the prior-probability bias, the
         last box layer zero (the first refinement keeps the reference boxes)."""
-        for layer in self.class_embed:
+        for head in self.class_embed:
+            layer = head.linear if isinstance(head, RankAdaptiveClassHead) else head
             nn.init.xavier_uniform_(layer.weight)
             nn.init.constant_(layer.bias, -math.log((1 - prior_prob) / prior_prob))
         for head in self.bbox_embed:
@@ -168,7 +183,8 @@ class RTDetrDecoder(nn.Module):
 
     def forward(self, inputs_embeds: Tensor, reference_points: Tensor, encoder_hidden_states: Tensor,
                 spatial_shapes: Tensor, level_start_index: Tensor | None = None,
-                attention_mask: Relation | None = None, value_mask: Tensor | None = None) -> RTDetrDecoderOutput:
+                attention_mask: Relation | None = None, value_mask: Tensor | None = None,
+                num_fixed: int = 0) -> RTDetrDecoderOutput:
         if not isinstance(inputs_embeds, Tensor) or inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.dim:
             raise ValueError(f"inputs_embeds must be (B, Q, {self.dim}), got {describe(inputs_embeds)}")
         if not isinstance(reference_points, Tensor) or reference_points.shape != (*inputs_embeds.shape[:2], 4):
@@ -178,13 +194,15 @@ class RTDetrDecoder(nn.Module):
             raise ValueError(f"attention_mask must be a relformer Relation or None, got {describe(attention_mask)}")
         h, ref = inputs_embeds, reference_points.sigmoid()  # (B, Q, C), (B, Q, 4)
         states, logits, boxes = [], [], []
-        for layer, class_embed, bbox_embed in zip(self.layers, self.class_embed, self.bbox_embed):
+        for i, (layer, class_embed, bbox_embed) in enumerate(zip(self.layers, self.class_embed, self.bbox_embed)):
+            if self.rank and i > 0:  # Rank-DETR's query rank layer: sort by the previous layer's scores
+                h, _, (ref,) = self.query_rank[i - 1](h, logits[-1], ref, num_fixed=num_fixed)
             h = layer(h, self.query_pos_head(ref), ref.unsqueeze(2), encoder_hidden_states, spatial_shapes,
                       level_start_index, attention_mask, value_mask)
             refined = torch.sigmoid(bbox_embed(h) + inverse_sigmoid(ref))
             ref = refined.detach()
             states.append(h)
             boxes.append(refined)
-            logits.append(class_embed(h))
+            logits.append(class_embed(h, num_fixed) if self.rank else class_embed(h))
         return RTDetrDecoderOutput(last_hidden_state=h, hidden_states=torch.stack(states, 1),
                                    logits=torch.stack(logits, 1), boxes=torch.stack(boxes, 1))
