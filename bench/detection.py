@@ -2,7 +2,7 @@
 
     python bench/detection.py                    # -> bench/results/detection-bench.md (+ .json beside it)
     python bench/detection.py --quick --out /tmp/detection-quick.md
-    python bench/detection.py --cases rtdetr     # -> bench/results/detection-rtdetr.md (+ .json)
+    python bench/detection.py --cases rtdetr     # -> bench/results/detection-rtdetr.md (+ .2threads.json)
     python bench/detection.py --cases rtdetr --quick --rtdetr-out /tmp/rtdetr-quick.md   # < 3 min
 
 RT-DETR: HF ``RTDetrForObjectDetection`` (HF's ``RTDetrResNet`` backbone) with random weights, eval mode,
@@ -47,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from benchlib import paired_speedup, paired_verdict, peak_rss_growth, time_interleaved, write_lines
+from benchlib import paired_speedup, paired_verdict, peak_rss_growth, time_interleaved, write_lines, write_section
 
 ROOT = Path(__file__).resolve().parent
 
@@ -99,23 +99,26 @@ def make_steps(ours, hf, images, targets) -> dict:
     criterion = SetCriterion(c.num_labels, HungarianMatcher(c.class_cost, c.bbox_cost, c.giou_cost),
                              weight_bbox=c.bbox_loss_coefficient, weight_giou=c.giou_loss_coefficient,
                              eos_coef=c.eos_coefficient)
+    return train_steps(ours, hf, images, targets, lambda: criterion(ours(images), targets)["loss"])
+
+
+def train_steps(ours, hf, images, targets, ours_loss) -> dict:
+    """{"relformer", "HF"}: a training step each (``ours_loss()``; HF's model called with ``labels``), backward,
+    AdamW."""
     hf_labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
-    opt_ours = torch.optim.AdamW(ours.parameters(), 1e-5)
-    opt_hf = torch.optim.AdamW(hf.parameters(), 1e-5)
 
-    def step_ours():
-        loss = criterion(ours(images), targets)["loss"]
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
+    def stepper(model, loss_fn):
+        opt = torch.optim.AdamW(model.parameters(), 1e-5)
 
-    def step_hf():
-        loss = hf(pixel_values=images, labels=hf_labels).loss
-        opt_hf.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_hf.step()
+        def step():
+            loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
 
-    return {"relformer": step_ours, "HF": step_hf}
+    return {"relformer": stepper(ours, ours_loss),
+            "HF": stepper(hf, lambda: hf(pixel_values=images, labels=hf_labels).loss)}
 
 
 def matcher_steps(quick: bool):
@@ -187,9 +190,7 @@ def write_report(meta: dict, rows: list[dict], out: Path) -> None:
     lines = [
         "# DETR — relformer vs HF `DetrForObjectDetection`: training step and Hungarian matcher",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {meta['threads']} torch threads; "
-        f"torch {meta['torch']}, transformers {meta['transformers']}; fp32; measured "
-        f"{meta['date'][:16].replace('T', ' ')} ({meta['elapsed'] / 60:.1f} min).",
+        machine_line(meta) + ".",
         "",
         "Training step = forward + set-prediction loss (matching, CE + L1 + GIoU on the final and auxiliary "
         "outputs) + backward + AdamW step, the same initial weights in both. Matcher: the indices of one batch. "
@@ -272,24 +273,14 @@ def rtdetr_steps(cell: dict) -> tuple[dict, dict]:
     targets = random_targets(cell["batch"], 20, 80, seed=1)
     hf_labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
     criterion = RTDetrCriterion(80)
-    opt_ours, opt_hf = torch.optim.AdamW(ours.parameters(), 1e-5), torch.optim.AdamW(hf.parameters(), 1e-5)
 
-    def step_ours():
+    def loss_ours():  # the model's labels= add the denoising queries; the loss is computed outside it for now
         out = ours(images, labels=hf_labels)
-        loss = criterion(rtdetr_loss_outputs(out.logits, out.pred_boxes, out.layer_logits, out.layer_boxes,
+        return criterion(rtdetr_loss_outputs(out.logits, out.pred_boxes, out.layer_logits, out.layer_boxes,
                                              out.enc_topk_logits, out.enc_topk_bboxes, out.denoising_meta_values),
                          targets)["loss"]
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
 
-    def step_hf():
-        loss = hf(pixel_values=images, labels=hf_labels).loss
-        opt_hf.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_hf.step()
-
-    return {"relformer": step_ours, "HF": step_hf}, {}
+    return train_steps(ours, hf, images, targets, loss_ours), {}
 
 
 def rtdetr_child(spec: str) -> None:
@@ -327,7 +318,8 @@ def rtdetr_run(args, command: str) -> None:
     meta = dict(date=datetime.datetime.now().isoformat(), elapsed=time.time() - start, threads=args.threads,
                 torch=torch.__version__, transformers=transformers.__version__, command=command, cpu=cpu_model())
     args.rtdetr_out.parent.mkdir(parents=True, exist_ok=True)
-    args.rtdetr_out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    args.rtdetr_out.with_suffix(f".{args.threads}threads.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                                                                     indent=1))
     rtdetr_report(meta, rows, args.rtdetr_out)
 
 
@@ -338,13 +330,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine_line(meta: dict) -> str:
+    return (f"CPU: {cpu_model()}, {os.cpu_count()} cores, {meta['threads']} torch threads; torch {meta['torch']}, "
+            f"transformers {meta['transformers']}; fp32; measured {meta['date'][:16].replace('T', ' ')} "
+            f"({meta['elapsed'] / 60:.1f} min)")
+
+
 def rtdetr_report(meta: dict, rows: list[dict], out: Path) -> None:
+    """The ``## {threads} threads`` section of ``out`` (its other sections, the profile notes, are kept)."""
+    title = f"{meta['threads']} thread{'s' if meta['threads'] > 1 else ''}"
     lines = [
-        "# RT-DETR — relformer vs HF `RTDetrForObjectDetection`: inference and training step",
+        f"## {title}",
         "",
-        f"CPU: {meta['cpu']}, {os.cpu_count()} cores, {meta['threads']} torch threads; torch {meta['torch']}, "
-        f"transformers {meta['transformers']}; fp32; measured {meta['date'][:16].replace('T', ' ')} "
-        f"({meta['elapsed'] / 60:.1f} min). Command: `{meta['command'].strip()}`",
+        machine_line(meta) + f". Command: `{meta['command'].strip()}`",
         "",
         "Same random weights (HF's model converted by `from_hf`), eval mode for inference (`torch.inference_mode`). "
         "Training step: forward with labels (denoising queries), RT-DETR's loss (HF `RTDetrLoss` / relformer "
@@ -364,12 +362,12 @@ def rtdetr_report(meta: dict, rows: list[dict], out: Path) -> None:
         lines.append(f"| {r['variant']} | {r['kind']} | {r['batch']} | {r['size']} | {r['reps']} | {r['load']:.1f} | "
                      f"{r['images_s']['relformer']:.2f} | {r['images_s']['HF']:.2f} | {r['paired']:.3f}× "
                      f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {diff} | {mem} |")
-    lines += ["", "## Targets (from the issue): inference ≥ 1.3× HF, training ≥ HF", ""]
+    lines += ["", "Targets (from the issue): inference ≥ 1.3× HF, training ≥ HF; verdict from the paired interval:", ""]
     for r in rows:
         target = 1.3 if r["kind"] == "inference" else 1.0
         lines.append(f"- {paired_verdict(r['ci'], target)} (vs {target}×) {r['case']}: {r['paired']:.3f}× "
                      f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
-    write_lines(lines, out)
+    write_section(lines, out, title, "# RT-DETR — relformer vs HF `RTDetrForObjectDetection`: inference and training step")
 
 
 if __name__ == "__main__":

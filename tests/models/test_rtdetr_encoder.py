@@ -375,9 +375,9 @@ def test_rtdetr_variant_and_config_checks():
         create_model("rtdetr_micro", num_queries=200)(torch.randn(1, 1, 64, 64))
 
 
-def test_repvgg_block_fuses_its_branches_in_eval_as_hf_computes_them():
-    """In eval the 3x3 + 1x1 branches run as one re-parameterised 3x3 conv: HF's two-branch output and
-    gradients within 1e-4 (relative); in training (batch statistics) the two branches run as before."""
+def test_repvgg_block_fuses_its_branches_in_inference_as_hf_computes_them():
+    """In inference the 3x3 + 1x1 branches run as one re-parameterised 3x3 conv with HF's two-branch output
+    within 1e-4 (relative); with gradients (eval or training) the two branches give HF's output and gradients."""
     from transformers.models.rt_detr.modeling_rt_detr import RTDetrRepVggBlock
 
     from relformer.models.detection.rtdetr_encoder import RepVggBlock
@@ -409,11 +409,16 @@ def test_repvgg_block_fuses_its_branches_in_eval_as_hf_computes_them():
         for (name, p), (_, q) in zip(ours.named_parameters(), hf.named_parameters(), strict=True):
             assert_near(p.grad, q.grad, msg=name)
             p.grad = q.grad = None
-    with torch.inference_mode():  # the in-place activation of inference
-        ours.eval(), hf.eval()
-        assert_near(ours(x), hf(x))
+    ours.eval(), hf.eval()
+    x = torch.randn(2, 16, 9, 7)
+    for no_grad in (torch.no_grad, torch.inference_mode):
+        with no_grad():
+            fused = ours.fused()
+            assert_near(torch.nn.functional.conv2d(x, fused[0], fused[1], padding=1), hf.conv1(x) + hf.conv2(x))
+            assert_near(ours(x), hf(x))
 
 
+@pytest.mark.slow
 def test_backbone_runs_channels_last_in_inference_with_the_same_values():
     hf = hf_model(BASIC)
     ours = parts_from(hf).backbone.eval()

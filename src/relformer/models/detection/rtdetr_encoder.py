@@ -108,8 +108,8 @@ class AIFI(nn.Module):
 
 class RepVggBlock(nn.Module):
     """RepVGG unit (Ding et al. 2021, "RepVGG: Making VGG-style ConvNets Great Again"):
-    ``act(BN(conv3x3(x)) + BN(conv1x1(x)))``, ``(B, C, h, w) -> (B, C, h, w)``. When both norms are fixed
-    (eval) the branches are re-parameterised into one 3x3 conv (sec. 3.3): each BN folded into its conv, the
+    ``act(BN(conv3x3(x)) + BN(conv1x1(x)))``, ``(B, C, h, w) -> (B, C, h, w)``. In inference (both norms
+    fixed, no gradient recorded) the branches are re-parameterised into one 3x3 conv (sec. 3.3): each BN folded into its conv, the
     1x1 kernel zero-padded to the centre of the 3x3 one, kernels and biases summed (exact up to rounding)."""
 
     def __init__(self, channels: int, act: type[nn.Module] = nn.SiLU, eps: float = 1e-5) -> None:
@@ -127,7 +127,7 @@ class RepVggBlock(nn.Module):
         return a[0] + F.pad(b[0], (1, 1, 1, 1)), a[1] + b[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        fused = self.fused()
+        fused = None if torch.is_grad_enabled() else self.fused()  # inference only: gradients keep both branches
         if fused is None:
             return self.activation(self.conv1(x) + self.conv2(x))
         return activate(F.conv2d(x, fused[0], fused[1], padding=1), self.activation)
