@@ -247,7 +247,8 @@ def rtdetr_models(variant: str, train: bool):
 
     backbone, model = RTDETR_VARIANTS[variant]
     config = RTDetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, num_labels=80,
-                          backbone_config=RTDetrResNetConfig(num_channels=3, out_indices=[2, 3, 4], **backbone), **model)
+                          backbone_config=RTDetrResNetConfig(num_channels=3, out_indices=[2, 3, 4], **backbone),
+                          **model)
     torch.manual_seed(0)
     hf = RTDetrForObjectDetection(config).train(train)
     return hf, from_hf(hf).train(train)
@@ -358,16 +359,19 @@ def rtdetr_report(meta: dict, rows: list[dict], out: Path) -> None:
     for r in rows:
         diff = f"{r['logits_diff']:.1e} / {r['boxes_diff']:.1e}" if "logits_diff" in r else "—"
         mem = r.get("memory_mib")
-        mem = "—" if not mem else " / ".join("—" if mem[p] is None else f"{mem[p]:.0f}" for p in ("relformer", "HF"))
+        mem = "—" if not mem else " / ".join("—" if mem[p] is None else f"{mem[p]:.0f}"
+                                             for p in ("relformer", "HF"))
         lines.append(f"| {r['variant']} | {r['kind']} | {r['batch']} | {r['size']} | {r['reps']} | {r['load']:.1f} | "
                      f"{r['images_s']['relformer']:.2f} | {r['images_s']['HF']:.2f} | {r['paired']:.3f}× "
                      f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {diff} | {mem} |")
-    lines += ["", "Targets (from the issue): inference ≥ 1.3× HF, training ≥ HF; verdict from the paired interval:", ""]
+    lines += ["", "Targets (from the issue): inference ≥ 1.3× HF, training ≥ HF; verdict from the paired interval:",
+              ""]
     for r in rows:
         target = 1.3 if r["kind"] == "inference" else 1.0
         lines.append(f"- {paired_verdict(r['ci'], target)} (vs {target}×) {r['case']}: {r['paired']:.3f}× "
                      f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
-    write_section(lines, out, title, "# RT-DETR — relformer vs HF `RTDetrForObjectDetection`: inference and training step")
+    heading = "# RT-DETR — relformer vs HF `RTDetrForObjectDetection`: inference and training step"
+    write_section(lines, out, title, heading)
 
 
 if __name__ == "__main__":

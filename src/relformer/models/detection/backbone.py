@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from ...nn.posenc import sine_positions
 
-__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "folded_conv", "activate", "ResidualUnit", "ResNetBackbone", "sine_positions"]
+__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "folded_conv", "activate",
+           "ResidualUnit", "ResNetBackbone", "sine_positions"]
 
 
 class FrozenBatchNorm2d(nn.Module):

@@ -109,8 +109,9 @@ class AIFI(nn.Module):
 class RepVggBlock(nn.Module):
     """RepVGG unit (Ding et al. 2021, "RepVGG: Making VGG-style ConvNets Great Again"):
     ``act(BN(conv3x3(x)) + BN(conv1x1(x)))``, ``(B, C, h, w) -> (B, C, h, w)``. In inference (both norms
-    fixed, no gradient recorded) the branches are re-parameterised into one 3x3 conv (sec. 3.3): each BN folded into its conv, the
-    1x1 kernel zero-padded to the centre of the 3x3 one, kernels and biases summed (exact up to rounding)."""
+    fixed, no gradient recorded) the branches are re-parameterised into one 3x3 conv (sec. 3.3): each BN folded
+    into its conv, the 1x1 kernel zero-padded to the centre of the 3x3 one, kernels and biases summed (exact up
+    to rounding)."""
 
     def __init__(self, channels: int, act: type[nn.Module] = nn.SiLU, eps: float = 1e-5) -> None:
         super().__init__()
