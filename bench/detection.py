@@ -1,7 +1,16 @@
-"""DETR training steps and Hungarian matching: relformer vs HF ``transformers``, side by side.
+"""DETR training steps, Hungarian matching and RT-DETR inference / training: relformer vs HF ``transformers``.
 
     python bench/detection.py                    # -> bench/results/detection-bench.md (+ .json beside it)
     python bench/detection.py --quick --out /tmp/detection-quick.md
+    python bench/detection.py --cases rtdetr     # -> bench/results/detection-rtdetr.md (+ .2threads.json)
+    python bench/detection.py --cases rtdetr --quick --rtdetr-out /tmp/rtdetr-quick.md   # < 3 min
+
+RT-DETR: HF ``RTDetrForObjectDetection`` (HF's ``RTDetrResNet`` backbone) with random weights, eval mode,
+converted by ``from_hf`` (same weights); R18 (``rtdetr_r18vd``'s config) and R50. Inference images/s at
+batch 1 and 8, 640 x 640 and 256 x 256 (R50: 640, batch 1), max |diff| of logits / boxes; a training step
+at batch 4, 256 x 256: forward with labels (denoising queries), RT-DETR's loss (HF's ``RTDetrLoss`` /
+relformer's ``RTDetrCriterion`` on ``rtdetr_loss_outputs``), backward, AdamW step. Peak RSS growth of one
+warm call, each in a fresh process (not in ``--quick``).
 
 Training step = forward, the set-prediction loss (Hungarian matching, CE + L1 + GIoU on the final
 and every auxiliary decoder output), backward, AdamW step. relformer: :class:`relformer.models.DETR`
@@ -38,7 +47,7 @@ from pathlib import Path
 
 import torch
 
-from benchlib import paired_speedup, paired_verdict, time_interleaved, write_lines
+from benchlib import paired_speedup, paired_verdict, peak_rss_growth, time_interleaved, write_lines, write_section
 
 ROOT = Path(__file__).resolve().parent
 
@@ -90,23 +99,26 @@ def make_steps(ours, hf, images, targets) -> dict:
     criterion = SetCriterion(c.num_labels, HungarianMatcher(c.class_cost, c.bbox_cost, c.giou_cost),
                              weight_bbox=c.bbox_loss_coefficient, weight_giou=c.giou_loss_coefficient,
                              eos_coef=c.eos_coefficient)
+    return train_steps(ours, hf, images, targets, lambda: criterion(ours(images), targets)["loss"])
+
+
+def train_steps(ours, hf, images, targets, ours_loss) -> dict:
+    """{"relformer", "HF"}: a training step each (``ours_loss()``; HF's model called with ``labels``), backward,
+    AdamW."""
     hf_labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
-    opt_ours = torch.optim.AdamW(ours.parameters(), 1e-5)
-    opt_hf = torch.optim.AdamW(hf.parameters(), 1e-5)
 
-    def step_ours():
-        loss = criterion(ours(images), targets)["loss"]
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
+    def stepper(model, loss_fn):
+        opt = torch.optim.AdamW(model.parameters(), 1e-5)
 
-    def step_hf():
-        loss = hf(pixel_values=images, labels=hf_labels).loss
-        opt_hf.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_hf.step()
+        def step():
+            loss = loss_fn()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
 
-    return {"relformer": step_ours, "HF": step_hf}
+    return {"relformer": stepper(ours, ours_loss),
+            "HF": stepper(hf, lambda: hf(pixel_values=images, labels=hf_labels).loss)}
 
 
 def matcher_steps(quick: bool):
@@ -145,8 +157,15 @@ def main(argv=None) -> None:
     ap.add_argument("--cases", nargs="+", default=["fashion", "base", "matcher"])
     ap.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "detection-bench.md")
+    ap.add_argument("--rtdetr-out", type=Path, default=ROOT / "results" / "detection-rtdetr.md")
+    ap.add_argument("--no-memory", action="store_true", help="RT-DETR: skip the peak-RSS child processes")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if "rtdetr" in args.cases:
+        rtdetr_run(args, "python bench/detection.py " + " ".join(sys.argv[1:] if argv is None else argv))
+        args.cases = [c for c in args.cases if c != "rtdetr"]
+        if not args.cases:
+            return
     start = time.time()
     rows = []
     for case in args.cases:
@@ -171,9 +190,7 @@ def write_report(meta: dict, rows: list[dict], out: Path) -> None:
     lines = [
         "# DETR — relformer vs HF `DetrForObjectDetection`: training step and Hungarian matcher",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {meta['threads']} torch threads; "
-        f"torch {meta['torch']}, transformers {meta['transformers']}; fp32; measured "
-        f"{meta['date'][:16].replace('T', ' ')} ({meta['elapsed'] / 60:.1f} min).",
+        machine_line(meta) + ".",
         "",
         "Training step = forward + set-prediction loss (matching, CE + L1 + GIoU on the final and auxiliary "
         "outputs) + backward + AdamW step, the same initial weights in both. Matcher: the indices of one batch. "
@@ -200,5 +217,165 @@ def write_report(meta: dict, rows: list[dict], out: Path) -> None:
     write_lines(lines, out)
 
 
+# ---- RT-DETR -------------------------------------------------------------------------------------
+# HF RTDetrResNetConfig / RTDetrConfig fields; R18 as HF's rtdetr_r18vd (convert_rt_detr_original_pytorch_
+# checkpoint_to_pytorch.py): basic blocks, hidden expansion 0.5, 3 decoder layers; R50: the defaults.
+RTDETR_VARIANTS = {
+    "R18": (dict(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"),
+            dict(encoder_in_channels=[128, 256, 512], hidden_expansion=0.5, decoder_layers=3)),
+    "R50": (dict(embedding_size=64, hidden_sizes=[256, 512, 1024, 2048], depths=[3, 4, 6, 3], layer_type="bottleneck"),
+            dict(encoder_in_channels=[512, 1024, 2048], hidden_expansion=1.0, decoder_layers=6)),
+}
+
+
+def rtdetr_cells(quick: bool) -> list[dict]:
+    """(variant, pass, batch, size) cells."""
+    if quick:
+        return [dict(variant="R18", kind="inference", batch=b, size=256) for b in (1, 8)] + \
+            [dict(variant="R18", kind="train", batch=2, size=128)]
+    cells = [dict(variant="R18", kind="inference", batch=b, size=s) for s in (640, 256) for b in (1, 8)]
+    return cells + [dict(variant="R50", kind="inference", batch=1, size=640),
+                    dict(variant="R18", kind="train", batch=4, size=256)]
+
+
+def rtdetr_models(variant: str, train: bool):
+    """(HF ``RTDetrForObjectDetection``, relformer RT-DETR from ``from_hf``), same weights, both in eval (or
+    train) mode; COCO's 80 classes."""
+    from transformers import RTDetrConfig, RTDetrForObjectDetection, RTDetrResNetConfig
+
+    from relformer.interop.transformers import from_hf
+
+    backbone, model = RTDETR_VARIANTS[variant]
+    config = RTDetrConfig(use_timm_backbone=False, use_pretrained_backbone=False, num_labels=80,
+                          backbone_config=RTDetrResNetConfig(num_channels=3, out_indices=[2, 3, 4], **backbone),
+                          **model)
+    torch.manual_seed(0)
+    hf = RTDetrForObjectDetection(config).train(train)
+    return hf, from_hf(hf).train(train)
+
+
+def rtdetr_steps(cell: dict) -> tuple[dict, dict]:
+    """-> ({"relformer": step, "HF": step}, extra facts: max |diff| of logits and boxes in inference)."""
+    hf, ours = rtdetr_models(cell["variant"], cell["kind"] == "train")
+    images = torch.randn(cell["batch"], 3, cell["size"], cell["size"], generator=torch.Generator().manual_seed(0))
+    if cell["kind"] == "inference":
+        def infer(model):
+            def step():
+                with torch.inference_mode():
+                    return model(images)
+            return step
+
+        a, b = infer(ours)(), infer(hf)()
+        extra = {"logits_diff": (a.logits - b.logits).abs().max().item(),
+                 "boxes_diff": (a.pred_boxes - b.pred_boxes).abs().max().item()}
+        return {"relformer": infer(ours), "HF": infer(hf)}, extra
+    from relformer.models.detection.rtdetr_loss import RTDetrCriterion, rtdetr_loss_outputs
+
+    targets = random_targets(cell["batch"], 20, 80, seed=1)
+    hf_labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
+    criterion = RTDetrCriterion(80)
+
+    def loss_ours():  # the model's labels= add the denoising queries; the loss is computed outside it for now
+        out = ours(images, labels=hf_labels)
+        return criterion(rtdetr_loss_outputs(out.logits, out.pred_boxes, out.layer_logits, out.layer_boxes,
+                                             out.enc_topk_logits, out.enc_topk_bboxes, out.denoising_meta_values),
+                         targets)["loss"]
+
+    return train_steps(ours, hf, images, targets, loss_ours), {}
+
+
+def rtdetr_child(spec: str) -> None:
+    """In a fresh process: peak RSS growth (MiB) of one warm call of one peer on one cell."""
+    cell, peer, threads = json.loads(spec)
+    torch.set_num_threads(threads)
+    step = rtdetr_steps(cell)[0][peer]
+    step()
+    print(peak_rss_growth(step))
+
+
+def rtdetr_memory(cell: dict, peer: str, threads: int) -> float | None:
+    import subprocess
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
+    res = subprocess.run([sys.executable, __file__, "--child", json.dumps([cell, peer, threads])], env=env,
+                         capture_output=True, text=True)
+    return float(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else None
+
+
+def rtdetr_run(args, command: str) -> None:
+    import transformers
+
+    start, rows = time.time(), []
+    for cell in rtdetr_cells(args.quick):
+        reps = max(3, args.reps // (4 if cell["size"] == 640 and cell["batch"] > 1 else 2)) if not args.quick else 3
+        steps, extra = rtdetr_steps(cell)
+        load = os.getloadavg()[0]
+        name = f"{cell['variant']} {cell['kind']} b{cell['batch']} {cell['size']}²"
+        row = summarise(name, "", time_interleaved(steps, reps, 1), dict(cell, load=load, **extra))
+        row["images_s"] = {p: cell["batch"] / (ms / 1e3) for p, ms in row["ms"].items()}
+        if not (args.no_memory or args.quick):
+            row["memory_mib"] = {p: rtdetr_memory(cell, p, args.threads) for p in steps}
+        rows.append(row)
+    meta = dict(date=datetime.datetime.now().isoformat(), elapsed=time.time() - start, threads=args.threads,
+                torch=torch.__version__, transformers=transformers.__version__, command=command, cpu=cpu_model())
+    args.rtdetr_out.parent.mkdir(parents=True, exist_ok=True)
+    args.rtdetr_out.with_suffix(f".{args.threads}threads.json").write_text(json.dumps({"meta": meta, "rows": rows},
+                                                                                     indent=1))
+    rtdetr_report(meta, rows, args.rtdetr_out)
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_line(meta: dict) -> str:
+    return (f"CPU: {cpu_model()}, {os.cpu_count()} cores, {meta['threads']} torch threads; torch {meta['torch']}, "
+            f"transformers {meta['transformers']}; fp32; measured {meta['date'][:16].replace('T', ' ')} "
+            f"({meta['elapsed'] / 60:.1f} min)")
+
+
+def rtdetr_report(meta: dict, rows: list[dict], out: Path) -> None:
+    """The ``## {threads} threads`` section of ``out`` (its other sections, the profile notes, are kept)."""
+    title = f"{meta['threads']} thread{'s' if meta['threads'] > 1 else ''}"
+    lines = [
+        f"## {title}",
+        "",
+        machine_line(meta) + f". Command: `{meta['command'].strip()}`",
+        "",
+        "Same random weights (HF's model converted by `from_hf`), eval mode for inference (`torch.inference_mode`). "
+        "Training step: forward with labels (denoising queries), RT-DETR's loss (HF `RTDetrLoss` / relformer "
+        "`RTDetrCriterion`), backward, AdamW. Peers interleaved; `paired` = median over repetitions of HF ms / "
+        "relformer ms with its 95% bootstrap interval; load = 1-min load average when the cell started (the "
+        "machine is shared: a load above the core count means the two threads were often descheduled). Peak RSS "
+        "growth of one warm call, in a fresh process per cell and peer.",
+        "",
+        "| model | pass | batch | size | reps | load | relformer img/s | HF img/s | paired speed-up [95% CI] | "
+        "max abs diff logits / boxes | peak RSS MiB (rf / HF) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        diff = f"{r['logits_diff']:.1e} / {r['boxes_diff']:.1e}" if "logits_diff" in r else "—"
+        mem = r.get("memory_mib")
+        mem = "—" if not mem else " / ".join("—" if mem[p] is None else f"{mem[p]:.0f}"
+                                             for p in ("relformer", "HF"))
+        lines.append(f"| {r['variant']} | {r['kind']} | {r['batch']} | {r['size']} | {r['reps']} | {r['load']:.1f} | "
+                     f"{r['images_s']['relformer']:.2f} | {r['images_s']['HF']:.2f} | {r['paired']:.3f}× "
+                     f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {diff} | {mem} |")
+    lines += ["", "Targets (from the issue): inference ≥ 1.3× HF, training ≥ HF; verdict from the paired interval:",
+              ""]
+    for r in rows:
+        target = 1.3 if r["kind"] == "inference" else 1.0
+        lines.append(f"- {paired_verdict(r['ci'], target)} (vs {target}×) {r['case']}: {r['paired']:.3f}× "
+                     f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]")
+    heading = "# RT-DETR — relformer vs HF `RTDetrForObjectDetection`: inference and training step"
+    write_section(lines, out, title, heading)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--child"]:
+        rtdetr_child(sys.argv[2])
+    else:
+        main()

@@ -373,3 +373,66 @@ def test_rtdetr_variant_and_config_checks():
         model(torch.randn(1, 1, 64, 64), pixel_mask=torch.ones(1, 32, 32))
     with pytest.raises(ValueError, match="fewer than num_queries"):
         create_model("rtdetr_micro", num_queries=200)(torch.randn(1, 1, 64, 64))
+
+
+def test_repvgg_block_fuses_its_branches_in_inference_as_hf_computes_them():
+    """In inference the 3x3 + 1x1 branches run as one re-parameterised 3x3 conv with HF's two-branch output
+    within 1e-4 (relative); with gradients (eval or training) the two branches give HF's output and gradients."""
+    from transformers.models.rt_detr.modeling_rt_detr import RTDetrRepVggBlock
+
+    from relformer.models.detection.rtdetr_encoder import RepVggBlock
+
+    config = RTDetrConfig(encoder_hidden_dim=16, hidden_expansion=1.0, activation_function="silu")
+    torch.manual_seed(0)
+    hf = RTDetrRepVggBlock(config)
+    with torch.no_grad():
+        for name, t in hf.named_buffers():
+            if name.endswith("running_mean"):
+                t.normal_(0, 0.5)
+            elif name.endswith("running_var"):
+                t.uniform_(0.5, 1.5)
+        for name, t in hf.named_parameters():
+            if t.dim() == 1:
+                t.uniform_(0.5, 1.5) if name.endswith("norm.weight") else t.normal_(0, 0.5)
+    ours = RepVggBlock(16, nn.SiLU)
+    ours.load_state_dict(hf.state_dict(), strict=True)
+    for train in (False, True):
+        hf.train(train), ours.train(train)
+        assert (ours.fused() is None) == train
+        x = torch.randn(2, 16, 9, 7)
+        x_hf, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ref, out = hf(x_hf), ours(x_ours)
+        assert_near(out, ref)
+        (out * _weights(out, 0)).sum().backward()
+        (ref * _weights(ref, 0)).sum().backward()
+        assert_near(x_ours.grad, x_hf.grad)
+        for (name, p), (_, q) in zip(ours.named_parameters(), hf.named_parameters(), strict=True):
+            assert_near(p.grad, q.grad, msg=name)
+            p.grad = q.grad = None
+    ours.eval(), hf.eval()
+    x = torch.randn(2, 16, 9, 7)
+    for no_grad in (torch.no_grad, torch.inference_mode):
+        with no_grad():
+            fused = ours.fused()
+            assert_near(torch.nn.functional.conv2d(x, fused[0], fused[1], padding=1), hf.conv1(x) + hf.conv2(x))
+            assert_near(ours(x), hf(x))
+
+
+@pytest.mark.slow
+def test_backbone_runs_channels_last_in_inference_with_the_same_values():
+    hf = hf_model(BASIC)
+    ours = parts_from(hf).backbone.eval()
+    x = torch.randn(2, 3, 64, 96)
+    ref = run_hf(hf, x)["maps"]
+    with torch.no_grad():
+        maps = ours(x)
+        ours.channels_last = False
+        plain = ours(x)
+    assert all(m.is_contiguous(memory_format=torch.channels_last) and not m.is_contiguous() for m in maps)
+    assert all(m.is_contiguous() for m in plain)
+    for a, b, c in zip(maps, plain, ref, strict=True):
+        assert_near(a, c)
+        assert_near(b, c)
+    ours.channels_last = True
+    assert all(m.is_contiguous() for m in ours(x))  # gradients recorded: the plain layout
+    assert all(m.is_contiguous() for m in ours.train()(x))

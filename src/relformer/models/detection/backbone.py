@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from ...nn.posenc import sine_positions
 
-__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "ResidualUnit", "ResNetBackbone", "sine_positions"]
+__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "folded_conv", "activate",
+           "ResidualUnit", "ResNetBackbone", "sine_positions"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -60,18 +61,42 @@ def _affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
     return None
 
 
+def folded_conv(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor] | None:
+    """``(weight, bias)`` of one convolution equal to ``norm(conv(x))`` when the norm is a fixed affine map
+    now (a :class:`FrozenBatchNorm2d`, or an ``nn.BatchNorm2d`` in eval): ``W * s`` per output channel and
+    ``shift + b * s``; else None."""
+    folded = _affine(norm)
+    if folded is None:
+        return None
+    scale, shift = folded[0].flatten(), folded[1].flatten()
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return conv.weight * scale.view(-1, 1, 1, 1), bias
+
+
+_INPLACE = {nn.ReLU: F.relu_, nn.SiLU: lambda y: F.silu(y, inplace=True)}
+
+
+def activate(y: Tensor, act: nn.Module | None) -> Tensor:
+    """``act(y)``; ReLU and SiLU work in place on ``y`` when no gradient flows through it (inference: no
+    second activation-sized buffer)."""
+    if act is None:
+        return y
+    inplace = _INPLACE.get(type(act))
+    if inplace is not None and not (torch.is_grad_enabled() and y.requires_grad):
+        return inplace(y)
+    return act(y)
+
+
 def conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: nn.Module, act: nn.Module | None = None) -> Tensor:
     """``act(norm(conv(x)))`` (``act=None``: none). A norm that is a fixed affine map (frozen, or BatchNorm in
-    eval) is folded into the convolution's weight and bias: one pass, no activation-sized buffer of its own."""
-    folded = _affine(norm)
+    eval) is folded into the convolution's weight and bias (:func:`folded_conv`): one pass, no activation-sized
+    buffer of its own."""
+    folded = folded_conv(conv, norm)
     if folded is None:
         y = norm(conv(x))
     else:
-        scale, shift = folded
-        bias = shift.flatten() if conv.bias is None else shift.flatten() + conv.bias * scale.flatten()
-        y = F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation,
-                     conv.groups)
-    return y if act is None else act(y)
+        y = F.conv2d(x, folded[0], folded[1], conv.stride, conv.padding, conv.dilation, conv.groups)
+    return activate(y, act)
 
 
 class ConvNorm(nn.Module):

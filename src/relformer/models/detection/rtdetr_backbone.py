@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
-from .backbone import conv_norm_act, conv_norm_parts
+from .backbone import activate, conv_norm_act, conv_norm_parts
 
 __all__ = ["ConvLayer", "RTDetrResNetBackbone"]
 
@@ -55,7 +56,7 @@ class BasicUnit(nn.Module):
         self.activation = act()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.activation(self.layer(x).add_(self.shortcut(x)))
+        return activate(self.layer(x).add_(self.shortcut(x)), self.activation)
 
 
 class BottleneckUnit(nn.Module):
@@ -73,7 +74,7 @@ class BottleneckUnit(nn.Module):
         self.activation = act()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.activation(self.layer(x).add_(self.shortcut(x)))
+        return activate(self.layer(x).add_(self.shortcut(x)), self.activation)
 
 
 class _Stem(nn.Module):
@@ -115,13 +116,17 @@ class RTDetrResNetBackbone(nn.Module):
         norm: ``"frozen"`` (HF ``RTDetrModel``) or ``"batch"``.
         act: activation class [``hidden_act``], default ReLU.
         downsample_first_stage / downsample_in_bottleneck: as HF's config.
+        channels_last: in inference (eval mode, no gradient recorded), run the convolutions on a channels-last
+            copy of the image (oneDNN's native layout on CPU: no layout reorder around every conv); the maps
+            come out channels-last, same values up to rounding. Training and gradients keep the plain layout.
     """
 
     def __init__(self, in_channels: int = 3, stem_channels: int = 64, widths: Sequence[int] = (256, 512, 1024, 2048),
                  depths: Sequence[int] = (3, 4, 6, 3), block: str = "bottleneck", out_indices: Sequence[int] = (2, 3, 4),
                  norm: str = "frozen", act: type[nn.Module] = nn.ReLU, downsample_first_stage: bool = False,
-                 downsample_in_bottleneck: bool = False) -> None:
+                 downsample_in_bottleneck: bool = False, channels_last: bool = True) -> None:
         super().__init__()
+        self.channels_last = channels_last
         widths, depths, out_indices = tuple(widths), tuple(depths), tuple(out_indices)
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
@@ -157,6 +162,8 @@ class RTDetrResNetBackbone(nn.Module):
         expected = self.embedder.embedder[0].convolution.in_channels
         if x.shape[1] != expected:
             raise ValueError(f"images have {x.shape[1]} channels, the backbone takes {expected}")
+        if self.channels_last and not self.training and not torch.is_grad_enabled():
+            x = x.contiguous(memory_format=torch.channels_last)
         h = self.embedder(x)
         maps = [h] if 0 in self.out_indices else []
         for i, stage in enumerate(self.encoder.stages, start=1):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn import MLP
-from .backbone import ConvNorm, conv_norm_act
+from .backbone import ConvNorm, activate, conv_norm_act, folded_conv
 from .rtdetr_decoder import PositionalSelfAttention
 
 __all__ = ["ConvBN", "input_projections", "sincos_positions_2d", "AIFILayer", "AIFI", "RepVggBlock",
@@ -108,7 +108,10 @@ class AIFI(nn.Module):
 
 class RepVggBlock(nn.Module):
     """RepVGG unit (Ding et al. 2021, "RepVGG: Making VGG-style ConvNets Great Again"):
-    ``act(BN(conv3x3(x)) + BN(conv1x1(x)))``, ``(B, C, h, w) -> (B, C, h, w)``."""
+    ``act(BN(conv3x3(x)) + BN(conv1x1(x)))``, ``(B, C, h, w) -> (B, C, h, w)``. In inference (both norms
+    fixed, no gradient recorded) the branches are re-parameterised into one 3x3 conv (sec. 3.3): each BN folded
+    into its conv, the 1x1 kernel zero-padded to the centre of the 3x3 one, kernels and biases summed (exact up
+    to rounding)."""
 
     def __init__(self, channels: int, act: type[nn.Module] = nn.SiLU, eps: float = 1e-5) -> None:
         super().__init__()
@@ -116,8 +119,19 @@ class RepVggBlock(nn.Module):
         self.conv2 = ConvNorm(channels, channels, 1, act=False, eps=eps)
         self.activation = act()
 
+    def fused(self) -> tuple[Tensor, Tensor] | None:
+        """``(weight (C, C, 3, 3), bias (C,))`` of the single equivalent 3x3 conv, or None while a norm trains."""
+        a = folded_conv(self.conv1.conv, self.conv1.norm)
+        b = folded_conv(self.conv2.conv, self.conv2.norm)
+        if a is None or b is None:
+            return None
+        return a[0] + F.pad(b[0], (1, 1, 1, 1)), a[1] + b[1]
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.activation(self.conv1(x) + self.conv2(x))
+        fused = None if torch.is_grad_enabled() else self.fused()  # inference only: gradients keep both branches
+        if fused is None:
+            return self.activation(self.conv1(x) + self.conv2(x))
+        return activate(F.conv2d(x, fused[0], fused[1], padding=1), self.activation)
 
 
 class CSPRepLayer(nn.Module):
