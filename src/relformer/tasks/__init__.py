@@ -28,7 +28,8 @@ from .graph import GraphTask
 from .text_pairs import TextPairTask
 from .coco_detection import CocoDetectionTask
 from .grounding import GroundingTask
-from .temporal import TemporalLinkTask  # temporal link prediction (DyGLib's protocol) and its recipes
+from .temporal import TemporalLinkTask  # temporal link prediction (DyGLib's protocol)
+from . import temporal_recipes  # noqa: F401  (its recipes)
 from .trainer import ObjectTask, Trainer
 from .registry import import_optional
 
