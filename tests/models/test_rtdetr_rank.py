@@ -137,6 +137,23 @@ def test_high_order_cost_changes_the_matching_not_the_outputs():
     assert any(not torch.equal(a.loss_dict[k], b.loss_dict[k]) for k in a.loss_dict)   # other matches somewhere
 
 
+def test_the_high_order_cost_switches_on_late_in_training():
+    """Rank-DETR's schedule: the plain cost until ``high_order_start`` of training, the high-order one
+    from there; a model never told its progress uses the flag alone."""
+    plain, ranked = _pair(high_order_cost=True, high_order_start=0.5)
+    x = torch.rand(2, 1, 64, 64)
+    assert ranked.high_order_active and ranked.criterion().matcher.iou_order == 4.0
+    ranked.set_training_progress(0.49)
+    assert not ranked.high_order_active and ranked.criterion().matcher.iou_order is None
+    torch.testing.assert_close(_run(ranked, x, False).loss, _run(plain, x, False).loss, atol=0, rtol=0)
+    ranked.set_training_progress(0.5)
+    assert ranked.high_order_active and ranked.criterion().matcher.iou_order == 4.0
+    assert RTDETR(_config(high_order_cost=False)).high_order_active is False
+    for bad in (-0.1, 1.5, float("nan"), "late"):
+        with pytest.raises(ValueError, match="high_order_start"):
+            _config(high_order_cost=True, high_order_start=bad)
+
+
 def test_rank_flags_are_checked():
     with pytest.raises(ValueError, match="rank_architecture"):
         _config(rank_architecture="yes")

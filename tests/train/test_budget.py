@@ -74,3 +74,64 @@ def test_without_a_budget_nothing_changes(tmp_path, monkeypatch):
 def test_a_bad_budget_is_refused_by_name(bad, tmp_path):
     with pytest.raises(RecipeError, match="max_minutes"):
         _engine(tmp_path, max_minutes=bad)
+
+
+def test_the_cpu_clock_counts_cpu_time_not_elapsed_time(tmp_path, monkeypatch):
+    # elapsed time races (another process holds the core) while the run's CPU time creeps: on the
+    # cpu clock the run goes on to its last epoch; on the wall clock the same recipe stops early
+    monkeypatch.setattr(engine_module.time, "perf_counter", FakeClock(1000.0))
+    monkeypatch.setattr(engine_module.time, "process_time", FakeClock(1e-3))
+    eng = _engine(tmp_path, max_minutes=0.5, budget_clock="cpu")
+    run = eng.fit()
+    assert eng.progress.global_step == eng.total_steps
+    assert "cpu clock" in (run / "report.md").read_text()
+    saved = json.loads((run / "checkpoints" / "best" / "trainer_state.json").read_text())["trainer"]
+    assert 0 < saved["cpu_seconds"] < 30
+
+    monkeypatch.setattr(engine_module.time, "process_time", FakeClock(1.0))  # now CPU time is what runs out
+    eng = _engine(tmp_path / "b", max_minutes=0.5, budget_clock="cpu")
+    eng.fit()
+    assert 0 < eng.progress.global_step < eng.total_steps
+
+
+def test_a_bad_budget_clock_is_refused_by_name(tmp_path):
+    from relformer.train.recipe import apply_overrides
+
+    with pytest.raises(RecipeError, match="budget_clock"):
+        apply_overrides(tiny_task.tiny_kill(), ["budget_clock=gpu"])
+
+
+def test_the_task_hears_the_share_of_training_before_every_step(tmp_path, monkeypatch):
+    """``on_step``: steps done / total steps without a budget; with one, the budget's share once it is
+    further along (what the LR schedule follows); a task without the hook trains as before."""
+    seen = []
+    eng = _engine(tmp_path / "steps")
+    eng._on_step = lambda model, share: seen.append((model, share))
+    eng.fit()
+    n = eng.total_steps
+    assert [s for _, s in seen] == pytest.approx([i / n for i in range(n)]) and all(m is eng.model for m, _ in seen)
+
+    monkeypatch.setattr(engine_module.time, "perf_counter", FakeClock(1.0))
+    seen.clear()
+    eng = _engine(tmp_path / "budget", max_minutes=0.5)
+    eng._on_step = lambda model, share: seen.append(share)
+    eng.fit()
+    shares = seen
+    assert shares == sorted(shares) and shares[-1] > eng.progress.global_step / eng.total_steps  # time ran ahead
+    assert all(0 <= s <= 1 for s in shares)
+
+
+def test_task_base_hands_the_share_to_the_model():
+    from torch import nn
+
+    from relformer.tasks.base import TaskBase
+    from relformer.train.recipe import Recipe
+
+    class Model(nn.Module):
+        def set_training_progress(self, share):
+            self.share = share
+
+    task, model = TaskBase(Recipe()), Model()
+    task.on_step(model, 0.25)
+    assert model.share == 0.25
+    task.on_step(nn.Linear(2, 2), 0.5)  # no hook: nothing happens

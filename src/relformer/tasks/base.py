@@ -111,3 +111,9 @@ class TaskBase:
 
     def report_figures(self, model: nn.Module, run_dir: Path) -> list[tuple[str, Path]]:
         return []
+
+    def on_step(self, model: nn.Module, share: float) -> None:
+        """Hand the share of training done to the model's ``set_training_progress``, if it has one."""
+        hook = getattr(model, "set_training_progress", None)
+        if callable(hook):
+            hook(share)

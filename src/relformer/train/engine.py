@@ -75,6 +75,7 @@ class Progress:
     train_seconds: float = 0.0
     train_samples: int = 0
     wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0     # CPU time of the training process (all threads), over all resumes
     stale_evals: int = 0         # evaluations in a row without improvement of the early-stopping metric
     early_stop_best: float | None = None
     stopped: bool = False        # early stopping (or a callback) ended the run
@@ -85,7 +86,7 @@ class Engine:
     ``callbacks``: :class:`~relformer.train.callbacks.Callback` objects (main process only)."""
 
     def __init__(self, task: Task, *, resume: bool = False, callbacks: Sequence[Callback] = ()) -> None:
-        started = time.perf_counter()  # the wall-clock budget (max_minutes) counts the set-up too
+        started, cpu_started = time.perf_counter(), time.process_time()  # the budget counts the set-up too
         recipe = getattr(task, "recipe", None)
         if not isinstance(recipe, Recipe):
             raise TypeError(f"Engine needs a task object with a .recipe (a Recipe), got {type(task).__name__}; "
@@ -123,7 +124,9 @@ class Engine:
             self._log_sums.load(self.progress.log_sums)
             self._epoch_sums.load(self.progress.epoch_sums)
         self._wall_start, self._resumed_wall = started, self.progress.wall_seconds
+        self._cpu_start, self._resumed_cpu = cpu_started, self.progress.cpu_seconds
         self._last_lr: float = self.optimizer.param_groups[0]["lr"]
+        self._on_step = getattr(self.task, "on_step", None)  # optional in the Task protocol
         self._wrap_model()
 
         if self.dist.is_main:
@@ -219,6 +222,10 @@ class Engine:
         """Wall time of the run so far, over all its (resumed) processes up to their last checkpoint."""
         return self._resumed_wall + time.perf_counter() - self._wall_start
 
+    def _cpu_seconds(self) -> float:
+        """CPU time of the run so far (this process, all its threads), over all its processes."""
+        return self._resumed_cpu + time.process_time() - self._cpu_start
+
     def _autocast(self):
         if self.recipe.amp == "bf16":
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
@@ -260,6 +267,8 @@ class Engine:
         step_start, start_step = time.perf_counter(), p.global_step
         while p.step_in_epoch < self.steps_per_epoch and not (r.max_steps is not None and p.global_step >= r.max_steps):
             batches = [next(loader) for _ in range(k)]
+            if self._on_step is not None:
+                self._on_step(self.model, self._training_share())
             lr = self._train_step(batches)
             self._last_lr = lr
             samples = sum(self.task.batch_size_of(b) for b in batches) * self.dist.world_size
@@ -310,12 +319,18 @@ class Engine:
         self.scheduler.step()
         return lr
 
+    def _training_share(self) -> float:
+        """The share of training done before the next step: steps or budget, whichever is further along
+        (what the LR schedule follows)."""
+        return min(1.0, max(self.progress.global_step / max(self.total_steps, 1), self._cosine.time_fraction))
+
     def _budget_spent(self) -> float:
         """The share of the ``max_minutes`` budget spent (0 without one); it moves the LR schedule on.
         Every rank gets the same value (the mean of their clocks), so they stop at the same step."""
         if self.recipe.max_minutes is None:
             return 0.0
-        spent = self._wall_seconds() / (60 * self.recipe.max_minutes)
+        clock = self._cpu_seconds if self.recipe.budget_clock == "cpu" else self._wall_seconds
+        spent = clock() / (60 * self.recipe.max_minutes)
         if self.dist.distributed:
             spent = all_reduce_sum({"spent": torch.tensor(spent, device=self.device)})["spent"].item() / self.dist.world_size
         self._cosine.time_fraction = spent
@@ -400,7 +415,7 @@ class Engine:
     def _save(self, best: bool) -> None:
         p = self.progress
         p.log_sums, p.epoch_sums = self._log_sums.state(), self._epoch_sums.state()
-        p.wall_seconds = self._wall_seconds()
+        p.wall_seconds, p.cpu_seconds = self._wall_seconds(), self._cpu_seconds()
         if not self.dist.is_main:
             return
         self.checkpoints.save(p.global_step, self.model, self.optimizer, self.scheduler, dataclasses.asdict(p),
@@ -420,8 +435,9 @@ class Engine:
                       f"process{'es' if self.dist.distributed else ''}",
             "software": f"torch {torch.__version__}, Python {platform.python_version()}",
             "steps": f"{p.global_step:,} ({self.steps_per_epoch:,} per epoch, global batch {r.batch_size})",
-            "wall time": f"{self._wall_seconds():.1f} s" + (f" (budget: max_minutes = {r.max_minutes:g})"
-                                                          if r.max_minutes is not None else ""),
+            "wall time": f"{self._wall_seconds():.1f} s" + (f" (budget: max_minutes = {r.max_minutes:g}, "
+                                                          f"{r.budget_clock} clock)" if r.max_minutes is not None else ""),
+            "CPU time": f"{self._cpu_seconds():.1f} s (the training process, all threads)",
             "train throughput": f"{p.train_samples / max(p.train_seconds, 1e-9):,.0f} samples/s "
                                 f"({p.train_samples:,} samples in {p.train_seconds:.1f} s of training steps)",
             "amp / compile / deterministic": f"{r.amp} / {r.compile} / {r.deterministic}",

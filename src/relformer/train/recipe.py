@@ -89,8 +89,9 @@ class Recipe:
     micro-batch: an optimizer step sums the gradients of ``accumulate_grad_batches`` of them;
     ``eval_batch_size`` is per process; ``checkpoint_every`` in steps (0 = only at epoch ends);
     ``max_steps``: stop after that many optimizer steps (None: ``epochs`` decide; the LR schedule
-    spans whichever ends first); ``max_minutes``: a wall-clock budget for the run (evaluations
-    included): training stops at the first step after it (that epoch counts as finished), evaluates and reports, and the cosine
+    spans whichever ends first); ``max_minutes``: a time budget for the run (evaluations
+    included) on the clock ``budget_clock`` names (``"wall"``: elapsed time; ``"cpu"``: the CPU time of
+    the training process, all its threads, so runs sharing a machine get the same work): training stops at the first step after it (that epoch counts as finished), evaluates and reports, and the cosine
     LR schedule follows whichever of steps or time is further along, so it anneals within the budget; ``init_from``: start from the model weights of a run folder (its
     ``best/``) or a checkpoint folder (weights only, manifest verified; ``--resume`` restores the
     run's own weights instead); ``out_dir`` defaults to
@@ -114,6 +115,7 @@ class Recipe:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps: int | None = None
     max_minutes: float | None = None
+    budget_clock: Literal["wall", "cpu"] = "wall"
     accumulate_grad_batches: int = 1
     early_stopping: EarlyStoppingSection = field(default_factory=EarlyStoppingSection)
     init_from: str | None = None

@@ -66,3 +66,8 @@ class Task(Protocol):
 
     def report_figures(self, model: nn.Module, run_dir: Path) -> list[tuple[str, Path]]:
         """Task-specific PNGs for the report, written under ``run_dir``: ``[(title, path)]``."""
+
+    def on_step(self, model: nn.Module, share: float) -> None:
+        """Optional. Called before every training step with the share of training done (0 to 1: steps or the
+        ``max_minutes`` budget, whichever is further along), for schedules inside the model or loss
+        (Rank-DETR's late high-order matching cost)."""

@@ -17,8 +17,9 @@ Outputs follow HF's layout: in training with labels the ``N`` denoising queries 
 Rank-DETR (Pu et al. 2023, :mod:`.rank`), each part a config flag: ``rank_architecture`` (query rank
 layers and rank-adaptive class heads in the decoder, :mod:`.rtdetr_decoder`), ``rank_loss`` (the
 GIoU-aware class loss instead of VFL on the decoder outputs), ``high_order_cost`` (the matcher's cost
-``-p IoU^iou_order``). The paper switches the high-order cost on at 3/4 of training; here it is on
-from the first step when set (the engine gives neither the model nor the task the training progress).
+``-p IoU^iou_order``) from the share ``high_order_start`` of training on (the paper: the last quarter;
+the engine hands the share to :meth:`RTDETR.set_training_progress` before every step; a model never
+told its progress uses the cost whenever the flag is set).
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from ...relations import GraphAdjacency
@@ -80,7 +80,8 @@ class RTDETRConfig:
     ``num_denoising``, ``label_noise_ratio``, ``box_noise_scale``. ``dropout``, ``attn_dropout``,
     ``layer_norm_eps``, ``batch_norm_eps``, ``backend`` (of :func:`relformer.attend`). Loss (HF's names and
     defaults): :data:`LOSS_FIELDS`. Rank-DETR: ``rank_architecture``, ``rank_loss`` (with ``rank_alpha``,
-    ``rank_gamma``: 0.25, 2), ``high_order_cost`` (with ``iou_order``: 4), all off by default.
+    ``rank_gamma``: 0.25, 2), ``high_order_cost`` (with ``iou_order``: 4, ``high_order_start``: 0.75 of
+    training), all off by default.
     """
 
     num_classes: int = 80
@@ -137,6 +138,7 @@ class RTDETRConfig:
     rank_gamma: float = 2.0
     high_order_cost: bool = False
     iou_order: float = 4.0
+    high_order_start: float = 0.75
 
     def __post_init__(self) -> None:
         name = type(self).__name__
@@ -159,6 +161,9 @@ class RTDETRConfig:
             value = getattr(self, key)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf")):
                 raise ValueError(f"{name}.{key} must be a finite number >= 0, got {value!r}")
+        if not (isinstance(self.high_order_start, (int, float)) and 0 <= self.high_order_start <= 1):
+            raise ValueError(f"{name}.high_order_start must lie in [0, 1] (a share of training), got "
+                             f"{self.high_order_start!r}")
         if not self.iou_order > 0:
             raise ValueError(f"{name}.iou_order must be > 0 (Rank-DETR: 4), got {self.iou_order!r}")
         if self.rank_architecture and self.decoder_layers < 2:
@@ -197,11 +202,21 @@ class RTDETR(PretrainedMixin, nn.Module):
                                      c.decoder_ffn, c.num_classes, c.dropout, c.attn_dropout, c.layer_norm_eps,
                                      backend=c.backend, rank=c.rank_architecture, num_queries=c.num_queries)
 
+    def set_training_progress(self, share: float) -> None:
+        """The share of training done (0 to 1); it switches the high-order cost on at ``high_order_start``."""
+        self.training_share = float(share)
+
+    @property
+    def high_order_active(self) -> bool:
+        """Whether the matcher uses Rank-DETR's high-order cost now."""
+        share = getattr(self, "training_share", None)
+        return self.config.high_order_cost and (share is None or share >= self.config.high_order_start)
+
     def criterion(self) -> RTDetrCriterion:
         """The loss of ``labels=`` (:class:`~.rtdetr_loss.RTDetrCriterion`) from the config's loss fields."""
         c = self.config
         matcher = rtdetr_matcher(c.matcher_class_cost, c.matcher_bbox_cost, c.matcher_giou_cost, c.use_focal_loss,
-                                 c.matcher_alpha, c.matcher_gamma, c.iou_order if c.high_order_cost else None)
+                                 c.matcher_alpha, c.matcher_gamma, c.iou_order if self.high_order_active else None)
         return RTDetrCriterion(c.num_classes, matcher, c.weight_loss_vfl, c.weight_loss_bbox, c.weight_loss_giou,
                                alpha=c.focal_loss_alpha, gamma=c.focal_loss_gamma, giou_aware=c.rank_loss,
                                rank_alpha=c.rank_alpha, rank_gamma=c.rank_gamma)
