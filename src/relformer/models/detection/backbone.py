@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from ...nn.posenc import sine_positions
 
-__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "folded_conv", "activate",
+__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "folded_conv", "inference_cached", "in_format",
+           "activate",
            "ResidualUnit", "ResNetBackbone", "sine_positions"]
 
 
@@ -61,6 +62,34 @@ def _affine(norm: nn.Module) -> tuple[Tensor, Tensor] | None:
     return None
 
 
+def _state_key(modules: tuple[nn.Module, ...]) -> tuple | None:
+    """What the parameters and buffers of ``modules`` are now: storage, version counter, dtype and device of
+    each, and the train / eval flags (None when a tensor keeps no version counter: an inference tensor)."""
+    try:
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for m in modules
+                     for t in (*m.parameters(), *m.buffers())) + tuple(s.training for m in modules for s in m.modules())
+    except RuntimeError:
+        return None
+
+
+def inference_cached(store: nn.Module, name: str, compute, *sources: nn.Module):
+    """``compute()``, kept on ``store`` while no gradient is recorded (inference) and recomputed when a
+    parameter or buffer of ``sources`` (default: ``store``) changes (updated in place: a new version;
+    replaced: a new storage) or one of them switches between train and eval; with gradients recorded,
+    computed every call (the result must be part of the graph). For weights derived from parameters,
+    such as norms folded into convolutions."""
+    if torch.is_grad_enabled():
+        return compute()
+    key = _state_key(sources or (store,))
+    hit = store.__dict__.get(name)
+    if key is not None and hit is not None and hit[0] == key:
+        return hit[1]
+    value = compute()
+    if key is not None:
+        store.__dict__[name] = (key, value)
+    return value
+
+
 def folded_conv(conv: nn.Conv2d, norm: nn.Module) -> tuple[Tensor, Tensor] | None:
     """``(weight, bias)`` of one convolution equal to ``norm(conv(x))`` when the norm is a fixed affine map
     now (a :class:`FrozenBatchNorm2d`, or an ``nn.BatchNorm2d`` in eval): ``W * s`` per output channel and
@@ -87,11 +116,23 @@ def activate(y: Tensor, act: nn.Module | None) -> Tensor:
     return act(y)
 
 
+def in_format(folded: tuple[Tensor, Tensor] | None, channels_last: bool) -> tuple[Tensor, Tensor] | None:
+    """A conv's ``(weight, bias)`` with the weight in channels-last memory when ``channels_last``."""
+    if folded is None or not channels_last:
+        return folded
+    return folded[0].contiguous(memory_format=torch.channels_last), folded[1]
+
+
 def conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: nn.Module, act: nn.Module | None = None) -> Tensor:
     """``act(norm(conv(x)))`` (``act=None``: none). A norm that is a fixed affine map (frozen, or BatchNorm in
     eval) is folded into the convolution's weight and bias (:func:`folded_conv`): one pass, no activation-sized
     buffer of its own."""
-    folded = folded_conv(conv, norm)
+    # in inference the folded weights are kept (one fold per state of the weights), in the input's memory
+    # format: a channels-last input with a contiguous weight makes oneDNN convert the weight every call
+    cl = (not torch.is_grad_enabled() and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+          and not x.is_contiguous())
+    folded = inference_cached(conv, "_folded_cl" if cl else "_folded", lambda: in_format(folded_conv(conv, norm), cl),
+                              conv, norm)
     if folded is None:
         y = norm(conv(x))
     else:

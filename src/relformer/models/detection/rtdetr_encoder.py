@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn import MLP
-from .backbone import ConvNorm, activate, conv_norm_act, folded_conv
+from .backbone import ConvNorm, activate, conv_norm_act, folded_conv, in_format, inference_cached
 from .rtdetr_decoder import PositionalSelfAttention
 
 __all__ = ["ConvBN", "input_projections", "sincos_positions_2d", "AIFILayer", "AIFI", "RepVggBlock",
@@ -128,7 +128,12 @@ class RepVggBlock(nn.Module):
         return a[0] + F.pad(b[0], (1, 1, 1, 1)), a[1] + b[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        fused = None if torch.is_grad_enabled() else self.fused()  # inference only: gradients keep both branches
+        # inference only (gradients keep both branches); computed once per state of the weights, in the
+        # input's memory format (see conv_norm_act)
+        fused = None
+        if not torch.is_grad_enabled():
+            cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            fused = inference_cached(self, "_fused_cl" if cl else "_fused", lambda: in_format(self.fused(), cl))
         if fused is None:
             return self.activation(self.conv1(x) + self.conv2(x))
         return activate(F.conv2d(x, fused[0], fused[1], padding=1), self.activation)
