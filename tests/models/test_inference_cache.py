@@ -1,7 +1,7 @@
 """The folded-weight cache of the detection convolutions (``inference_cached``): in inference the folded
 conv + norm (and RepVGG's fused kernel) is computed once per state of the weights, and any change of the
 weights or statistics (in place, replaced, train / eval switch) is seen by the next call; channels-last
-and contiguous inputs give the same outputs; with gradients nothing is cached."""
+and contiguous inputs give the same outputs (AIFI keeps its input format); with gradients nothing is cached."""
 from __future__ import annotations
 
 import torch
@@ -88,3 +88,17 @@ def test_with_gradients_nothing_is_kept_and_gradients_flow():
     x = torch.randn(1, 4, 5, 5)
     unit(x).sum().backward()
     assert "_folded" not in unit.conv.__dict__ and unit.conv.weight.grad is not None
+
+
+def test_aifi_returns_the_input_memory_format_with_the_same_values():
+    """AIFI hands CCFM a map in its input's format (a channels-last view of the tokens for a
+    channels-last input), so CCFM never concatenates mixed formats."""
+    from relformer.models.detection.rtdetr_encoder import AIFI
+
+    torch.manual_seed(0)
+    aifi = AIFI(16, 1, num_heads=2, ffn_dim=32).eval()
+    x = torch.randn(2, 16, 5, 7)
+    with torch.inference_mode():
+        plain, cl = aifi(x), aifi(x.contiguous(memory_format=torch.channels_last))
+    assert plain.is_contiguous() and cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    torch.testing.assert_close(cl, plain, atol=ATOL, rtol=ATOL)

@@ -90,7 +90,7 @@ class AIFILayer(nn.Module):
 
 class AIFI(nn.Module):
     """AIFI on one map (HF ``RTDetrAIFILayer``): flatten, ``layers`` with 2-D sin-cos positions,
-    reshape. ``(B, C, h, w) -> (B, C, h, w)``."""
+    reshape. ``(B, C, h, w) -> (B, C, h, w)``, in the input's memory format (contiguous or channels-last)."""
 
     def __init__(self, dim: int, num_layers: int, temperature: float = 10000.0, **layer) -> None:
         super().__init__()
@@ -103,7 +103,9 @@ class AIFI(nn.Module):
         pos = sincos_positions_2d(h, w, self.dim, self.temperature, x.device, x.dtype)[None]  # (1, hw, C)
         for layer in self.layers:
             x = layer(x, pos)
-        return x.transpose(1, 2).reshape(B, C, h, w)
+        if feature_map.is_contiguous(memory_format=torch.channels_last) and not feature_map.is_contiguous():
+            return x.view(B, h, w, C).permute(0, 3, 1, 2)  # the tokens as a channels-last map: a view, like the input
+        return x.transpose(1, 2).reshape(B, C, h, w).contiguous()  # (the reshape alone is a channels-last view)
 
 
 class RepVggBlock(nn.Module):
