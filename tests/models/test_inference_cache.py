@@ -102,3 +102,50 @@ def test_aifi_returns_the_input_memory_format_with_the_same_values():
         plain, cl = aifi(x), aifi(x.contiguous(memory_format=torch.channels_last))
     assert plain.is_contiguous() and cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
     torch.testing.assert_close(cl, plain, atol=ATOL, rtol=ATOL)
+
+
+def test_prepacked_onednn_convolution_equals_conv2d_and_follows_shapes_and_weights():
+    """oneDNN's fused convolution on a weight packed once: equal to ``F.conv2d`` + the activation; a new
+    input shape or a weight update packs again; not used with gradients, contiguous inputs or an
+    activation it cannot fuse."""
+    from relformer.models.detection.backbone import _onednn_usable, prepacked_conv_act
+
+    assert _onednn_usable() == torch.backends.mkldnn.is_available()
+    if not torch.backends.mkldnn.is_available():  # the F.conv2d path is the one this build runs
+        return
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+    for act in (None, nn.ReLU(), nn.SiLU()):
+        for size in (9, 12):  # two shapes: packed again for the second
+            x = torch.randn(2, 8, size, size).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                out = prepacked_conv_act(x, conv.weight, conv.bias, conv, act, conv, conv)
+                ref = nn.functional.conv2d(x, conv.weight, conv.bias, 2, 1)
+            ref = ref if act is None else act(ref)
+            assert out is not None and conv.__dict__["_prepacked"][0][-4:] == tuple(x.shape)
+            torch.testing.assert_close(out, ref, atol=ATOL, rtol=ATOL)
+    with torch.no_grad():
+        conv.weight.mul_(-1)
+    with torch.inference_mode():
+        out = prepacked_conv_act(x, conv.weight, conv.bias, conv, nn.ReLU(), conv, conv)
+    torch.testing.assert_close(out, nn.functional.relu(nn.functional.conv2d(x, conv.weight, conv.bias, 2, 1)),
+                               atol=ATOL, rtol=ATOL)
+    assert prepacked_conv_act(x, conv.weight, conv.bias, conv, nn.ReLU(), conv, conv) is None  # gradients on
+    with torch.inference_mode():
+        assert prepacked_conv_act(x.contiguous(), conv.weight, conv.bias, conv, None, conv, conv) is None
+        assert prepacked_conv_act(x, conv.weight, conv.bias, conv, nn.GELU(), conv, conv) is None
+
+
+def test_the_backbone_runs_the_prepacked_convolutions_in_inference():
+    from relformer.models.detection import RTDETR, rtdetr_micro
+
+    model = RTDETR(rtdetr_micro()).eval()
+    x = torch.rand(1, model.config.in_channels, 64, 64)
+    with torch.inference_mode():
+        fast = model(x)
+    packed = [m for m in model.modules() if "_prepacked" in m.__dict__]
+    assert len(packed) > 5 or not torch.backends.mkldnn.is_available()
+    with torch.no_grad():  # the reference: no folding, no packing (gradients recorded on the input)
+        slow = model(x.requires_grad_())
+    torch.testing.assert_close(fast.logits, slow.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.pred_boxes, slow.pred_boxes, atol=1e-4, rtol=1e-4)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from ...nn.posenc import sine_positions
 
 __all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "folded_conv", "inference_cached", "in_format",
+           "prepacked_conv_act",
            "activate",
            "ResidualUnit", "ResNetBackbone", "sine_positions"]
 
@@ -72,15 +73,16 @@ def _state_key(modules: tuple[nn.Module, ...]) -> tuple | None:
         return None
 
 
-def inference_cached(store: nn.Module, name: str, compute, *sources: nn.Module):
+def inference_cached(store: nn.Module, name: str, compute, *sources: nn.Module, extra: tuple = ()):
     """``compute()``, kept on ``store`` while no gradient is recorded (inference) and recomputed when a
     parameter or buffer of ``sources`` (default: ``store``) changes (updated in place: a new version;
     replaced: a new storage) or one of them switches between train and eval; with gradients recorded,
     computed every call (the result must be part of the graph). For weights derived from parameters,
-    such as norms folded into convolutions."""
+    such as norms folded into convolutions. ``extra``: more of the key (an input shape)."""
     if torch.is_grad_enabled():
         return compute()
     key = _state_key(sources or (store,))
+    key = None if key is None else key + extra
     hit = store.__dict__.get(name)
     if key is not None and hit is not None and hit[0] == key:
         return hit[1]
@@ -123,6 +125,40 @@ def in_format(folded: tuple[Tensor, Tensor] | None, channels_last: bool) -> tupl
     return folded[0].contiguous(memory_format=torch.channels_last), folded[1]
 
 
+#: activations oneDNN's fused convolution applies itself (its names)
+_ONEDNN_ACT = {type(None): "none", nn.Identity: "none", nn.ReLU: "relu", nn.SiLU: "swish"}
+_onednn = {"usable": None}
+
+
+def _onednn_usable() -> bool:
+    if _onednn["usable"] is None:
+        _onednn["usable"] = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+                             and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+    return _onednn["usable"]
+
+
+def prepacked_conv_act(x: Tensor, weight: Tensor, bias: Tensor | None, conv: nn.Conv2d, act: nn.Module | None,
+                       store: nn.Module, *sources: nn.Module) -> Tensor | None:
+    """``act(conv2d(x, weight, bias))`` by oneDNN with the weight reordered once into its blocked layout (kept
+    on ``store`` by :func:`inference_cached` for the state of ``sources`` and the input shape) and the
+    activation fused, as ``torch.compile``'s frozen CPU graphs run it; for fp32 channels-last CPU inputs in
+    inference, else None (the caller runs ``F.conv2d``). Equal to ``F.conv2d`` to rounding (oneDNN runs
+    both)."""
+    attr = _ONEDNN_ACT.get(type(act))
+    if (attr is None or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
+            or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous() or conv.groups != 1
+            or isinstance(conv.padding, str) or not _onednn_usable()):
+        return None
+    args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    try:  # one packed weight per store, for the last input shape
+        packed = inference_cached(store, "_prepacked", lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
+            weight.to_mkldnn(), *args, list(x.shape)), *sources, extra=tuple(x.shape))
+        return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *args, attr, [], "")
+    except (RuntimeError, NotImplementedError):  # a build without these kernels: plain convolutions from now on
+        _onednn["usable"] = False
+        return None
+
+
 def conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: nn.Module, act: nn.Module | None = None) -> Tensor:
     """``act(norm(conv(x)))`` (``act=None``: none). A norm that is a fixed affine map (frozen, or BatchNorm in
     eval) is folded into the convolution's weight and bias (:func:`folded_conv`): one pass, no activation-sized
@@ -134,10 +170,11 @@ def conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: nn.Module, act: nn.Module | 
     folded = inference_cached(conv, "_folded_cl" if cl else "_folded", lambda: in_format(folded_conv(conv, norm), cl),
                               conv, norm)
     if folded is None:
-        y = norm(conv(x))
-    else:
-        y = F.conv2d(x, folded[0], folded[1], conv.stride, conv.padding, conv.dilation, conv.groups)
-    return activate(y, act)
+        return activate(norm(conv(x)), act)
+    fused = prepacked_conv_act(x, *folded, conv, act, conv, conv, norm) if cl else None
+    if fused is not None:
+        return fused
+    return activate(F.conv2d(x, folded[0], folded[1], conv.stride, conv.padding, conv.dilation, conv.groups), act)
 
 
 class ConvNorm(nn.Module):

@@ -162,9 +162,12 @@ class RTDetrResNetBackbone(nn.Module):
         expected = self.embedder.embedder[0].convolution.in_channels
         if x.shape[1] != expected:
             raise ValueError(f"images have {x.shape[1]} channels, the backbone takes {expected}")
-        if self.channels_last and not self.training and not torch.is_grad_enabled():
+        channels_last = self.channels_last and not self.training and not torch.is_grad_enabled()
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         h = self.embedder(x)
+        if channels_last:  # a one-channel image is contiguous in both formats: its stem output is not yet
+            h = h.contiguous(memory_format=torch.channels_last)
         maps = [h] if 0 in self.out_indices else []
         for i, stage in enumerate(self.encoder.stages, start=1):
             if i > self.out_indices[-1]:

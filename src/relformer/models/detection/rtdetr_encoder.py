@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn import MLP
-from .backbone import ConvNorm, activate, conv_norm_act, folded_conv, in_format, inference_cached
+from .backbone import (ConvNorm, activate, conv_norm_act, folded_conv, in_format, inference_cached,
+                       prepacked_conv_act)
 from .rtdetr_decoder import PositionalSelfAttention
 
 __all__ = ["ConvBN", "input_projections", "sincos_positions_2d", "AIFILayer", "AIFI", "RepVggBlock",
@@ -138,7 +139,8 @@ class RepVggBlock(nn.Module):
             fused = inference_cached(self, "_fused_cl" if cl else "_fused", lambda: in_format(self.fused(), cl))
         if fused is None:
             return self.activation(self.conv1(x) + self.conv2(x))
-        return activate(F.conv2d(x, fused[0], fused[1], padding=1), self.activation)
+        out = prepacked_conv_act(x, *fused, self.conv1.conv, self.activation, self, self) if cl else None
+        return out if out is not None else activate(F.conv2d(x, fused[0], fused[1], padding=1), self.activation)
 
 
 class CSPRepLayer(nn.Module):
