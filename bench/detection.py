@@ -269,17 +269,11 @@ def rtdetr_steps(cell: dict) -> tuple[dict, dict]:
         extra = {"logits_diff": (a.logits - b.logits).abs().max().item(),
                  "boxes_diff": (a.pred_boxes - b.pred_boxes).abs().max().item()}
         return {"relformer": infer(ours), "HF": infer(hf)}, extra
-    from relformer.models.detection.rtdetr_loss import RTDetrCriterion, rtdetr_loss_outputs
-
     targets = random_targets(cell["batch"], 20, 80, seed=1)
     hf_labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
-    criterion = RTDetrCriterion(80)
 
-    def loss_ours():  # the model's labels= add the denoising queries; the loss is computed outside it for now
-        out = ours(images, labels=hf_labels)
-        return criterion(rtdetr_loss_outputs(out.logits, out.pred_boxes, out.layer_logits, out.layer_boxes,
-                                             out.enc_topk_logits, out.enc_topk_bboxes, out.denoising_meta_values),
-                         targets)["loss"]
+    def loss_ours():  # labels= adds the denoising queries and computes RT-DETR's loss (HF's terms: tested)
+        return ours(images, labels=hf_labels).loss
 
     return train_steps(ours, hf, images, targets, loss_ours), {}
 

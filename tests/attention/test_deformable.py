@@ -92,17 +92,21 @@ def test_empty_query_set(sampler):
     assert value.grad.abs().max() == 0
 
 
-def test_auto_sampler_packs_in_inference_and_on_one_thread():
-    value, loc, weights = _inputs(1, 3, 2, 4, [(3, 3)], 2, torch.float32)
+def test_auto_sampler_packs_in_inference_and_large_value_tensors_in_training():
+    from relformer.attention.deformable import PACKED_TRAINING_TOKENS as N
+
+    small = _inputs(1, 3, 2, 4, [(3, 3)], 2, torch.float32)
+    large = [torch.zeros(2, N // 2 + 1, 1, 1, requires_grad=True), *small[1:]]  # only the value's shape is read
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert auto_sampler(value, loc, weights) == "grid_sample"
+        assert auto_sampler(*small) == "grid_sample"
         with torch.no_grad():
-            assert auto_sampler(value, loc, weights) == "packed"
-        assert auto_sampler(*(t.detach() for t in (value, loc, weights))) == "packed"
+            assert auto_sampler(*small) == "packed"
+        assert auto_sampler(*(t.detach() for t in small)) == "packed"
+        assert auto_sampler(*large) == "grid_sample"  # N + 2 rows: below N per thread on two threads
         torch.set_num_threads(1)
-        assert auto_sampler(value, loc, weights) == "packed"
+        assert auto_sampler(*small) == "grid_sample" and auto_sampler(*large) == "packed"
     finally:
         torch.set_num_threads(threads)
 

@@ -20,13 +20,14 @@ and sums them for all levels at once: no loop over levels, and the ``4 * L * P``
 are never materialised. :func:`grid_sample_deformable_attend` is the plain per-level ``grid_sample``
 twin (the formulation of HF transformers and the Deformable DETR code's PyTorch fallback).
 
-``sampler="auto"`` (``bench/deformable.py`` -> ``bench/results/deformable.md``): the packed sampler
-when no gradient is needed (inference) or on one CPU thread; the per-level ``grid_sample`` when
-gradients flow on several threads or an accelerator. On one thread the packed sampler was level with
-or faster than grid_sample (forward and backward); ``embedding_bag``'s backward sorts every corner
-index, and on 2 threads of a busy machine that sort ran several times slower than on one and the
-packed backward lost up to 2x, so training keeps grid_sample there (HF's own kernel: never slower
-than HF). The 2-thread figures were taken under load; re-measure on an idle machine.
+``sampler="auto"`` (``bench/deformable.py`` -> ``bench/results/deformable.md``, measured on an idle
+2-core Intel Xeon): the packed sampler when no gradient is needed (inference: level with grid_sample for
+one image, 1.2-3.5x faster for four); with gradients, the packed sampler only when ``batch x value
+tokens >= PACKED_TRAINING_TOKENS x threads`` and the per-level ``grid_sample`` otherwise.
+``embedding_bag``'s backward sorts every corner index, a fixed cost that only large value tensors
+amortise: at RT-DETR's 640 x 640 levels (S = 8400) the packed backward won on one thread (1.09x at
+batch 1, 1.70x at batch 4) and at batch 4 on two (1.17x), and lost at batch 1 on two (0.79x); at the
+256 x 256 levels (S = 1344) it lost everywhere (0.49-0.88x). Off the CPU, grid_sample.
 """
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ __all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "au
            "describe", "SAMPLERS"]
 
 SAMPLERS = ("auto", "packed", "grid_sample")
+#: with gradients, ``auto`` packs from this many value rows (batch x tokens) per CPU thread (module doc)
+PACKED_TRAINING_TOKENS = 8000
 
 
 def describe(x) -> str:
@@ -135,9 +138,10 @@ def multi_scale_deformable_attend(value: Tensor, spatial_shapes: Tensor, samplin
 def auto_sampler(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> str:
     """``"packed"`` or ``"grid_sample"``: what ``sampler="auto"`` runs for these inputs (module doc)."""
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (value, sampling_locations, attention_weights))
-    if not grad or (value.device.type == "cpu" and torch.get_num_threads() == 1):
+    if not grad:
         return "packed"
-    return "grid_sample"
+    big = value.shape[0] * value.shape[1] >= PACKED_TRAINING_TOKENS * torch.get_num_threads()
+    return "packed" if value.device.type == "cpu" and big else "grid_sample"
 
 
 def _packed(value: Tensor, shapes: Tensor, starts: Tensor, sampling_locations: Tensor,
