@@ -87,7 +87,9 @@ GROUNDING = Study(
         _GROUND, ("overall", "easy", "hard", "view-dependent", "view-independent")))),),
     per_minute="test_accuracy",
     protocol="Test accuracy (the referred object picked among all objects of its room) at the epoch of the "
-             "best val accuracy; easy / hard: ≤ 2 / ≥ 3 distractors of the target's class.")
+             "best val accuracy; hard: more than two objects of the target's class in the room (two or more distractors, "
+             "ReferIt3D's split: its code marks a stimulus hard when it names more than 2 same-class objects), "
+             "easy: one distractor.")
 
 
 # ---- temporal link prediction ------------------------------------------------------------------
