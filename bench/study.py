@@ -49,6 +49,9 @@ sys.path.insert(0, str(ROOT))
 from benchlib import write_section  # noqa: E402
 from study_defs import STUDIES, Study  # noqa: E402
 
+from relformer.utils import atomic_write_text  # noqa: E402
+from relformer.utils.cpu import cpu_model  # noqa: E402
+
 SEEDS = (0, 1, 2)
 
 
@@ -69,18 +72,6 @@ class Job:
 
     def folder(self, out: Path) -> Path:
         return out / self.study.name / self.key
-
-
-def cpu_model() -> str:
-    """``lscpu``'s model name (the CPU every number depends on)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (lscpu failed)"
-    for line in text.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def command(job: Job, out: Path, minutes: float, resume: bool) -> list[str]:
@@ -108,9 +99,7 @@ class Ledger:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, json.dumps(self.data, indent=1, sort_keys=True) + "\n")
 
 
 def finished(job: Job, out: Path, ledgers: dict[str, Ledger]) -> bool:
@@ -124,7 +113,7 @@ def _record(run_dir: Path, cpu_s: float, wall_s: float, threads: int, cpu: str, 
     data = {"cpu_s": old.get("cpu_s", 0.0) + cpu_s, "wall_s": old.get("wall_s", 0.0) + wall_s, "threads": threads,
             "cpu_model": cpu, "command": shown(cmd)}
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_run(job: Job, run_dir: Path) -> dict:

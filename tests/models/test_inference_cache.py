@@ -65,7 +65,9 @@ def test_the_cache_follows_every_change_of_the_weights():
         torch.testing.assert_close(block(x), _plain_repvgg(block, x), atol=ATOL, rtol=ATOL)
 
 
-def test_channels_last_inputs_get_their_own_kept_weights_and_the_same_outputs():
+def test_channels_last_inputs_get_their_own_kept_weights_and_the_same_outputs(monkeypatch):
+    from relformer.models.detection import backbone
+
     torch.manual_seed(0)
     unit = ConvNorm(8, 16, 3)
     _randomise(unit, 2)
@@ -73,7 +75,10 @@ def test_channels_last_inputs_get_their_own_kept_weights_and_the_same_outputs():
     x = torch.randn(1, 8, 12, 12)
     with torch.inference_mode():
         plain = unit(x)
+        packed = unit(x.contiguous(memory_format=torch.channels_last))  # oneDNN's packed kernel, where built
+        monkeypatch.setitem(backbone._onednn, "usable", False)  # a build without it: F.conv2d on kept weights
         cl = unit(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(packed, plain, atol=ATOL, rtol=ATOL)
     assert unit.conv.__dict__["_folded_cl"][1][0].is_contiguous(memory_format=torch.channels_last)
     assert unit.conv.__dict__["_folded"][1][0].is_contiguous()
     torch.testing.assert_close(cl, plain, atol=ATOL, rtol=ATOL)
@@ -119,7 +124,7 @@ def test_prepacked_onednn_convolution_equals_conv2d_and_follows_shapes_and_weigh
         for size in (9, 12):  # two shapes: packed again for the second
             x = torch.randn(2, 8, size, size).contiguous(memory_format=torch.channels_last)
             with torch.inference_mode():
-                out = prepacked_conv_act(x, conv.weight, conv.bias, conv, act, conv, conv)
+                out = prepacked_conv_act(x, lambda: (conv.weight, conv.bias), conv, act, conv, conv)
                 ref = nn.functional.conv2d(x, conv.weight, conv.bias, 2, 1)
             ref = ref if act is None else act(ref)
             assert out is not None and conv.__dict__["_prepacked"][0][-4:] == tuple(x.shape)
@@ -127,13 +132,13 @@ def test_prepacked_onednn_convolution_equals_conv2d_and_follows_shapes_and_weigh
     with torch.no_grad():
         conv.weight.mul_(-1)
     with torch.inference_mode():
-        out = prepacked_conv_act(x, conv.weight, conv.bias, conv, nn.ReLU(), conv, conv)
+        out = prepacked_conv_act(x, lambda: (conv.weight, conv.bias), conv, nn.ReLU(), conv, conv)
     torch.testing.assert_close(out, nn.functional.relu(nn.functional.conv2d(x, conv.weight, conv.bias, 2, 1)),
                                atol=ATOL, rtol=ATOL)
-    assert prepacked_conv_act(x, conv.weight, conv.bias, conv, nn.ReLU(), conv, conv) is None  # gradients on
+    assert prepacked_conv_act(x, lambda: (conv.weight, conv.bias), conv, nn.ReLU(), conv, conv) is None  # gradients on
     with torch.inference_mode():
-        assert prepacked_conv_act(x.contiguous(), conv.weight, conv.bias, conv, None, conv, conv) is None
-        assert prepacked_conv_act(x, conv.weight, conv.bias, conv, nn.GELU(), conv, conv) is None
+        assert prepacked_conv_act(x.contiguous(), lambda: (conv.weight, conv.bias), conv, None, conv, conv) is None
+        assert prepacked_conv_act(x, lambda: (conv.weight, conv.bias), conv, nn.GELU(), conv, conv) is None
 
 
 def test_the_backbone_runs_the_prepacked_convolutions_in_inference():

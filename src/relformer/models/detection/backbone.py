@@ -8,10 +8,9 @@ from torch import Tensor, nn
 
 from ...nn.posenc import sine_positions
 
-__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "folded_conv", "inference_cached", "in_format",
-           "prepacked_conv_act",
-           "activate",
-           "ResidualUnit", "ResNetBackbone", "sine_positions"]
+__all__ = ["FrozenBatchNorm2d", "ConvNorm", "conv_norm_parts", "conv_norm_act", "folded_conv", "inference_cached",
+           "in_format", "is_channels_last", "prepacked_conv_act", "activate", "ResidualUnit", "ResNetBackbone",
+           "sine_positions"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -137,23 +136,36 @@ def _onednn_usable() -> bool:
     return _onednn["usable"]
 
 
-def prepacked_conv_act(x: Tensor, weight: Tensor, bias: Tensor | None, conv: nn.Conv2d, act: nn.Module | None,
-                       store: nn.Module, *sources: nn.Module) -> Tensor | None:
-    """``act(conv2d(x, weight, bias))`` by oneDNN with the weight reordered once into its blocked layout (kept
-    on ``store`` by :func:`inference_cached` for the state of ``sources`` and the input shape) and the
-    activation fused, as ``torch.compile``'s frozen CPU graphs run it; for fp32 channels-last CPU inputs in
-    inference, else None (the caller runs ``F.conv2d``). Equal to ``F.conv2d`` to rounding (oneDNN runs
-    both)."""
+def is_channels_last(x: Tensor) -> bool:
+    """Whether a 4-d ``x`` is laid out channels-last and not also contiguous (one channel, or 1 x 1 maps,
+    are both: they carry no choice of format)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def prepacked_conv_act(x: Tensor, fold, conv: nn.Conv2d, act: nn.Module | None, store: nn.Module,
+                       *sources: nn.Module) -> Tensor | None:
+    """``act(conv2d(x, *fold()))`` by oneDNN with the weight of ``fold() -> (weight, bias) | None`` reordered
+    once into its blocked layout (kept on ``store`` by :func:`inference_cached` for the state of ``sources``
+    and the input shape; the unpacked weight is not kept) and the activation fused, as ``torch.compile``'s
+    frozen CPU graphs run it; for fp32 channels-last CPU inputs in inference, else None (the caller runs
+    ``F.conv2d``; also when ``fold()`` is None). Equal to ``F.conv2d`` to rounding (oneDNN runs both)."""
     attr = _ONEDNN_ACT.get(type(act))
     if (attr is None or torch.is_grad_enabled() or x.device.type != "cpu" or x.dtype != torch.float32
-            or not x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous() or conv.groups != 1
-            or isinstance(conv.padding, str) or not _onednn_usable()):
+            or not is_channels_last(x) or conv.groups != 1 or isinstance(conv.padding, str) or not _onednn_usable()):
         return None
     args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+
+    def pack():
+        folded = fold()
+        if folded is None:
+            return None
+        return torch._C._nn.mkldnn_reorder_conv2d_weight(folded[0].to_mkldnn(), *args, list(x.shape)), folded[1]
+
     try:  # one packed weight per store, for the last input shape
-        packed = inference_cached(store, "_prepacked", lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
-            weight.to_mkldnn(), *args, list(x.shape)), *sources, extra=tuple(x.shape))
-        return torch.ops.mkldnn._convolution_pointwise(x, packed, bias, *args, attr, [], "")
+        packed = inference_cached(store, "_prepacked", pack, *sources, extra=tuple(x.shape))
+        if packed is None:
+            return None
+        return torch.ops.mkldnn._convolution_pointwise(x, *packed, *args, attr, [], "")
     except (RuntimeError, NotImplementedError):  # a build without these kernels: plain convolutions from now on
         _onednn["usable"] = False
         return None
@@ -163,17 +175,17 @@ def conv_norm_act(x: Tensor, conv: nn.Conv2d, norm: nn.Module, act: nn.Module | 
     """``act(norm(conv(x)))`` (``act=None``: none). A norm that is a fixed affine map (frozen, or BatchNorm in
     eval) is folded into the convolution's weight and bias (:func:`folded_conv`): one pass, no activation-sized
     buffer of its own."""
-    # in inference the folded weights are kept (one fold per state of the weights), in the input's memory
+    cl = not torch.is_grad_enabled() and is_channels_last(x)
+    if cl:  # oneDNN's fused kernel on the folded weight, packed once (:func:`prepacked_conv_act`)
+        fused = prepacked_conv_act(x, lambda: folded_conv(conv, norm), conv, act, conv, conv, norm)
+        if fused is not None:
+            return fused
+    # otherwise the folded weights are kept (one fold per state of the weights), in the input's memory
     # format: a channels-last input with a contiguous weight makes oneDNN convert the weight every call
-    cl = (not torch.is_grad_enabled() and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-          and not x.is_contiguous())
     folded = inference_cached(conv, "_folded_cl" if cl else "_folded", lambda: in_format(folded_conv(conv, norm), cl),
                               conv, norm)
     if folded is None:
         return activate(norm(conv(x)), act)
-    fused = prepacked_conv_act(x, *folded, conv, act, conv, conv, norm) if cl else None
-    if fused is not None:
-        return fused
     return activate(F.conv2d(x, folded[0], folded[1], conv.stride, conv.padding, conv.dilation, conv.groups), act)
 
 

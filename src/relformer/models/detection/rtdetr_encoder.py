@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...nn import MLP
-from .backbone import (ConvNorm, activate, conv_norm_act, folded_conv, in_format, inference_cached,
+from .backbone import (ConvNorm, activate, conv_norm_act, folded_conv, in_format, inference_cached, is_channels_last,
                        prepacked_conv_act)
 from .rtdetr_decoder import PositionalSelfAttention
 
@@ -104,7 +104,7 @@ class AIFI(nn.Module):
         pos = sincos_positions_2d(h, w, self.dim, self.temperature, x.device, x.dtype)[None]  # (1, hw, C)
         for layer in self.layers:
             x = layer(x, pos)
-        if feature_map.is_contiguous(memory_format=torch.channels_last) and not feature_map.is_contiguous():
+        if is_channels_last(feature_map):
             return x.view(B, h, w, C).permute(0, 3, 1, 2)  # the tokens as a channels-last map: a view, like the input
         return x.transpose(1, 2).reshape(B, C, h, w).contiguous()  # (the reshape alone is a channels-last view)
 
@@ -131,16 +131,17 @@ class RepVggBlock(nn.Module):
         return a[0] + F.pad(b[0], (1, 1, 1, 1)), a[1] + b[1]
 
     def forward(self, x: Tensor) -> Tensor:
-        # inference only (gradients keep both branches); computed once per state of the weights, in the
-        # input's memory format (see conv_norm_act)
-        fused = None
+        # inference only (gradients keep both branches): oneDNN's fused kernel on the fused weight packed once,
+        # else the fused weight kept per state of the weights in the input's memory format (see conv_norm_act)
         if not torch.is_grad_enabled():
-            cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            cl = is_channels_last(x)
+            out = prepacked_conv_act(x, self.fused, self.conv1.conv, self.activation, self, self) if cl else None
+            if out is not None:
+                return out
             fused = inference_cached(self, "_fused_cl" if cl else "_fused", lambda: in_format(self.fused(), cl))
-        if fused is None:
-            return self.activation(self.conv1(x) + self.conv2(x))
-        out = prepacked_conv_act(x, *fused, self.conv1.conv, self.activation, self, self) if cl else None
-        return out if out is not None else activate(F.conv2d(x, fused[0], fused[1], padding=1), self.activation)
+            if fused is not None:
+                return activate(F.conv2d(x, fused[0], fused[1], padding=1), self.activation)
+        return self.activation(self.conv1(x) + self.conv2(x))
 
 
 class CSPRepLayer(nn.Module):
