@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
                                                    args.dry_run, args.start_before)
     if args.dry_run:
         return
-    invocation = shlex.join(["python", "bench/study.py", *(sys.argv[1:] if argv is None else argv)])
+    given = sys.argv[1:] if argv is None else argv  # the command that trains the runs, not the re-report
+    invocation = shlex.join(["python", "bench/study.py", *(a for a in given if a != "--report-only")])
     for name in names:
         study, ledger = STUDIES[name], ledgers[name]
         if study.baseline is not None and not args.report_only:

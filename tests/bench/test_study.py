@@ -96,7 +96,8 @@ def test_aggregation_of_fake_runs_and_the_ledger(study, tmp_path):
     study.main(argv)  # a second aggregation replaces the section
     text = page.read_text()
     assert "kept as it is" in text and text.count(f"## {study.STUDIES['detection'].title}") == 1
-    assert "CPU: Test CPU 9000." in text and "python bench/study.py detection --report-only" in text
+    assert "CPU: Test CPU 9000." in text and f"python bench/study.py detection --out {out}" in text  # the training command
+    assert "--report-only" not in text
     assert "Not finished: `group-detr-fashion-crowded` seed 2." in text
     for (set_name, model), runs in expected.items():
         recipe = model + ("-crowded" if set_name == "crowded" else "")

@@ -226,11 +226,13 @@ def test_backbone_encoder_and_query_selection_equal_hf_forward_and_backward(spec
 def test_query_selection_with_denoising_in_training_equals_hf():
     hf = hf_model(BASIC).train()
     ours = parts_from(hf).train()
+    torch.manual_seed(1)  # an input without near-ties in the top-k scores (asserted below)
     x = torch.randn(2, 3, 64, 64)
     labels = [{"class_labels": torch.tensor([1, 4]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.6, 0.6, 0.5, 0.4]])},
               {"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.9, 0.9]])}]
     torch.manual_seed(7)
     ref = run_hf(hf, x, labels=labels)
+    assert_selection_margin(ref["out"].enc_outputs_class, hf.config.num_queries)
     torch.manual_seed(7)
     _, _, q = ours(x, labels)
     N = 2 * 2 * (20 // 2)
