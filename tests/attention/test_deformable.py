@@ -152,3 +152,18 @@ def test_non_contiguous_inputs():
     for sampler in ("packed", "grid_sample"):
         torch.testing.assert_close(multi_scale_deformable_attend(*strided[:1], ss, *strided[1:], sampler=sampler), want,
                                    rtol=1e-12, atol=1e-12)
+
+
+def test_bfloat16_values_on_large_maps_sample_the_right_pixels():
+    """A bfloat16 value tensor on RT-DETR's 640 x 640 levels (8,400 rows: far beyond the integers bfloat16
+    holds exactly): the packed sampler computes its row indices in float32 and equals the float32
+    result of the same inputs rounded once to bfloat16 (up to the bfloat16 rounding of the sum)."""
+    shapes = [(80, 80), (40, 40), (20, 20)]
+    value, loc, weights = (t.detach() for t in _inputs(1, 64, 2, 4, shapes, 4, torch.float32, spread=1.0))
+    ss = torch.tensor(shapes)
+    low = [t.bfloat16() for t in (value, loc, weights)]
+    got = multi_scale_deformable_attend(low[0], ss, low[1], low[2], sampler="packed")
+    want = multi_scale_deformable_attend(*(t.float() for t in low[:1]), ss, *(t.float() for t in low[1:]),
+                                         sampler="packed")
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)

@@ -20,14 +20,15 @@ and sums them for all levels at once: no loop over levels, and the ``4 * L * P``
 are never materialised. :func:`grid_sample_deformable_attend` is the plain per-level ``grid_sample``
 twin (the formulation of HF transformers and the Deformable DETR code's PyTorch fallback).
 
-``sampler="auto"`` (``bench/deformable.py`` -> ``bench/results/deformable.md``, measured on an idle
-2-core Intel Xeon): the packed sampler when no gradient is needed (inference: level with grid_sample for
-one image, 1.2-3.5x faster for four); with gradients, the packed sampler only when ``batch x value
-tokens >= PACKED_TRAINING_TOKENS x threads`` and the per-level ``grid_sample`` otherwise.
-``embedding_bag``'s backward sorts every corner index, a fixed cost that only large value tensors
-amortise: at RT-DETR's 640 x 640 levels (S = 8400) the packed backward won on one thread (1.09x at
-batch 1, 1.70x at batch 4) and at batch 4 on two (1.17x), and lost at batch 1 on two (0.79x); at the
-256 x 256 levels (S = 1344) it lost everywhere (0.49-0.88x). Off the CPU, grid_sample.
+``sampler="auto"`` (``bench/deformable.py`` -> ``bench/results/deformable.md``): the packed sampler when
+no gradient is needed (2.0-4.6x faster than grid_sample on an idle 2-core AMD EPYC); with gradients, the
+packed sampler only when ``batch x value tokens >= PACKED_TRAINING_TOKENS x threads`` and the per-level
+``grid_sample`` otherwise. ``embedding_bag``'s backward sorts every corner index, a fixed cost that only
+large value tensors amortise. The threshold was set on an idle 2-core Intel Xeon, where at RT-DETR's
+640 x 640 levels (S = 8400) the packed backward won on one thread and at batch 4 on two, lost at batch 1
+on two (0.79x), and at the 256 x 256 levels (S = 1344) lost everywhere; on the EPYC, with the row layout
+of :func:`_packed`, it wins at 640 x 640 everywhere (1.2-1.5x, so ``auto`` leaves 1.2x at batch 1 on two
+threads) and at 256 x 256 only at batch 1 on one thread (1.18x). Off the CPU, grid_sample.
 """
 from __future__ import annotations
 
@@ -146,31 +147,36 @@ def auto_sampler(value: Tensor, sampling_locations: Tensor, attention_weights: T
 
 def _packed(value: Tensor, shapes: Tensor, starts: Tensor, sampling_locations: Tensor,
             attention_weights: Tensor) -> Tensor:
-    """The packed sampler (module doc)."""
+    """The packed sampler (module doc). Every intermediate is laid out ``(bags, ..., L * P)``: the
+    order of a bag's terms does not matter to the sum, and per-level constants become full rows of
+    length ``L * P``, so no elementwise op broadcasts over a short inner axis."""
     B, S, H, D = value.shape
     Q, L, P = sampling_locations.shape[1], shapes.shape[0], sampling_locations.shape[4]
-    dtype = value.dtype
-    h_l, w_l = shapes[:, 0].to(dtype).view(L, 1), shapes[:, 1].to(dtype).view(L, 1)  # (L, 1)
-    loc, aw = sampling_locations, attention_weights  # (B, Q, H, L, P, 2), (B, Q, H, L, P)
+    N, LP = B * Q * H, L * P  # bags (b, q, h); samples (l, k) per bag
+    device = value.device
+    # coordinates and flat row indices in floating point: integers stay exact below 2 ** 24 in float32
+    dtype = torch.float64 if S >= 2 ** 24 else torch.promote_types(value.dtype, torch.float32)
+    hw = shapes.to(dtype).repeat_interleave(P, 0)  # (L * P, 2): each sample's level height and width
+    h_l, w_l = hw[:, 0].contiguous(), hw[:, 1].contiguous()
+    start = starts.to(dtype).repeat_interleave(P)  # its level's first row
+    loc = sampling_locations.reshape(N, LP, 2).to(dtype)
     # pixel coordinates (align_corners=False); clamped just outside the map, where every corner is padding
-    x = (loc[..., 0] * w_l - 0.5).clamp(-2.0, None).minimum(w_l + 1)  # (B, Q, H, L, P)
-    y = (loc[..., 1] * h_l - 0.5).clamp(-2.0, None).minimum(h_l + 1)
+    x = (loc[..., 0] * w_l - 0.5).clamp(min=-2.0).minimum(w_l + 1)  # (N, L * P)
+    y = (loc[..., 1] * h_l - 0.5).clamp(min=-2.0).minimum(h_l + 1)
     x0, y0 = x.detach().floor(), y.detach().floor()
     fx, fy = x - x0, y - y0
-    xs = torch.stack([x0, x0 + 1, x0, x0 + 1], -1)  # (B, Q, H, L, P, 4) corners
-    ys = torch.stack([y0, y0, y0 + 1, y0 + 1], -1)
-    wx = torch.stack([1 - fx, fx, 1 - fx, fx], -1)
-    wy = torch.stack([1 - fy, 1 - fy, fy, fy], -1)
-    w_pix, h_pix = shapes[:, 1].view(L, 1, 1), shapes[:, 0].view(L, 1, 1)
-    xi, yi = xs.long(), ys.long()
-    inside = (xi >= 0) & (xi < w_pix) & (yi >= 0) & (yi < h_pix)
-    pixel = starts.view(L, 1, 1) + yi.clamp(min=0).minimum(h_pix - 1) * w_pix + xi.clamp(min=0).minimum(w_pix - 1)
+    xs, ys = torch.stack([x0, x0 + 1], 1), torch.stack([y0, y0 + 1], 1)  # (N, 2, L * P) corner columns, rows
+    wx = torch.stack([1 - fx, fx], 1) * ((xs >= 0) & (xs < w_l))  # zero weight outside the map
+    wy = torch.stack([1 - fy, fy], 1) * ((ys >= 0) & (ys < h_l)) * attention_weights.reshape(N, 1, LP).to(dtype)
+    weights = wy.unsqueeze(2) * wx.unsqueeze(1)  # (N, 2, 2, L * P): corner weight x attention weight
+    col = torch.minimum(xs.clamp_(min=0), w_l - 1, out=xs)
+    row = torch.minimum(ys.clamp_(min=0), h_l - 1, out=ys).mul_(w_l).add_(start)
+    pixel = (row.unsqueeze(2) + col.unsqueeze(1)).long()  # (N, 2, 2, L * P) flat rows of the packed levels
     # row (b, s, h) of value seen as (B*S*H, D): no copy of value, and the bags come out as (B, Q, H)
-    base = (torch.arange(B, device=value.device) * (S * H)).view(B, 1, 1, 1, 1, 1) \
-        + torch.arange(H, device=value.device).view(1, 1, H, 1, 1, 1)
-    weights = wx * wy * aw.unsqueeze(-1) * inside  # (B, Q, H, L, P, 4)
-    out = F.embedding_bag((pixel * H + base).reshape(B * Q * H, L * P * 4), value.reshape(B * S * H, D), mode="sum",
-                          per_sample_weights=weights.reshape(B * Q * H, L * P * 4))  # (B*Q*H, D)
+    base = ((torch.arange(B, device=device) * (S * H)).view(B, 1, 1) + torch.arange(H, device=device)).expand(B, Q, H)
+    index = pixel.mul_(H).add_(base.reshape(N, 1, 1, 1))
+    out = F.embedding_bag(index.view(N, 4 * LP), value.reshape(B * S * H, D), mode="sum",
+                          per_sample_weights=weights.view(N, 4 * LP).to(value.dtype))  # (B*Q*H, D)
     return out.view(B, Q, H * D)
 
 
