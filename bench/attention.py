@@ -32,7 +32,7 @@ from relformer import relations as R
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # benchlib beside this file (also when run through `relformer bench`)
-from benchlib import peak_rss_growth  # noqa: E402
+from benchlib import fmt, peak_rss_growth  # noqa: E402
 
 BACKENDS = ("eager", "sdpa", "flex", "chunked", "auto")
 B, H, D = 4, 8, 64
@@ -304,10 +304,6 @@ def report_from(saved: dict, extras: dict, out_path: Path, reps: int) -> None:
     write_report(rows, extras["packed"], extras, out_path, sorted({r["L"] for r in rows}), reps)
 
 
-def _fmt(x, spec):
-    return "—" if x is None else format(x, spec)
-
-
 def write_report(rows, packed, checks, out_path, lengths, reps):
     by = {(r["L"], r["relation"], r["mode"], r["backend"]): r for r in rows}
     lines = [
@@ -339,14 +335,14 @@ def write_report(rows, packed, checks, out_path, lengths, reps):
                 base = cell["sdpa"]["ms"] if cell["sdpa"] else None
                 ratio = cell["auto"]["ms"] / base if base else None
                 lines.append(
-                    f"| {name} | {mode} | " + " | ".join(_fmt(cell[b] and cell[b]["ms"], ".1f") for b in BACKENDS[:4])
+                    f"| {name} | {mode} | " + " | ".join(fmt(cell[b] and cell[b]["ms"], ".1f") for b in BACKENDS[:4])
                     + f" | {cell['auto']['ms']:.1f} ({cell['auto']['chosen']}) | "
-                    + " | ".join(_fmt(cell[b] and cell[b]["mib"], ".0f") for b in BACKENDS[:4])
-                    + f" | {_fmt(ratio, '.2f')} |")
+                    + " | ".join(fmt(cell[b] and cell[b]["mib"], ".0f") for b in BACKENDS[:4])
+                    + f" | {fmt(ratio, '.2f')} |")
         lines.append("")
     L = TARGET_LENGTH
     if L not in lengths:
-        lines += [f"## Targets", "", f"The targets are defined at L = {L}; this run measured L = {lengths}. "
+        lines += ["## Targets", "", f"The targets are defined at L = {L}; this run measured L = {lengths}. "
                   "Run `python bench/attention.py` for the full sweep "
                   "([bench/results/attention.md](attention.md) holds the recorded one).", ""]
         _packed_table(lines, packed)
@@ -379,11 +375,11 @@ def write_report(rows, packed, checks, out_path, lengths, reps):
         grad_ok = grad is not None and grad < 1e-4
         targets += [mem_ok, time_ok, grad_ok]
         lines.append(f"- {'PASS' if mem_ok else 'FAIL'} chunked fwd+bwd with a learnable relative bias: peak "
-                     f"{_fmt(ch['mib'], '.0f')} MiB vs sdpa {_fmt(sd['mib'], '.0f')} MiB (target ≤ 1/5)")
+                     f"{fmt(ch['mib'], '.0f')} MiB vs sdpa {fmt(sd['mib'], '.0f')} MiB (target ≤ 1/5)")
         lines.append(f"- {'PASS' if time_ok else 'FAIL'} chunked fwd+bwd time {ch['ms']:.0f} ms vs sdpa "
                      f"{sd['ms']:.0f} ms = {ch['ms'] / sd['ms']:.2f}× (target ≤ 1.2×)")
         lines.append(f"- {'PASS' if grad_ok else 'FAIL'} chunked table gradient vs sdpa: max relative "
-                     f"difference {_fmt(grad, '.1e')} (target < 1e-4)")
+                     f"difference {fmt(grad, '.1e')} (target < 1e-4)")
     _packed_table(lines, packed)
     lines += ["", f"**{sum(targets)} of {len(targets)} targets met.**", ""]
     _write(lines, out_path)

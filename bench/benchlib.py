@@ -44,9 +44,15 @@ def paired_verdict(ci: tuple[float, float], target: float = 1.0) -> str:
     return "FASTER" if low > target else "SLOWER" if high < target else "LEVEL"
 
 
+def fmt(x, spec: str) -> str:
+    """``x`` formatted by ``spec``, or a dash for a missing value (a table cell)."""
+    return "—" if x is None else format(x, spec)
+
+
 def write_lines(lines: list[str], out: Path) -> None:
     """Write a markdown report, echo it, and say where it went."""
     lines.append("")
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out}")
