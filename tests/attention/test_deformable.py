@@ -1,6 +1,8 @@
 """multi_scale_deformable_attend (Deformable DETR's sampling core) against HF transformers' pure-PyTorch
 ``MultiScaleDeformableAttention`` (the one RT-DETR runs): forward and the gradients of value, sampling
 locations and attention weights, float32 and float64; the per-level grid_sample twin; bad input."""
+import math
+
 import pytest
 import torch
 from transformers.models.rt_detr.modeling_rt_detr import MultiScaleDeformableAttention as HFCore
@@ -92,23 +94,75 @@ def test_empty_query_set(sampler):
     assert value.grad.abs().max() == 0
 
 
-def test_auto_sampler_packs_in_inference_and_large_value_tensors_in_training():
-    from relformer.attention.deformable import PACKED_TRAINING_TOKENS as N
+@pytest.fixture
+def fresh_probe(monkeypatch, tmp_path):
+    """The training-sampler probe as a fresh process finds it, with an empty disk cache of its own."""
+    from relformer.attention import deformable
 
-    small = _inputs(1, 3, 2, 4, [(3, 3)], 2, torch.float32)
-    large = [torch.zeros(2, N // 2 + 1, 1, 1, requires_grad=True), *small[1:]]  # only the value's shape is read
+    monkeypatch.setenv("RELFORMER_CACHE", str(tmp_path))
+    deformable._MEASURED.forget()
+    deformable._by_shape.clear()
+    yield deformable
+    deformable._MEASURED.forget()
+    deformable._by_shape.clear()
+
+
+def _fake_measure(monkeypatch, deformable, ratio):
+    """``deformable._measure`` returning ``ratio`` (grid_sample time / packed time); the list records
+    the query count of each shape measured."""
+    seen = []
+    monkeypatch.setattr(deformable, "_measure", lambda value_shape, q, *rest: seen.append(q) or ratio)
+    return seen
+
+
+@pytest.mark.parametrize("ratio, small, large", [
+    (1.0, "grid_sample", "packed"),                       # a tie: the rule's guess on both sides of it
+    (1.10 * 1.01, "packed", "packed"),                    # packed faster by more than the margin
+    (1.10 * 0.99, "grid_sample", "packed"),               # a little faster: not enough to move the rule
+    (1 / (1.10 * 1.01), "grid_sample", "grid_sample"),    # grid_sample faster by more than the margin
+])
+def test_auto_sampler_packs_in_inference_and_measures_in_training(fresh_probe, monkeypatch, ratio, small, large):
+    N = fresh_probe.PACKED_TRAINING_TOKENS
+    _fake_measure(monkeypatch, fresh_probe, ratio)
+    few = _inputs(1, 3, 2, 4, [(3, 3)], 2, torch.float32)
+    many = [torch.zeros(1, N + 1, 1, 1, requires_grad=True), *few[1:]]  # only the value's shape is read
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
-        assert auto_sampler(*small) == "grid_sample"
-        with torch.no_grad():
-            assert auto_sampler(*small) == "packed"
-        assert auto_sampler(*(t.detach() for t in small)) == "packed"
-        assert auto_sampler(*large) == "grid_sample"  # N + 2 rows: below N per thread on two threads
         torch.set_num_threads(1)
-        assert auto_sampler(*small) == "grid_sample" and auto_sampler(*large) == "packed"
+        assert auto_sampler(*few, [(3, 3)]) == small and auto_sampler(*many) == large
+        with torch.no_grad():
+            assert auto_sampler(*few) == "packed" and auto_sampler(*many) == "packed"
+        assert auto_sampler(*(t.detach() for t in few)) == "packed"
+        torch.set_num_threads(2)  # N + 1 rows are below N per thread on two: the rule guesses grid_sample
+        assert auto_sampler(*many) == ("packed" if ratio > 1.10 else "grid_sample")
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_probe_runs_once_per_shape_and_a_new_process_reads_it_from_disk(fresh_probe, monkeypatch):
+    seen = _fake_measure(monkeypatch, fresh_probe, 2.0)
+    inputs = _inputs(2, 5, 2, 4, [(4, 4), (2, 2)], 2, torch.float32)
+    assert auto_sampler(*inputs, [(4, 4), (2, 2)]) == "packed"
+    assert auto_sampler(*inputs, [(4, 4), (2, 2)]) == "packed" and seen == [8]  # Q = 5 probed as 8 queries
+    more = _inputs(2, 7, 2, 4, [(4, 4), (2, 2)], 2, torch.float32)  # 7 queries: the same bucket of 8
+    assert fresh_probe.training_sampler(more[0].shape, 7, 2, [(4, 4), (2, 2)])[1].startswith("packed: 2.00x")
+    assert seen == [8]
+    fresh_probe._MEASURED.forget()  # a new process: the disk answers, nothing is measured
+    fresh_probe._by_shape.clear()
+    monkeypatch.setattr(fresh_probe, "_measure", lambda *a: pytest.fail("measured again"))
+    sampler, reason = fresh_probe.training_sampler(inputs[0].shape, 5, 2, [(4, 4), (2, 2)])
+    assert sampler == "packed" and "(disk," in reason
+
+
+def test_the_probe_times_both_samplers_without_touching_the_callers_random_stream(fresh_probe):
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    ratio = fresh_probe._measure((2, 20, 2, 4), 8, 2, ((4, 4), (2, 2)), torch.float32, (True, True, True))
+    assert math.isfinite(ratio) and ratio > 0
+    ratio = fresh_probe._measure((1, 16, 1, 2), 4, 1, ((4, 4),), torch.float64, (False, True, False))
+    assert math.isfinite(ratio) and ratio > 0
+    assert torch.equal(torch.rand(3), expected)
 
 
 def _bad(**change):

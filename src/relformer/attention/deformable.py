@@ -21,29 +21,41 @@ are never materialised. :func:`grid_sample_deformable_attend` is the plain per-l
 twin (the formulation of HF transformers and the Deformable DETR code's PyTorch fallback).
 
 ``sampler="auto"`` (``bench/deformable.py`` -> ``bench/results/deformable.md``): the packed sampler when
-no gradient is needed (2.0-4.6x faster than grid_sample on an idle 2-core AMD EPYC); with gradients, the
-packed sampler only when ``batch x value tokens >= PACKED_TRAINING_TOKENS x threads`` and the per-level
-``grid_sample`` otherwise. ``embedding_bag``'s backward sorts every corner index, a fixed cost that only
-large value tensors amortise. The threshold was set on an idle 2-core Intel Xeon, where at RT-DETR's
-640 x 640 levels (S = 8400) the packed backward won on one thread and at batch 4 on two, lost at batch 1
-on two (0.79x), and at the 256 x 256 levels (S = 1344) lost everywhere; on the EPYC, with the row layout
-of :func:`_packed`, it wins at 640 x 640 everywhere (1.2-1.5x, so ``auto`` leaves 1.2x at batch 1 on two
-threads) and at 256 x 256 only at batch 1 on one thread (1.18x). Off the CPU, grid_sample.
+no gradient is needed (2.0-4.6x faster than grid_sample on an idle 2-core AMD EPYC). With gradients on
+the CPU the answer depends on the CPU: ``embedding_bag``'s backward sorts every corner index, a fixed
+cost that only large value tensors amortise, and where that pays differs by vendor. On an idle 2-core
+Intel Xeon at RT-DETR's 640 x 640 levels (S = 8400) the packed backward won on one thread and at batch
+4 on two but lost at batch 1 on two (0.79x), and at 256 x 256 (S = 1344) lost everywhere; on the AMD
+EPYC it wins at 640 x 640 everywhere (1.2-1.5x) and at 256 x 256 only at batch 1 on one thread. So a
+rule gives the first guess -- packed when ``batch x value tokens >= PACKED_TRAINING_TOKENS x threads``
+-- and a probe decides (:func:`training_sampler`): the two samplers' forward + backward timed in
+alternation on seeded inputs of the call's shape (queries rounded up to a power of two), once per
+process, thread count and shape, kept on disk under ``relformer.utils.cache_root()/deformable`` per
+CPU model and torch version; the sampler the rule did not pick takes the shape only when it measured
+``MARGIN`` times faster. Off the CPU, grid_sample.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "auto_sampler", "level_start_index_of",
-           "describe", "SAMPLERS"]
+from ..utils.cpu import MeasuredRatios, paired_ratio
+
+__all__ = ["multi_scale_deformable_attend", "grid_sample_deformable_attend", "auto_sampler", "training_sampler",
+           "level_start_index_of", "describe", "SAMPLERS"]
 
 SAMPLERS = ("auto", "packed", "grid_sample")
 #: with gradients, ``auto`` packs from this many value rows (batch x tokens) per CPU thread (module doc)
 PACKED_TRAINING_TOKENS = 8000
+MARGIN = 1.10  # the sampler the rule does not pick takes a shape only when it measured this much faster
+PROBE_REPS = 3  # paired forward + backward repetitions after one warm-up of each sampler
+PROBE_SECONDS = 0.3  # their time budget: a large shape on a slow machine runs fewer (at least one pair)
+_MEASURED = MeasuredRatios("deformable", schema=1)  # {shape key: grid_sample time / packed time}
+_by_shape: dict[tuple, str] = {}  # exact call shape and thread count -> the sampler: the hot path's lookup
 
 
 def describe(x) -> str:
@@ -130,19 +142,74 @@ def multi_scale_deformable_attend(value: Tensor, spatial_shapes: Tensor, samplin
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     shapes, starts, hw = _check(value, spatial_shapes, sampling_locations, attention_weights, level_start_index)
     if sampler == "auto":
-        sampler = auto_sampler(value, sampling_locations, attention_weights)
+        sampler = auto_sampler(value, sampling_locations, attention_weights, hw)
     if sampler == "grid_sample":
         return _grid_sample(value, hw, sampling_locations, attention_weights)
     return _packed(value, shapes, starts, sampling_locations, attention_weights)
 
 
-def auto_sampler(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor) -> str:
-    """``"packed"`` or ``"grid_sample"``: what ``sampler="auto"`` runs for these inputs (module doc)."""
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (value, sampling_locations, attention_weights))
-    if not grad:
+def auto_sampler(value: Tensor, sampling_locations: Tensor, attention_weights: Tensor,
+                 spatial_shapes: Sequence[tuple[int, int]] | None = None) -> str:
+    """``"packed"`` or ``"grid_sample"``: what ``sampler="auto"`` runs for these inputs (module doc).
+    ``spatial_shapes``: the levels' ``(h, w)``, for the probe's inputs (default: one level of ``S`` rows)."""
+    grads = tuple(torch.is_grad_enabled() and t.requires_grad for t in (value, sampling_locations, attention_weights))
+    if not any(grads):
         return "packed"
-    big = value.shape[0] * value.shape[1] >= PACKED_TRAINING_TOKENS * torch.get_num_threads()
-    return "packed" if value.device.type == "cpu" and big else "grid_sample"
+    if value.device.type != "cpu":
+        return "grid_sample"
+    hw = tuple((int(h), int(w)) for h, w in spatial_shapes) if spatial_shapes is not None else ((1, value.shape[1]),)
+    shape = (torch.get_num_threads(), grads, value.dtype, tuple(value.shape), tuple(sampling_locations.shape[:2]),
+             sampling_locations.shape[4], hw)
+    choice = _by_shape.get(shape)
+    if choice is None:
+        choice = _by_shape[shape] = training_sampler(value.shape, sampling_locations.shape[1],
+                                                     sampling_locations.shape[4], hw, value.dtype, grads)[0]
+    return choice
+
+
+def training_sampler(value_shape, queries: int, points: int, spatial_shapes, dtype=torch.float32,
+                     grads=(True, True, True)) -> tuple[str, str]:
+    """The sampler ``auto`` runs with gradients on the CPU for ``value (B, S, H, D)``, ``queries`` x ``points``
+    samples per head and level on ``spatial_shapes``, and the reason: the rule's first guess, kept unless
+    the other sampler measured ``MARGIN`` times faster (module doc). ``grads``: which of value, sampling
+    locations and attention weights need a gradient."""
+    B, S, H, D = (int(n) for n in value_shape)
+    big = B * S >= PACKED_TRAINING_TOKENS * torch.get_num_threads()
+    rule = "packed" if big else "grid_sample"
+    hw = tuple((int(h), int(w)) for h, w in spatial_shapes)
+    q = 1 << max(0, math.ceil(math.log2(max(queries, 1))))  # the denoising groups vary Q from batch to batch
+    key = f"B={B},S={S},H={H},D={D},Q={q},P={points},levels={'/'.join(f'{h}x{w}' for h, w in hw)}," \
+          f"dtype={str(dtype).removeprefix('torch.')},grads={''.join(str(int(g)) for g in grads)}"
+    ratio, source = _MEASURED.get(key, lambda: _measure((B, S, H, D), q, points, hw, dtype, grads))
+    win = ratio if rule == "grid_sample" else 1.0 / ratio  # the other sampler's speed-up over the rule's
+    other = "packed" if rule == "grid_sample" else "grid_sample"
+    if win > MARGIN:
+        return other, f"{other}: {win:.2f}x faster than {rule} on this CPU ({source}, {key})"
+    return rule, f"{rule} (the rule); {other} measured {win:.2f}x, needs {MARGIN:.2f}x ({source}, {key})"
+
+
+def _measure(value_shape, queries: int, points: int, hw, dtype, grads) -> float:
+    """grid_sample's forward + backward time / the packed sampler's, on seeded inputs of this shape:
+    locations around the map (some outside it), softmax weights over the levels and points."""
+    B, S, H, D = value_shape
+    L = len(hw)
+    g = torch.Generator().manual_seed(0)  # a private stream: the caller's random state is untouched
+    with torch.inference_mode(False), torch.enable_grad():
+        value = torch.randn(B, S, H, D, generator=g, dtype=dtype)
+        loc = torch.rand(B, queries, H, L, points, 2, generator=g, dtype=dtype) * 1.2 - 0.1
+        weights = torch.randn(B, queries, H, L * points, generator=g, dtype=dtype).softmax(-1)
+        weights = weights.view(B, queries, H, L, points)
+        inputs = [t.requires_grad_(need) for t, need in zip((value, loc, weights), grads)]
+        wanted = [t for t in inputs if t.requires_grad]
+        shapes = torch.tensor(hw, dtype=torch.long)
+        starts = level_start_index_of(shapes)
+
+        def way(run):
+            def call():
+                torch.autograd.grad(run(*inputs).sum(), wanted)
+            return call
+        return paired_ratio(way(lambda v, p, a: _grid_sample(v, list(hw), p, a)),
+                            way(lambda v, p, a: _packed(v, shapes, starts, p, a)), PROBE_REPS, PROBE_SECONDS)
 
 
 def _packed(value: Tensor, shapes: Tensor, starts: Tensor, sampling_locations: Tensor,

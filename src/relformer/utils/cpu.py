@@ -7,9 +7,12 @@ import functools
 import hashlib
 import json
 import math
+import os
 import platform
 import statistics
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -17,7 +20,7 @@ import torch
 
 from .io import atomic_write_text, cache_root
 
-__all__ = ["cpu_model", "paired_ratio", "finite_positive", "CpuCache"]
+__all__ = ["cpu_model", "paired_ratio", "finite_positive", "CpuCache", "MeasuredRatios"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -90,3 +93,52 @@ class CpuCache:
 def finite_positive(x) -> bool:
     """A measured ratio: a finite positive number (not a bool)."""
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+_ratio_stores: "weakref.WeakSet[MeasuredRatios]" = weakref.WeakSet()
+
+
+class MeasuredRatios:
+    """Ratios measured on this CPU once per process, thread count and key, and kept on disk
+    (:class:`CpuCache` under ``folder``) so a later process -- a resumed run -- chooses as the first
+    did. :meth:`get` answers from the process, else from the disk, else measures; threads asking for
+    one key at once get one measurement (a re-entrant lock, fresh in a forked child)."""
+
+    def __init__(self, folder: str, schema: int) -> None:
+        self.disk = CpuCache(folder, schema, finite_positive)
+        self._lock = threading.RLock()
+        self.forget()
+        _ratio_stores.add(self)
+
+    def forget(self) -> None:
+        """Drop what this process knows (the disk cache stays): the state a fresh process starts in."""
+        self._ratios: dict[tuple[int, str], float] = {}
+        self._loaded: set[int] = set()
+
+    def get(self, key: str, measure: Callable[[], float]) -> tuple[float, str]:
+        """The ratio of ``key`` at the current thread count and where it came from: ``"process"``,
+        ``"disk"`` or ``"measured"`` (by calling ``measure()``, then written to disk)."""
+        threads = torch.get_num_threads()
+        ratio = self._ratios.get((threads, key))
+        if ratio is not None:
+            return ratio, "process"
+        with self._lock:
+            if (threads, key) in self._ratios:  # another thread measured it meanwhile
+                return self._ratios[(threads, key)], "process"
+            if threads not in self._loaded:
+                self._loaded.add(threads)
+                for k, r in self.disk.read(threads).items():
+                    self._ratios.setdefault((threads, k), float(r))
+                if (threads, key) in self._ratios:
+                    return self._ratios[(threads, key)], "disk"
+            ratio = self._ratios[(threads, key)] = float(measure())
+            self.disk.write(threads, {k: r for (t, k), r in self._ratios.items() if t == threads})
+        return ratio, "measured"
+
+
+def _fresh_locks_in_child() -> None:
+    for store in list(_ratio_stores):
+        store._lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
