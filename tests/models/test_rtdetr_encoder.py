@@ -197,7 +197,7 @@ def test_backbone_encoder_and_query_selection_equal_hf_forward_and_backward(spec
     assert torch.equal(q.spatial_shapes, ref["spatial_shapes"]) and q.spatial_shapes_list == ref["spatial_shapes_list"]
     assert torch.equal(q.level_start_index, ref["level_start_index"])
     assert torch.equal(q.topk_ind, o.enc_outputs_class.max(-1).values.topk(hf.config.num_queries, dim=1).indices)
-    pairs = [(q.enc_outputs_class, o.enc_outputs_class), (q.enc_outputs_coord_logits, o.enc_outputs_coord_logits),
+    pairs = [(q.enc_outputs_class, o.enc_outputs_class),
              (q.enc_topk_logits, o.enc_topk_logits), (q.enc_topk_bboxes, o.enc_topk_bboxes),
              (q.reference_points_unact, o.init_reference_points), (q.target, ref["inputs_embeds"])]
     for a, b in pairs:

@@ -5,8 +5,8 @@ IoU-aware query selection (sec. 4.3, eq. 2) and contrastive denoising groups (DN
 * :class:`QuerySelection` -- the decoder input projections (1x1 conv + BN per encoder level, extra
   3x3 stride-2 levels up to ``num_levels``), flattening of the levels into ``memory (B, S, C)`` with
   ``spatial_shapes (L, 2)`` and ``level_start_index (L,)``, anchors (:func:`generate_anchors`),
-  ``enc_output`` (Linear + LayerNorm) on ``memory * valid``, ``enc_score_head`` and ``enc_bbox_head``
-  (+ anchor logits), the top ``num_queries`` tokens by their best class score; their box logits are
+  ``enc_output`` (Linear + LayerNorm) on ``memory * valid``, ``enc_score_head``, the top ``num_queries``
+  tokens by their best class score, ``enc_bbox_head`` (+ anchor logits) on them; their box logits are
   the initial reference boxes (detached) and their (detached) ``enc_output`` features the initial
   queries, or a learned ``weight_embedding`` (``learn_initial_query``).
 * :func:`contrastive_denoising_group` -- ``G`` groups of a positive and a negative noised copy of
@@ -174,8 +174,9 @@ class QuerySelectionOutput(ModelOutput):
     logits, detached (HF's ``init_reference_points``); ``memory (B, S, C)``: the flattened decoder
     levels (HF's ``source_flatten``); ``spatial_shapes (L, 2)``, ``level_start_index (L,)``,
     ``spatial_shapes_list``; ``enc_topk_logits (B, Q, K)``, ``enc_topk_bboxes (B, Q, 4)`` (sigmoid) of
-    the selected tokens, ``topk_ind (B, Q)``; ``enc_outputs_class (B, S, K)``,
-    ``enc_outputs_coord_logits (B, S, 4)``; ``attn_mask (N + Q, N + Q)`` bool (True = may attend) and
+    the selected tokens, ``topk_ind (B, Q)``; ``enc_outputs_class (B, S, K)`` (HF's
+    ``enc_outputs_coord_logits`` for all S tokens is not computed: only the selected rows are ever read,
+    and they are ``reference_points_unact``); ``attn_mask (N + Q, N + Q)`` bool (True = may attend) and
     ``denoising_meta_values`` when denoising, else None."""
 
     target: Tensor | None = None
@@ -188,7 +189,6 @@ class QuerySelectionOutput(ModelOutput):
     enc_topk_bboxes: Tensor | None = None
     topk_ind: Tensor | None = None
     enc_outputs_class: Tensor | None = None
-    enc_outputs_coord_logits: Tensor | None = None
     attn_mask: Tensor | None = None
     denoising_meta_values: dict | None = None
 
@@ -258,10 +258,10 @@ class QuerySelection(nn.Module):
         anchors, valid = generate_anchors(shapes, self.grid_size, memory.device, memory.dtype)  # (1, S, 4), (1, S, 1)
         output_memory = self.enc_output(valid.to(memory.dtype) * memory)  # (B, S, C)
         enc_class = self.enc_score_head(output_memory)  # (B, S, K)
-        enc_coord = self.enc_bbox_head(output_memory) + anchors  # (B, S, 4) logits
         topk_ind = torch.topk(enc_class.max(-1).values, self.num_queries, dim=1).indices  # (B, Q)
-        pick = lambda t: t.gather(1, topk_ind.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
-        reference = pick(enc_coord)  # (B, Q, 4)
+        pick = lambda t: t.expand(B, -1, -1).gather(1, topk_ind.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+        # the box MLP is per token and only the selected tokens' boxes are read: HF runs it on all S
+        reference = self.enc_bbox_head(pick(output_memory)) + pick(anchors)  # (B, Q, 4) logits
         if hasattr(self, "weight_embedding"):
             target = self.weight_embedding.weight.unsqueeze(0).expand(B, -1, -1)
         else:
@@ -269,7 +269,7 @@ class QuerySelection(nn.Module):
         out = QuerySelectionOutput(enc_topk_logits=pick(enc_class), enc_topk_bboxes=reference.sigmoid(),
                                    topk_ind=topk_ind, memory=memory, spatial_shapes=spatial_shapes,
                                    level_start_index=level_start_index, spatial_shapes_list=shapes,
-                                   enc_outputs_class=enc_class, enc_outputs_coord_logits=enc_coord)
+                                   enc_outputs_class=enc_class)
         if dn is not None:
             reference = torch.cat([dn.query_bbox_unact, reference], 1)
             target = torch.cat([dn.query_class, target], 1)
