@@ -1,8 +1,8 @@
 """Temporal link prediction on an interaction stream, DyGLib's protocol (Yu et al. 2023) with the
 evaluation negatives of Poursafaei et al. 2022 and TGB's MRR (Huang et al. 2023); the recipes.
 
-* Data: a stream of :data:`~relformer.data.temporal.TEMPORAL_DATASETS` (``data.prefix``: its first N
-  events only), split chronologically 70 / 15 / 15 with held-out nodes
+* Data: a stream of :data:`~relformer.data.temporal.TEMPORAL_DATASETS` or an event CSV of one's own
+  (``data.dataset=path.csv``; ``data.prefix``: its first N events only), split chronologically 70 / 15 / 15 with held-out nodes
   (:func:`~relformer.data.temporal.chronological_split`).
 * Training: the training events **in time order**, batches of ``batch_size`` (200, DyGLib), each
   positive with one random negative destination (uniform over the training destinations), drawn
@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..data.temporal import (SPLIT_SEEDS, STRATEGIES, TEMPORAL_DATASETS, EventStream, TemporalNeighborSampler,
-                             TemporalSplit, chronological_split, load_temporal, mrr_negatives, split_negatives)
+                             TemporalSplit, chronological_split, is_event_csv, load_temporal, mrr_negatives,
+                             split_negatives)
 from ..interop import pyg_temporal as _pyg_temporal  # noqa: F401  (registers the pyg_tgn peer)
 from ..models.temporal import EdgeBank, TemporalContext, TemporalLinkPredictor
 from ..train.recipe import EarlyStoppingSection, ModelSection, OptimSection, Recipe, RecipeError, suggest
@@ -57,13 +58,16 @@ CHUNK_PAIRS = 2048  # pairs per model call at evaluation (bounds the memory of a
 
 @dataclass
 class TemporalDataSection:
-    """``dataset``: one of :data:`DATASETS`; ``setting``: which val events the epochs are judged on
+    """``dataset``: one of :data:`DATASETS`, or the path of an event CSV of one's own
+    (:func:`~relformer.data.temporal.load_event_csv`; ``bipartite``: its sources and destinations are
+    two id spaces, as users and items); ``setting``: which val events the epochs are judged on
     (``transductive``: all; ``inductive``: those touching a node held out of training); ``neighbors``:
     the model's sampled neighbours (its ``num_neighbors``; None: the model's default); ``prefix``: the
     stream's first N events only (None: all); the split ratios; ``mrr_events`` / ``test_mrr_events``:
     how many evenly spaced val / test events get MRR against ``mrr_negatives`` destinations (0: none)."""
 
     dataset: str = "uci"
+    bipartite: bool = False
     setting: Literal["transductive", "inductive"] = "transductive"
     neighbors: int | None = None
     prefix: int | None = None
@@ -93,9 +97,14 @@ class TemporalRecipe(Recipe):
     def validate(self) -> None:
         super().validate()
         d = self.data
-        if d.dataset not in DATASETS:
+        if is_event_csv(d.dataset):
+            if not Path(d.dataset).is_file():
+                raise RecipeError(f"data.dataset: the event CSV {d.dataset} does not exist")
+        elif d.dataset not in DATASETS:
             raise RecipeError(f"data.dataset: unknown dataset {d.dataset!r}{suggest(d.dataset, DATASETS)}; "
-                              f"known: {', '.join(DATASETS)}")
+                              f"known: {', '.join(DATASETS)}, or the path of a .csv / .csv.gz event file")
+        elif d.bipartite:
+            raise RecipeError(f"data.bipartite is for event CSVs; {d.dataset!r} knows whether it is bipartite")
         if d.neighbors is not None and d.neighbors < 1:
             raise RecipeError(f"data.neighbors must be >= 1 (sampled neighbours) or null, got {d.neighbors}")
         if d.prefix is not None and d.prefix < 10:
@@ -316,7 +325,10 @@ def evaluate_edgebank(dataset: str = "uci", mode: str = "unlimited", window: flo
 
 
 def _split(d: TemporalDataSection) -> TemporalSplit:
-    stream = load_temporal(d.dataset)
+    try:
+        stream = load_temporal(d.dataset, bipartite=d.bipartite)
+    except ValueError as e:
+        raise RecipeError(f"data.dataset: {e}") from None
     if d.prefix is not None:
         stream = stream[: d.prefix]
     return chronological_split(stream, d.val_ratio, d.test_ratio, d.new_node_ratio)

