@@ -224,10 +224,45 @@ def section(study: Study, jobs: list[Job], ledger: Ledger, invocation: str, minu
         for set_name, metrics in baselines.items():
             cells = [set_name, study.baseline_label, "(no training)", "–", *(mean_std([metrics.get(k)]) for k, _ in columns)]
             lines.append("| " + " | ".join(cells + ["–"] * len(costs)) + " |")
+    lines += comparison_table(study, groups)
     missing = [j for j in jobs if j.key not in ledger.runs]
     if missing:
         lines += ["", "Not finished: " + ", ".join(f"`{j.recipe}` seed {j.seed}" for j in missing) + "."]
     return lines + [""]
+
+
+def paired_difference(runs: list[dict], reference: list[dict], metric: str) -> tuple[str, int, int]:
+    """``mean ± std`` of ``run - reference`` over the seeds both finished, how many of those
+    differences are positive, and how many seeds there are."""
+    ref = {r["seed"]: r.get(metric) for r in reference}
+    diffs = [r[metric] - ref[r["seed"]] for r in runs
+             if r.get(metric) is not None and ref.get(r["seed"]) is not None
+             and math.isfinite(r[metric]) and math.isfinite(ref[r["seed"]])]
+    return mean_std(diffs), sum(d > 0 for d in diffs), len(diffs)
+
+
+def comparison_table(study: Study, groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """Per set, each comparison of ``study.comparisons``: the paired (same seed) differences of the
+    ``study.paired`` metrics, mean ± std, and in how many seeds the model is ahead."""
+    rows = []
+    for set_name in study.sets:
+        for model, reference, question in study.comparisons:
+            runs, base = groups.get((set_name, model)), groups.get((set_name, reference))
+            if not runs or not base:
+                continue
+            cells, seeds = [], 0
+            for metric, _ in study.paired:
+                text, ahead, seeds = paired_difference(runs, base, metric)
+                cells.append(f"{text} ({ahead} of {seeds})" if seeds else "–")
+            if seeds:
+                rows.append("| " + " | ".join([set_name, f"{study.models[model]} − {study.models[reference]}",
+                                               question, *cells]) + " |")
+    if not rows:
+        return []
+    head = ["set", "difference", "asks", *(h for _, h in study.paired)]
+    return ["", "**Paired differences** (same seed; mean ± std over the seeds both runs finished, and in how "
+            "many of them the first is ahead)", "", "| " + " | ".join(head) + " |",
+            "|---|---|---|" + "---:|" * len(study.paired), *rows]
 
 
 def _time(text: str) -> datetime:

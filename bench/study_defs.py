@@ -26,6 +26,9 @@ class Study:
     baseline: Callable[[str], dict] | None = None  # set -> metrics of a model that does not train
     baseline_label: str = ""
     own_budget: bool = False                    # True: the recipes' own max_minutes, not --minutes
+    # (model, reference model, what the comparison asks): paired per-seed differences on ``paired`` metrics
+    comparisons: tuple[tuple[str, str, str], ...] = ()
+    paired: tuple[tuple[str, str], ...] = ()    # (metric, column header) of the comparisons
 
 
 def _number(value) -> float:
@@ -70,7 +73,12 @@ DETECTION = Study(
     tables=(("COCO box AP on the test canvases", tuple((f"test_{m}", h) for m, h in zip(
         _DET, ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")))),),
     per_minute="test_AP",
-    protocol="Test metrics (COCO box mAP, faster-coco-eval) at the epoch of the best val AP.")
+    protocol="Test metrics (COCO box mAP, faster-coco-eval) at the epoch of the best val AP.",
+    comparisons=(("rank-rtdetr-fashion", "rtdetr-fashion", "Rank-DETR's gain, largest at high IoU in the paper"),
+                 ("rank-rtdetr-arch-fashion", "rtdetr-fashion", "the rank-oriented architecture alone"),
+                 ("rank-rtdetr-loss-fashion", "rtdetr-fashion", "the rank-oriented loss and matching cost alone"),
+                 ("rtdetr-fashion", "detr-fashion", "RT-DETR over the single-scale DETR")),
+    paired=tuple((f"test_{m}", h) for m, h in zip(("AP", "AP50", "AP75"), ("ΔAP", "ΔAP50", "ΔAP75"))))
 
 
 # ---- grounding -----------------------------------------------------------------------------------

@@ -113,6 +113,27 @@ def test_aggregation_of_fake_runs_and_the_ledger(study, tmp_path):
         assert cells[12] == f"{np.mean(per_min):.4f} ± {np.std(per_min, ddof=1):.4f}"
 
 
+def test_paired_differences_compare_the_same_seeds(study, tmp_path):
+    """Rank-DETR against RT-DETR: per seed both finished, the difference of AP / AP50 / AP75, mean ±
+    std and how many seeds it is ahead in; a seed only one of them finished is left out."""
+    out, page = tmp_path / "runs", tmp_path / "detection.md"
+    rng = np.random.default_rng(1)
+    tests = {m: {seed: _metrics(rng, False) for seed in (0, 1, 2)} for m in ("rtdetr-fashion", "rank-rtdetr-fashion")}
+    for model, seeds in tests.items():
+        for seed, metrics in seeds.items():
+            if (model, seed) != ("rtdetr-fashion", 2):  # the reference lacks seed 2
+                _fake_run(out / "detection" / "fashion" / f"{model}-s{seed}", [0.3], [metrics], 1700.0)
+    study.main(["detection", "--report-only", "--out", str(out), "--results", str(page), "--ledgers", str(tmp_path),
+                "--models", "rtdetr-fashion", "rank-rtdetr-fashion", "--sets", "fashion"])
+    text = page.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| fashion | RT-DETR + Rank-DETR − RT-DETR |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    for cell, metric in zip(cells[3:], ("AP", "AP50", "AP75")):
+        diffs = [tests["rank-rtdetr-fashion"][s][metric] - tests["rtdetr-fashion"][s][metric] for s in (0, 1)]
+        assert cell == f"{_pm(diffs)} ({sum(d > 0 for d in diffs)} of 2)", metric
+    assert "RT-DETR − DETR" not in text  # no DETR runs: no row
+
+
 def test_dry_run_prints_only_unfinished_runs_and_resumes_interrupted_ones(study, tmp_path, capsys):
     out, page = tmp_path / "runs", tmp_path / "page.md"
     _fake_run(out / "grounding" / "sr3d-gen" / "referit3dnet-sr3d-gen-s0", [0.2], [{"accuracy": 0.2}], 100.0,
