@@ -39,6 +39,9 @@ def test_ids_times_features_and_sides(tmp_path):
     # ids sorted: 7 -> 0, 10 -> 1, 30 -> 2; the events by time: (10, 7), (30, 7), (10, 30)
     assert s.src.tolist() == [1, 2, 1] and s.dst.tolist() == [0, 0, 2] and s.num_nodes == 3
     torch.testing.assert_close(s.edge_features, torch.tensor([[1.5, 2.0], [0.5, -1.0], [2.5, 3.0]]))
+    excel = tmp_path / "excel.csv"  # a spreadsheet's UTF-8 file starts with a byte-order mark
+    excel.write_bytes(b"\xef\xbb\xbf" + gzip.decompress(path.read_bytes()))
+    assert torch.equal(load_event_csv(excel).src, s.src)
     b = load_event_csv(path, bipartite=True)  # users {10, 30}, items {7, 30}: two id spaces
     assert b.bipartite and b.num_src_nodes == 2 and b.num_nodes == 4
     assert b.src.tolist() == [0, 1, 0] and b.dst.tolist() == [2, 2, 3]

@@ -187,7 +187,7 @@ def load_event_csv(path: str | Path, bipartite: bool = False) -> EventStream:
     if not path.is_file():
         raise FileNotFoundError(f"event CSV {path} does not exist")
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rt", newline="") as f:
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:  # a BOM is not part of the first name
         header = next(csv.reader(f), None)
         if header is None:
             raise ValueError(f"{path}: empty file; expected a header row (u, i, ts, ...) and one event per line")
