@@ -98,13 +98,12 @@ def test_empty_query_set(sampler):
 def fresh_probe(monkeypatch, tmp_path):
     """The training-sampler probe as a fresh process finds it, with an empty disk cache of its own."""
     from relformer.attention import deformable
+    from relformer.utils.cpu import MeasuredRatios
 
     monkeypatch.setenv("RELFORMER_CACHE", str(tmp_path))
-    deformable._MEASURED.forget()
-    deformable._by_shape.clear()
-    yield deformable
-    deformable._MEASURED.forget()
-    deformable._by_shape.clear()
+    monkeypatch.setattr(deformable, "_MEASURED", MeasuredRatios("deformable", schema=1))
+    monkeypatch.setattr(deformable, "_by_shape", {})
+    return deformable
 
 
 def _fake_measure(monkeypatch, deformable, ratio):

@@ -11,7 +11,7 @@ import relformer
 from relformer import relations as R
 from relformer.attention import probe
 from relformer.relations import Documents
-from relformer.utils.cpu import paired_ratio
+from relformer.utils.cpu import MeasuredRatios, paired_ratio
 from tests.equivalence import make_qkv
 
 
@@ -25,8 +25,7 @@ def _fresh_probe(monkeypatch, tmp_path):
 
 def _new_process(monkeypatch):
     """The probe's state as a fresh process finds it (the disk cache stays)."""
-    monkeypatch.setattr(probe, "_ratios", {})
-    monkeypatch.setattr(probe, "_loaded_threads", set())
+    monkeypatch.setattr(probe, "_MEASURED", MeasuredRatios("attention", schema=1))
     monkeypatch.setattr(probe, "_by_shape", {})
 
 

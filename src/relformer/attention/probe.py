@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
-from ..utils.cpu import CpuCache, finite_positive, paired_ratio
+from ..utils.cpu import MeasuredRatios, paired_ratio
 from . import backends as _b
 from .relation import Relation
 
@@ -41,21 +40,9 @@ MARGIN = 1.10  # the backend the fixed rule does not pick takes a bucket only wh
 PROBE_SCORES = 1 << 19  # scores per probe call at most (128 matrices of 64 x 64): bounds the probe's time
 PROBE_REPS = 3  # paired repetitions after one warm-up of each backend
 PROBE_SECONDS = 0.04  # the repetitions' time budget: a slow machine runs fewer (the warm-up pair always runs)
-_CACHE = CpuCache("attention", schema=1, valid=finite_positive)  # {bucket key: ratio} per thread count
+_MEASURED = MeasuredRatios("attention", schema=1)  # {bucket key: eager time / sdpa time} per thread count
 _policy = "auto"
-_ratios: dict[tuple[int, str], float] = {}  # (threads, bucket key) -> eager time / sdpa time
-_loaded_threads: set[int] = set()  # thread counts whose disk cache has been read
 _by_shape: dict[tuple, float] = {}  # exact call shape -> its bucket's ratio: the hot path's one lookup
-_lock = threading.RLock()  # threads asking for one bucket at once get one measurement (re-entrant: never
-# a self-deadlock); a forked child (DataLoader workers, the kill tests) starts with a fresh one
-
-
-def _reset_lock_in_child() -> None:
-    global _lock
-    _lock = threading.RLock()
-
-
-os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def set_small_attention(name: str) -> None:
@@ -171,20 +158,6 @@ def _measure(bucket: Bucket) -> float:
         return paired_ratio(*_probe_calls(bucket), PROBE_REPS, PROBE_SECONDS)
 
 
-# --- the cache --------------------------------------------------------------------------------------
-
-def _write_cache(threads: int) -> None:
-    _CACHE.write(threads, {key: r for (t, key), r in _ratios.items() if t == threads})
-
-
-def _load_cache(threads: int) -> None:
-    if threads in _loaded_threads:
-        return
-    _loaded_threads.add(threads)
-    for key, ratio in _CACHE.read(threads).items():
-        _ratios.setdefault((threads, key), float(ratio))
-
-
 def ratio_for(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, training: bool, rel_grad: bool,
               dead: bool) -> float:
     """:func:`measured_ratio` of the call's :func:`bucket_of`, memoised on the exact shapes."""
@@ -199,16 +172,4 @@ def ratio_for(q: Tensor, k: Tensor, v: Tensor, relation: Relation | None, traini
 def measured_ratio(bucket: Bucket) -> tuple[float, str]:
     """Eager's time / SDPA's for this bucket and where it came from (``"process"``, ``"disk"``,
     ``"measured"``): measured once per process and bucket, then fixed."""
-    key = (torch.get_num_threads(), bucket.key())
-    if key in _ratios:
-        return _ratios[key], "process"
-    with _lock:
-        if key in _ratios:  # another thread measured it meanwhile
-            return _ratios[key], "process"
-        _load_cache(key[0])
-        if key in _ratios:
-            return _ratios[key], "disk"
-        ratio = _measure(bucket)
-        _ratios[key] = ratio
-        _write_cache(key[0])
-    return ratio, "measured"
+    return _MEASURED.get(bucket.key(), lambda: _measure(bucket))
