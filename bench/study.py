@@ -134,6 +134,18 @@ def collect(jobs: list[Job], out: Path, ledger: Ledger) -> None:
         ledger.save()
 
 
+def prepare_data(jobs: list[Job]) -> None:
+    """Build the data set of every set the jobs train on, once, before any of them starts
+    (``Study.prepare``; the studies whose data is read straight from files have none)."""
+    first: dict[tuple[str, str], Job] = {}
+    for job in jobs:
+        first.setdefault((job.study.name, job.set), job)
+    for job in first.values():
+        if job.study.prepare is not None:
+            print(f"data of {job.study.name}/{job.set} ({job.recipe})", flush=True)
+            job.study.prepare(job.recipe)
+
+
 def run_jobs(jobs: list[Job], out: Path, ledgers: dict[str, Ledger], minutes: float, threads: int, workers: int,
              dry_run: bool, start_before: datetime | None = None) -> list[str]:
     """Train the unfinished jobs, ``workers`` at a time, each result into its study's ledger as it
@@ -317,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         collect(jobs[name], args.out, ledgers[name])
     workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads)
+    if not (args.report_only or args.dry_run):
+        prepare_data([job for job in queue if not finished(job, args.out, ledgers)])
     failures = [] if args.report_only else run_jobs(queue, args.out, ledgers, args.minutes, args.threads, workers,
                                                    args.dry_run, args.start_before)
     if args.dry_run:

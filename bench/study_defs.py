@@ -29,6 +29,7 @@ class Study:
     # (model, reference model, what the comparison asks): paired per-seed differences on ``paired`` metrics
     comparisons: tuple[tuple[str, str, str], ...] = ()
     paired: tuple[tuple[str, str], ...] = ()    # (metric, column header) of the comparisons
+    prepare: Callable[[str], None] | None = None  # recipe -> builds its data set's cache (before any run)
 
 
 def _number(value) -> float:
@@ -58,6 +59,14 @@ def best_epoch_reader(select: str, metrics: tuple[str, ...]) -> Callable[[Path],
     return read
 
 
+def build_data(recipe: str) -> None:
+    """Build (or load) the cached data set of ``recipe``: in the study's process, so that no run's CPU
+    time -- the first run on a set otherwise -- includes generating it."""
+    from relformer.tasks import build_task, resolve_recipe
+
+    build_task(resolve_recipe(recipe)).train_dataset()
+
+
 # ---- detection -----------------------------------------------------------------------------------
 _DET = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 DETECTION = Study(
@@ -78,7 +87,8 @@ DETECTION = Study(
                  ("rank-rtdetr-arch-fashion", "rtdetr-fashion", "the rank-oriented architecture alone"),
                  ("rank-rtdetr-loss-fashion", "rtdetr-fashion", "the rank-oriented loss and matching cost alone"),
                  ("rtdetr-fashion", "detr-fashion", "RT-DETR over the single-scale DETR")),
-    paired=tuple((f"test_{m}", h) for m, h in zip(("AP", "AP50", "AP75"), ("ΔAP", "ΔAP50", "ΔAP75"))))
+    paired=tuple((f"test_{m}", h) for m, h in zip(("AP", "AP50", "AP75"), ("ΔAP", "ΔAP50", "ΔAP75"))),
+    prepare=build_data)
 
 
 # ---- grounding -----------------------------------------------------------------------------------
@@ -97,7 +107,8 @@ GROUNDING = Study(
     protocol="Test accuracy (the referred object picked among all objects of its room) at the epoch of the "
              "best val accuracy; hard: more than two objects of the target's class in the room (two or more distractors, "
              "ReferIt3D's split: its code marks a stimulus hard when it names more than 2 same-class objects), "
-             "easy: one distractor.")
+             "easy: one distractor.",
+    prepare=build_data)
 
 
 # ---- temporal link prediction ------------------------------------------------------------------

@@ -5,6 +5,7 @@ interrupted ones resumed), the dry run, the CPU time recorded, the temporal read
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import math
@@ -205,6 +206,22 @@ def test_runner_records_cpu_time_and_skips_finished_runs(study, tmp_path, monkey
     late = [study.Job(study.STUDIES["detection"], "fashion", "detr-fashion", 7)]
     assert study.run_jobs(late, tmp_path, ledgers, 1.0, 1, 2, False, study.datetime(2000, 1, 1)) == []
     assert not late[0].folder(tmp_path).exists() and "fashion/detr-fashion-s7" not in ledgers["detection"].runs
+
+
+def test_each_data_set_is_built_once_before_the_runs(study, tmp_path, monkeypatch):
+    built, order = [], []
+    monkeypatch.setitem(study.STUDIES, "detection",
+                        dataclasses.replace(study.STUDIES["detection"], prepare=lambda recipe: built.append(recipe)))
+    monkeypatch.setattr(study, "run_jobs", lambda jobs, *a, **k: order.append((list(built), len(jobs))) or [])
+    _fake_run(tmp_path / "runs" / "detection" / "fashion" / "detr-fashion-s0", [0.2], [{"AP": 0.2}], 60.0)
+    study.main(["detection", "--models", "detr-fashion", "group-detr-fashion", "--seeds", "0", "--out",
+                str(tmp_path / "runs"), "--results", str(tmp_path / "page.md"), "--ledgers", str(tmp_path)])
+    assert built == ["group-detr-fashion", "detr-fashion-crowded"]  # fashion's first unfinished job, then crowded's
+    assert order == [(built, 4)]  # before the runner; it gets the whole queue
+    built.clear()
+    study.main(["detection", "--models", "detr-fashion", "--seeds", "0", "--dry-run", "--out", str(tmp_path / "runs"),
+                "--ledgers", str(tmp_path)])
+    assert built == []  # a dry run builds nothing
 
 
 def test_several_studies_share_one_queue_seed_by_seed(study, tmp_path, capsys):
