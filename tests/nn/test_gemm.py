@@ -15,6 +15,7 @@ from torch import nn
 
 from relformer.nn import Linear, linear, set_linear_kernel
 from relformer.nn import gemm as linear_mod
+from relformer.utils.cpu import MeasuredRatios
 
 ONEDNN = torch.backends.mkldnn.is_available()
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="this torch build has no oneDNN")
@@ -159,8 +160,8 @@ def test_double_backward_is_refused_not_wrong(calls):
 def auto(monkeypatch, tmp_path):
     """Policy "auto" with an empty process cache and a private disk cache; restored after."""
     monkeypatch.setenv("RELFORMER_CACHE", str(tmp_path))
-    monkeypatch.setattr(linear_mod, "_ratios", {})
-    monkeypatch.setattr(linear_mod, "_loaded_threads", set())
+    monkeypatch.setattr(linear_mod, "_MEASURED", MeasuredRatios("linear", linear_mod._CACHE_SCHEMA,
+                                                               linear_mod._valid_ratios))
     before = linear_mod.linear_kernel()
     set_linear_kernel("auto")
     yield tmp_path
@@ -219,8 +220,7 @@ def test_auto_measures_each_width_once_per_process(auto, monkeypatch):
 def test_choice_is_read_back_from_disk(auto, monkeypatch):
     probed = _fake_measure(monkeypatch, {"forward": 2.0, "input_grad": 0.5, "weight_grad": 1.5})
     first = linear_mod.linear_choice(96, 288)
-    monkeypatch.setattr(linear_mod, "_ratios", {})  # a new process
-    monkeypatch.setattr(linear_mod, "_loaded_threads", set())
+    linear_mod._MEASURED.forget()  # a new process
     again = linear_mod.linear_choice(96, 288)
     assert again["source"] == "disk" and again["ops"] == first["ops"] and probed == [(96, 288)]
     assert linear_mod.linear_choice(96, 288, remeasure=True)["source"] == "measured" and len(probed) == 2
@@ -236,7 +236,7 @@ def test_choice_is_read_back_from_disk(auto, monkeypatch):
     'SAME_KEY ["96x288"]',
 ])
 def test_corrupted_cache_is_ignored_and_rebuilt(auto, monkeypatch, content):
-    path = linear_mod._CACHE.file(torch.get_num_threads())
+    path = linear_mod._MEASURED.disk.file(torch.get_num_threads())
     if content.startswith("SAME_KEY"):
         content = json.dumps({"schema": 2, "cpu": linear_mod.cpu_model(), "torch": torch.__version__,
                               "threads": torch.get_num_threads()})[:-1] + ', "entries": ' + content[9:] + "}"

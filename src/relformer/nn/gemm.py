@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..utils.cpu import CpuCache, cpu_model, finite_positive, paired_ratio
+from ..utils.cpu import MeasuredRatios, cpu_model, finite_positive, paired_ratio
 
 __all__ = ["Linear", "linear", "set_linear_kernel", "linear_kernel", "linear_choice", "cpu_model",
            "LINEAR_KERNELS", "OPS"]
@@ -57,8 +57,6 @@ PROBE_REPS = 5  # paired repetitions per operation, after one warm-up of each ke
 _CACHE_SCHEMA = 2  # 2: the shared utils.cpu.CpuCache layout
 _ONEDNN_BUILT = torch.backends.mkldnn.is_available()  # a property of the build: checked once
 _kernel = "auto"
-_ratios: dict[tuple[int, int, int], dict[str, float]] = {}  # (threads, in, out) -> op -> torch/oneDNN time
-_loaded_threads: set[int] = set()  # thread counts whose disk cache has been read
 
 
 def set_linear_kernel(name: str) -> None:
@@ -140,33 +138,13 @@ def _valid_ratios(entry) -> bool:
     return isinstance(entry, dict) and set(entry) == set(OPS) and all(finite_positive(v) for v in entry.values())
 
 
-_CACHE = CpuCache("linear", _CACHE_SCHEMA, _valid_ratios)  # {"in x out": {op: ratio}} per thread count
-
-
-def _write_cache(threads: int) -> None:
-    _CACHE.write(threads, {f"{i}x{o}": r for (t, i, o), r in sorted(_ratios.items()) if t == threads})
-
-
-def _load_cache(threads: int) -> None:
-    if threads in _loaded_threads:
-        return
-    _loaded_threads.add(threads)
-    for width, ratios in _CACHE.read(threads).items():
-        i, o = width.split("x")
-        _ratios.setdefault((threads, int(i), int(o)), ratios)
+_MEASURED = MeasuredRatios("linear", _CACHE_SCHEMA, _valid_ratios)  # {"in x out": {op: ratio}} per thread count
 
 
 def _measured(in_features: int, out_features: int, remeasure: bool = False) -> tuple[dict[str, float], str]:
     """This width's ratios and where they came from (``"process"``, ``"disk"``, ``"measured"``)."""
-    key = (torch.get_num_threads(), in_features, out_features)
-    if key in _ratios and not remeasure:
-        return _ratios[key], "process"
-    _load_cache(key[0])  # once per thread count; a re-measurement keeps the other widths on disk
-    if key in _ratios and not remeasure:
-        return _ratios[key], "disk"
-    _ratios[key] = _measure_ratios(in_features, out_features)
-    _write_cache(key[0])
-    return _ratios[key], "measured"
+    return _MEASURED.get(f"{in_features}x{out_features}", lambda: _measure_ratios(in_features, out_features),
+                         remeasure)
 
 
 def linear_choice(in_features: int, out_features: int, remeasure: bool = False) -> dict:
@@ -192,7 +170,7 @@ def _onednn_ops(in_features: int, out_features: int) -> tuple[bool, bool, bool]:
     hot path), for a policy other than ``"torch"``."""
     if _kernel == "onednn":
         return True, True, max(in_features, out_features) >= WIDE_WEIGHT_GRAD
-    ratios = _ratios.get((torch.get_num_threads(), in_features, out_features))
+    ratios = _MEASURED.known(f"{in_features}x{out_features}")
     if ratios is None:
         ratios = _measured(in_features, out_features)[0]
     return ratios["forward"] > MARGIN, ratios["input_grad"] > MARGIN, ratios["weight_grad"] > MARGIN  # OPS order

@@ -100,40 +100,47 @@ _ratio_stores: "weakref.WeakSet[MeasuredRatios]" = weakref.WeakSet()
 
 class MeasuredRatios:
     """Ratios measured on this CPU once per process, thread count and key, and kept on disk
-    (:class:`CpuCache` under ``folder``) so a later process -- a resumed run -- chooses as the first
-    did. :meth:`get` answers from the process, else from the disk, else measures; threads asking for
-    one key at once get one measurement (a re-entrant lock, fresh in a forked child)."""
+    (:class:`CpuCache` under ``folder``, entries checked by ``valid``: by default a finite positive
+    number) so a later process -- a resumed run -- chooses as the first did. :meth:`get` answers from
+    the process, else from the disk, else measures; threads asking for one key at once get one
+    measurement (a re-entrant lock, fresh in a forked child)."""
 
-    def __init__(self, folder: str, schema: int) -> None:
-        self.disk = CpuCache(folder, schema, finite_positive)
+    def __init__(self, folder: str, schema: int, valid: Callable[[object], bool] = finite_positive) -> None:
+        self.disk = CpuCache(folder, schema, valid)
         self._lock = threading.RLock()
         self.forget()
         _ratio_stores.add(self)
 
     def forget(self) -> None:
         """Drop what this process knows (the disk cache stays): the state a fresh process starts in."""
-        self._ratios: dict[tuple[int, str], float] = {}
+        self._ratios: dict[tuple[int, str], object] = {}
         self._loaded: set[int] = set()
 
-    def get(self, key: str, measure: Callable[[], float]) -> tuple[float, str]:
-        """The ratio of ``key`` at the current thread count and where it came from: ``"process"``,
-        ``"disk"`` or ``"measured"`` (by calling ``measure()``, then written to disk)."""
+    def get(self, key: str, measure: Callable[[], object], remeasure: bool = False) -> tuple[object, str]:
+        """The entry of ``key`` at the current thread count and where it came from: ``"process"``,
+        ``"disk"`` or ``"measured"`` (by calling ``measure()``, then written to disk; ``remeasure``:
+        measure now whatever is known, for benchmarks on a quiet machine)."""
         threads = torch.get_num_threads()
-        ratio = self._ratios.get((threads, key))
-        if ratio is not None:
-            return ratio, "process"
+        entry = self._ratios.get((threads, key))
+        if entry is not None and not remeasure:
+            return entry, "process"
         with self._lock:
-            if (threads, key) in self._ratios:  # another thread measured it meanwhile
+            if (threads, key) in self._ratios and not remeasure:  # another thread measured it meanwhile
                 return self._ratios[(threads, key)], "process"
             if threads not in self._loaded:
                 self._loaded.add(threads)
                 for k, r in self.disk.read(threads).items():
-                    self._ratios.setdefault((threads, k), float(r))
-                if (threads, key) in self._ratios:
+                    self._ratios.setdefault((threads, k), r)
+                if (threads, key) in self._ratios and not remeasure:
                     return self._ratios[(threads, key)], "disk"
-            ratio = self._ratios[(threads, key)] = float(measure())
+            entry = self._ratios[(threads, key)] = measure()
             self.disk.write(threads, {k: r for (t, k), r in self._ratios.items() if t == threads})
-        return ratio, "measured"
+        return entry, "measured"
+
+    def known(self, key: str):
+        """The entry of ``key`` at the current thread count if this process holds it, else None (no
+        disk read, no lock: a hot path's first look)."""
+        return self._ratios.get((torch.get_num_threads(), key))
 
 
 def _fresh_locks_in_child() -> None:
