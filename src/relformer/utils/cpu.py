@@ -120,10 +120,10 @@ class MeasuredRatios:
         """The entry of ``key`` at the current thread count and where it came from: ``"process"``,
         ``"disk"`` or ``"measured"`` (by calling ``measure()``, then written to disk; ``remeasure``:
         measure now whatever is known, for benchmarks on a quiet machine)."""
-        threads = torch.get_num_threads()
-        entry = self._ratios.get((threads, key))
-        if entry is not None and not remeasure:
+        entry = None if remeasure else self.known(key)
+        if entry is not None:
             return entry, "process"
+        threads = torch.get_num_threads()
         with self._lock:
             if (threads, key) in self._ratios and not remeasure:  # another thread measured it meanwhile
                 return self._ratios[(threads, key)], "process"
