@@ -54,7 +54,7 @@ PACKED_TRAINING_TOKENS = 8000
 MARGIN = 1.10  # the sampler the rule does not pick takes a shape only when it measured this much faster
 PROBE_REPS = 5  # paired forward + backward repetitions after one warm-up of each sampler
 PROBE_SECONDS = 1.5  # their time budget: a large shape on a slow machine runs fewer (at least one pair);
-# a single pair of ~60 ms calls once picked packed where it is 0.8x (256², batch 4, one thread)
+# one pair of short calls is too noisy to decide a 1.10x margin on, so the budget leaves room for several
 _MEASURED = MeasuredRatios("deformable", schema=1)  # {shape key: grid_sample time / packed time}
 _by_shape: dict[tuple, str] = {}  # exact call shape and thread count -> the sampler: the hot path's lookup
 
