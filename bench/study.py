@@ -27,7 +27,10 @@ best-val epoch, CPU and wall time, CPU model, command), rewritten atomically whe
 the ledger is finished whether or not its folder still exists, so a study spread over several
 sessions keeps what it has by committing the ledger; a folder with checkpoints but no report is
 continued with ``--resume``. CPU time is ``os.wait4``'s rusage of the training process, summed over
-resumes.
+resumes. A study with ``whole_schedules`` (detection) counts only runs that trained their whole
+schedule: one the budget ended early trained as far as its machine's speed allowed (the same CPU
+model name has been seen to train 3x faster on another machine), so its result moves to the ledger's
+``cut`` list, listed under the tables, and the run is queued again.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import subprocess
@@ -49,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 from benchlib import write_section  # noqa: E402
 from study_defs import STUDIES, Study  # noqa: E402
 
+from relformer.train.checkpoint import CheckpointDir, read_state  # noqa: E402
 from relformer.utils import atomic_write_text  # noqa: E402
 from relformer.utils.cpu import cpu_model  # noqa: E402
 
@@ -117,12 +122,43 @@ def _record(run_dir: Path, cpu_s: float, wall_s: float, threads: int, cpu: str, 
 
 
 def read_run(job: Job, run_dir: Path) -> dict:
-    """A finished run's result for the ledger: the study's metrics and the cost of the run."""
+    """A finished run's result for the ledger: the study's metrics, the cost of the run, whether the
+    budget ended it before its schedule and its training throughput (from its last checkpoint)."""
     result = job.study.read(run_dir)
     cost = json.loads((run_dir / "study.json").read_text()) if (run_dir / "study.json").is_file() else {}
     result.update(cpu_s=cost.get("cpu_s", math.nan), wall_s=cost.get("wall_s", math.nan),
                   threads=cost.get("threads"), cpu_model=cost.get("cpu_model"), command=cost.get("command"))
+    last = CheckpointDir(run_dir / "checkpoints").latest()
+    if last is not None:
+        state = read_state(last)["trainer"]
+        result["train_samples_per_s"] = state["train_samples"] / max(state["train_seconds"], 1e-9)
+        if "budget_stopped" in state:
+            result["budget_stopped"] = state["budget_stopped"]
     return result
+
+
+def budget_cut(result: dict) -> bool:
+    """Whether the budget ended the run before its schedule. Runs recorded before the engine kept
+    ``budget_stopped``: the budget can only end a run whose CPU time reached it."""
+    if "budget_stopped" in result:
+        return bool(result["budget_stopped"])
+    budget = re.search(r"max_minutes=([0-9.]+)", result.get("command") or "")
+    return budget is not None and result.get("cpu_s", 0.0) >= 60 * float(budget.group(1))
+
+
+def set_aside_cut(jobs: list[Job], out: Path, ledger: Ledger) -> None:
+    """For a ``whole_schedules`` study: move the runs the budget cut short from the ledger's ``runs``
+    to its ``cut`` (their folders to ``<folder>-cutN``), so that they are run again."""
+    cut = ledger.data.setdefault("cut", {})
+    moved = [j for j in jobs if j.study.whole_schedules and j.key in ledger.runs and budget_cut(ledger.runs[j.key])]
+    for job in moved:
+        cut.setdefault(job.key, []).append(ledger.runs.pop(job.key))
+        folder = job.folder(out)
+        if folder.exists():
+            folder.rename(folder.with_name(f"{folder.name}-cut{len(cut[job.key])}"))
+        print(f"set aside (the budget ended it before its schedule): {job.key}", flush=True)
+    if moved:
+        ledger.save()
 
 
 def collect(jobs: list[Job], out: Path, ledger: Ledger) -> None:
@@ -206,7 +242,7 @@ def section(study: Study, jobs: list[Job], ledger: Ledger, invocation: str, minu
     """The study's markdown section: one table per metric group, mean ± std over the seeds."""
     done = [j for j in jobs if j.key in ledger.runs]
     groups: dict[tuple[str, str], list[dict]] = {}
-    for job in done:
+    for job in sorted(done, key=lambda j: (list(study.sets).index(j.set), list(study.models).index(j.model))):
         groups.setdefault((job.set, job.model), []).append({"seed": job.seed, **ledger.runs[job.key]})
     cpus = sorted({r["cpu_model"] for rs in groups.values() for r in rs if r.get("cpu_model")})
     lines = [f"## {study.title}", "",
@@ -236,11 +272,28 @@ def section(study: Study, jobs: list[Job], ledger: Ledger, invocation: str, minu
         for set_name, metrics in baselines.items():
             cells = [set_name, study.baseline_label, "(no training)", "–", *(mean_std([metrics.get(k)]) for k, _ in columns)]
             lines.append("| " + " | ".join(cells + ["–"] * len(costs)) + " |")
-    lines += comparison_table(study, groups)
+    lines += comparison_table(study, groups) + cut_table(study, jobs, ledger)
     missing = [j for j in jobs if j.key not in ledger.runs]
     if missing:
         lines += ["", "Not finished: " + ", ".join(f"`{j.recipe}` seed {j.seed}" for j in missing) + "."]
     return lines + [""]
+
+
+def cut_table(study: Study, jobs: list[Job], ledger: Ledger) -> list[str]:
+    """The runs set aside because the budget ended them before their schedule (not in the tables above)."""
+    cut = ledger.data.get("cut", {})
+    rows = [(job, r) for job in jobs for r in cut.get(job.key, [])]
+    if not rows:
+        return []
+    metric = study.tables[0][1][0]
+    lines = ["", "**Set aside: the budget ended these runs before their schedule** (not in the tables above; "
+             "run again)", "", f"| set | recipe | seed | CPU | epochs | {metric[1]} | CPU min | train samples/s |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for job, r in rows:
+        speed = r.get("train_samples_per_s")
+        lines.append(f"| {job.set} | `{job.recipe}` | {job.seed} | {r.get('cpu_model') or '–'} | {r.get('epochs', '–')} | "
+                     f"{mean_std([r.get(metric[0])])} | {r['cpu_s'] / 60:.1f} | {'–' if speed is None else f'{speed:.1f}'} |")
+    return lines
 
 
 def paired_difference(runs: list[dict], reference: list[dict], metric: str) -> tuple[str, int, int]:
@@ -328,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     ledgers = {name: Ledger(args.ledgers / f"{name}.json") for name in names}
     for name in names:
         collect(jobs[name], args.out, ledgers[name])
+        set_aside_cut(jobs[name], args.out, ledgers[name])
     workers = args.workers or max(1, (os.cpu_count() or 1) // args.threads)
     if not (args.report_only or args.dry_run):
         prepare_data([job for job in queue if not finished(job, args.out, ledgers)])
@@ -339,6 +393,7 @@ def main(argv: list[str] | None = None) -> None:
     invocation = shlex.join(["python", "bench/study.py", *(a for a in given if a != "--report-only")])
     for name in names:
         study, ledger = STUDIES[name], ledgers[name]
+        set_aside_cut(jobs[name], args.out, ledger)
         if study.baseline is not None and not args.report_only:
             for s in dict.fromkeys(j.set for j in jobs[name]):
                 if s not in ledger.baselines:

@@ -135,6 +135,54 @@ def test_paired_differences_compare_the_same_seeds(study, tmp_path):
     assert "RT-DETR − DETR" not in text  # no DETR runs: no row
 
 
+def _budget_state(run_dir: Path, budget_stopped: bool) -> None:
+    """The run's last checkpoint as the engine writes it, with its ``budget_stopped``."""
+    import torch
+
+    from relformer.train.checkpoint import CheckpointDir
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    CheckpointDir(run_dir / "checkpoints").save(10, model, optimizer, scheduler, {
+        "best_step": 10, "train_samples": 640, "train_seconds": 8.0, "budget_stopped": budget_stopped})
+
+
+def test_runs_the_budget_cut_short_are_set_aside_and_run_again(study, tmp_path, capsys):
+    """detection counts whole schedules only: a run the budget ended early (its checkpoint says so, or,
+    recorded before the engine kept that, its CPU time reached the budget) leaves the tables and the
+    ledger's runs for its "cut" list, its folder is renamed and a dry run lists it again."""
+    out, page = tmp_path / "runs", tmp_path / "detection.md"
+    folder = out / "detection" / "fashion"
+    command = "relformer train rtdetr-fashion --set seed={} --set max_minutes=30 --set budget_clock=cpu"
+    for seed, cpu_s, stopped in ((0, 1850.0, None), (1, 900.0, True), (2, 1850.0, False)):
+        run = folder / f"rtdetr-fashion-s{seed}"
+        _fake_run(run, [0.3], [{"AP": 0.1 * (seed + 1)}], cpu_s)
+        (run / "study.json").write_text(json.dumps({"cpu_s": cpu_s, "cpu_model": "Test CPU 9000",
+                                                    "command": command.format(seed)}))
+        if stopped is not None:
+            _budget_state(run, stopped)
+    common = ["detection", "--out", str(out), "--results", str(page), "--ledgers", str(tmp_path),
+              "--models", "rtdetr-fashion", "--sets", "fashion"]
+    study.main([*common, "--report-only"])
+    ledger = json.loads((tmp_path / "detection.json").read_text())
+    assert sorted(ledger["runs"]) == ["fashion/rtdetr-fashion-s2"]  # flag False wins over CPU time
+    assert sorted(ledger["cut"]) == ["fashion/rtdetr-fashion-s0", "fashion/rtdetr-fashion-s1"]
+    assert ledger["cut"]["fashion/rtdetr-fashion-s1"][0]["train_samples_per_s"] == pytest.approx(80.0)
+    assert ledger["runs"]["fashion/rtdetr-fashion-s2"]["budget_stopped"] is False
+    assert sorted(p.name for p in folder.iterdir()) == ["rtdetr-fashion-s0-cut1", "rtdetr-fashion-s1-cut1",
+                                                         "rtdetr-fashion-s2"]
+    text = page.read_text()
+    assert _row(text, "fashion", "rtdetr-fashion")[3:5] == ["2", "0.300"]  # seed 2 alone in the means
+    assert "| fashion | `rtdetr-fashion` | 0 | Test CPU 9000 | 1 | 0.100 | 30.8 | – |" in text
+    assert "| fashion | `rtdetr-fashion` | 1 | Test CPU 9000 | 1 | 0.200 | 15.0 | 80.0 |" in text
+    capsys.readouterr()
+    study.main([*common, "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "seed=0" in printed and "seed=1" in printed and "seed=2" not in printed  # run again, fresh folders
+    assert "--resume" not in printed
+
+
 def test_dry_run_prints_only_unfinished_runs_and_resumes_interrupted_ones(study, tmp_path, capsys):
     out, page = tmp_path / "runs", tmp_path / "page.md"
     _fake_run(out / "grounding" / "sr3d-gen" / "referit3dnet-sr3d-gen-s0", [0.2], [{"accuracy": 0.2}], 100.0,

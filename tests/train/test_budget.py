@@ -43,8 +43,11 @@ def test_the_budget_stops_training_evaluates_and_reports(tmp_path, monkeypatch):
     p = eng.progress
     assert 0 < p.global_step < eng.total_steps  # stopped by time, well before the 24 steps of 3 epochs
     assert p.history and p.history[-1]["step"] == p.global_step  # the stopping epoch was evaluated
-    assert (run / "report.md").exists() and "max_minutes = 0.5" in (run / "report.md").read_text()
-    assert (run / "checkpoints" / "best").is_dir()
+    report = (run / "report.md").read_text()
+    assert "max_minutes = 0.5" in report and "the max_minutes budget ended the run" in report
+    assert p.budget_stopped and (run / "checkpoints" / "best").is_dir()
+    assert json.loads((run / "checkpoints" / f"step-{p.global_step:08d}" / "trainer_state.json").read_text()
+                      )["trainer"]["budget_stopped"]  # what a study reads to set the run aside
     # the cosine followed the clock: at the stopping step the schedule is at its minimum although
     # steps were left, and the last step already ran on a small share of the peak LR
     o = eng.recipe.optim
@@ -61,6 +64,7 @@ def test_the_budget_stops_training_evaluates_and_reports(tmp_path, monkeypatch):
     eng2.fit()
     assert eng2.progress.epoch == eng2.recipe.epochs
     assert eng2.progress.global_step == p.global_step + (eng2.recipe.epochs - 1) * eng2.steps_per_epoch
+    assert not eng2.progress.budget_stopped  # this fit ended with its schedule
 
 
 def test_without_a_budget_nothing_changes(tmp_path, monkeypatch):
@@ -68,6 +72,7 @@ def test_without_a_budget_nothing_changes(tmp_path, monkeypatch):
     eng = _engine(tmp_path)
     eng.fit()
     assert eng.progress.global_step == eng.total_steps and eng._cosine.time_fraction == 0
+    assert not eng.progress.budget_stopped and "budget ended" not in (tmp_path / "run" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("bad", [0, -1.0, float("nan"), float("inf")])

@@ -79,6 +79,7 @@ class Progress:
     stale_evals: int = 0         # evaluations in a row without improvement of the early-stopping metric
     early_stop_best: float | None = None
     stopped: bool = False        # early stopping (or a callback) ended the run
+    budget_stopped: bool = False  # the max_minutes budget ended the last fit before its scheduled steps
 
 
 class Engine:
@@ -245,6 +246,7 @@ class Engine:
         """Train to the last epoch (from where a resumed run stopped), ``max_steps``, the end of the
         ``max_minutes`` budget or an early stop, then write the report."""
         self.model.train()
+        self.progress.budget_stopped = False
         try:
             run_callbacks(self.callbacks, "on_train_start", self)
             while not self._done():
@@ -286,6 +288,7 @@ class Engine:
             if r.checkpoint_every and p.global_step % r.checkpoint_every == 0 and p.step_in_epoch < self.steps_per_epoch:
                 self._save(best=False)
             if r.max_minutes is not None and self._budget_spent() >= 1:  # this epoch's evaluation follows
+                p.budget_stopped = p.global_step < self.total_steps
                 self.logger.message(f"stopping at step {p.global_step}: the {r.max_minutes:g}-minute budget "
                                     "(max_minutes) is spent")
                 break
@@ -434,7 +437,8 @@ class Engine:
             "device": f"{device}, {torch.get_num_threads()} threads per process, {self.dist.world_size} "
                       f"process{'es' if self.dist.distributed else ''}",
             "software": f"torch {torch.__version__}, Python {platform.python_version()}",
-            "steps": f"{p.global_step:,} ({self.steps_per_epoch:,} per epoch, global batch {r.batch_size})",
+            "steps": f"{p.global_step:,} of {self.total_steps:,} ({self.steps_per_epoch:,} per epoch, global batch "
+                     f"{r.batch_size})" + ("; the max_minutes budget ended the run" if p.budget_stopped else ""),
             "wall time": f"{self._wall_seconds():.1f} s" + (f" (budget: max_minutes = {r.max_minutes:g}, "
                                                           f"{r.budget_clock} clock)" if r.max_minutes is not None else ""),
             "CPU time": f"{self._cpu_seconds():.1f} s (the training process, all threads)",
