@@ -162,8 +162,10 @@ def set_aside_cut(jobs: list[Job], out: Path, ledger: Ledger) -> None:
 
 
 def collect(jobs: list[Job], out: Path, ledger: Ledger) -> None:
-    """Put the finished run folders that the ledger does not hold yet into it."""
-    new = [j for j in jobs if j.key not in ledger.runs and (j.folder(out) / "report.md").is_file()]
+    """Put the finished run folders that the ledger does not hold yet into it (and re-read those it
+    holds without the fields of :func:`read_run` that came later, while their folders are there)."""
+    new = [j for j in jobs if (j.folder(out) / "report.md").is_file()
+           and (j.key not in ledger.runs or "train_samples_per_s" not in ledger.runs[j.key])]
     for job in new:
         ledger.runs[job.key] = read_run(job, job.folder(out))
     if new:

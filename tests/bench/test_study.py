@@ -176,6 +176,12 @@ def test_runs_the_budget_cut_short_are_set_aside_and_run_again(study, tmp_path, 
     assert _row(text, "fashion", "rtdetr-fashion")[3:5] == ["2", "0.300"]  # seed 2 alone in the means
     assert "| fashion | `rtdetr-fashion` | 0 | Test CPU 9000 | 1 | 0.100 | 30.8 | – |" in text
     assert "| fashion | `rtdetr-fashion` | 1 | Test CPU 9000 | 1 | 0.200 | 15.0 | 80.0 |" in text
+    # an entry recorded before the ledger kept the throughput gets it from its folder
+    del ledger["runs"]["fashion/rtdetr-fashion-s2"]["train_samples_per_s"]
+    (tmp_path / "detection.json").write_text(json.dumps(ledger))
+    study.main([*common, "--report-only"])
+    entry = json.loads((tmp_path / "detection.json").read_text())["runs"]["fashion/rtdetr-fashion-s2"]
+    assert entry["train_samples_per_s"] == pytest.approx(80.0) and entry["test_AP"] == pytest.approx(0.3)
     capsys.readouterr()
     study.main([*common, "--dry-run"])
     printed = capsys.readouterr().out
