@@ -29,7 +29,7 @@ sessions keeps what it has by committing the ledger; a folder with checkpoints b
 continued with ``--resume``. CPU time is ``os.wait4``'s rusage of the training process, summed over
 resumes. A study with ``whole_schedules`` (detection) counts only runs that trained their whole
 schedule: one the budget ended early trained as far as its machine's speed allowed (the same CPU
-model name has been seen to train 3x faster on another machine), so its result moves to the ledger's
+model name has been seen to train 2.4-3.3x faster on another machine), so its result moves to the ledger's
 ``cut`` list, listed under the tables, and the run is queued again.
 """
 from __future__ import annotations

@@ -142,10 +142,10 @@ class FashionCrowdedDetectionTask(DetectionTask):
 
 # ---------------------------------------------------------------------------------------------
 # Recipes: one schedule for all four, so their AP-vs-epoch curves compare; 8 epochs fit a 30-minute
-# budget of one core (Group DETR on the crowded canvases only just). From scratch the backbone needs trainable BatchNorms (DETR freezes them because
-# its backbone is pretrained; frozen at their initial values they are identities), a higher learning
-# rate and looser clipping than DETR's. Throughputs and the runs behind these choices:
-# bench/results/detection.md.
+# budget of one core (Group DETR on the crowded canvases only just). From scratch the backbone needs
+# trainable BatchNorms (DETR freezes them because its backbone is pretrained; frozen at their initial
+# values they are identities), a higher learning rate and looser clipping than DETR's. Throughputs and
+# the runs behind these choices: bench/results/detection.md.
 # ---------------------------------------------------------------------------------------------
 def _detection(name: str, model: str, recipe_type: type = DetectionRecipe, **options) -> DetectionRecipe:
     return recipe_type(
@@ -197,8 +197,9 @@ def group_detr_fashion_crowded() -> DetectionRecipe:
 # the paper with a pretrained backbone; from scratch the DETR recipes' 5e-4 and looser clipping than
 # its 0.1), a 30-minute budget (max_minutes). RT-DETR's step costs several DETR steps; 2 epochs of
 # either set fit the budget of one core with room to spare on the study's CPU, while a machine under
-# the same CPU name has run 3x slower and cut them short (the study counts only whole schedules). The
-# crowded canvases: 100 queries for up to 20 items, half the batch (256 x 256: 4x the pixels).
+# the same CPU name has run 2.4-3.3x slower and cut them short (the study counts only whole
+# schedules). The crowded canvases: 100 queries for up to 20 items, half the batch (256 x 256: 4x
+# the pixels).
 RANK_DETR = {"rtdetr": {}, "rank-rtdetr": dict(rank_architecture=True, rank_loss=True, high_order_cost=True),
              "rank-rtdetr-arch": dict(rank_architecture=True),
              "rank-rtdetr-loss": dict(rank_loss=True, high_order_cost=True)}
