@@ -55,7 +55,9 @@ def test_forward_is_encode_with_gradients(minilm):
     minilm.eval()
     emb = minilm(TEXTS)
     assert emb.requires_grad and emb.shape == (4, 384)
-    torch.testing.assert_close(emb.detach(), minilm.encode(TEXTS, normalize=False), rtol=0, atol=1e-6)
+    # un-normalised embeddings through other kernels (autograd on / inference): float32 sum orders
+    # differ by a few 1e-7 per layer, more than 1e-6 after six on AVX-512 CPUs; ATOL as for HF
+    torch.testing.assert_close(emb.detach(), minilm.encode(TEXTS, normalize=False), rtol=0, atol=ATOL)
     padded = minilm(minilm.tokenize(TEXTS))
     torch.testing.assert_close(padded, emb, rtol=0, atol=ATOL)
     torch.testing.assert_close(minilm(TEXTS, normalize=True).detach(), minilm.encode(TEXTS), rtol=0, atol=1e-6)
