@@ -67,6 +67,27 @@ def test_the_budget_stops_training_evaluates_and_reports(tmp_path, monkeypatch):
     assert not eng2.progress.budget_stopped  # this fit ended with its schedule
 
 
+def test_a_budget_spent_in_the_evaluation_ends_the_run_and_says_so(tmp_path, monkeypatch):
+    """The budget runs out while epoch 1 is evaluated, not within a step: the run ends there, before its
+    schedule, and its report and last checkpoint say the budget ended it."""
+    clock = FakeClock(1e-6)
+    monkeypatch.setattr(engine_module.time, "perf_counter", clock)
+    eng = _engine(tmp_path, max_minutes=0.5)
+    evaluate = eng.evaluate
+
+    def slow_evaluate():
+        clock.now += 100.0  # past the 30 s budget
+        return evaluate()
+
+    eng.evaluate = slow_evaluate
+    run = eng.fit()
+    p = eng.progress
+    assert p.epoch == 1 and p.global_step == eng.steps_per_epoch < eng.total_steps and p.budget_stopped
+    assert "the max_minutes budget ended the run" in (run / "report.md").read_text()
+    assert json.loads((run / "checkpoints" / f"step-{p.global_step:08d}" / "trainer_state.json").read_text()
+                      )["trainer"]["budget_stopped"]
+
+
 def test_without_a_budget_nothing_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(engine_module.time, "perf_counter", FakeClock(1000.0))  # hours pass; no budget
     eng = _engine(tmp_path)

@@ -246,7 +246,6 @@ class Engine:
         """Train to the last epoch (from where a resumed run stopped), ``max_steps``, the end of the
         ``max_minutes`` budget or an early stop, then write the report."""
         self.model.train()
-        self.progress.budget_stopped = False
         try:
             run_callbacks(self.callbacks, "on_train_start", self)
             while not self._done():
@@ -288,7 +287,6 @@ class Engine:
             if r.checkpoint_every and p.global_step % r.checkpoint_every == 0 and p.step_in_epoch < self.steps_per_epoch:
                 self._save(best=False)
             if r.max_minutes is not None and self._budget_spent() >= 1:  # this epoch's evaluation follows
-                p.budget_stopped = p.global_step < self.total_steps
                 self.logger.message(f"stopping at step {p.global_step}: the {r.max_minutes:g}-minute budget "
                                     "(max_minutes) is spent")
                 break
@@ -385,6 +383,8 @@ class Engine:
                             ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
         run_callbacks(self.callbacks, "on_eval", self, metrics)
         self._early_stopping(metrics)
+        # the budget ends the run here (_done) whether it ran out within the epoch or in its evaluation
+        p.budget_stopped = not p.stopped and p.global_step < self.total_steps and self._budget_spent() >= 1
         self._save(best=better)
         run_callbacks(self.callbacks, "on_epoch_end", self, row)
         self._callback_stop()  # asked in on_epoch_end: this checkpoint does not record it
