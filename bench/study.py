@@ -132,6 +132,7 @@ def read_run(job: Job, run_dir: Path) -> dict:
     if last is not None:
         state = read_state(last)["trainer"]
         result["train_samples_per_s"] = state["train_samples"] / max(state["train_seconds"], 1e-9)
+        result["steps"] = state.get("global_step")
         if "budget_stopped" in state:
             result["budget_stopped"] = state["budget_stopped"]
     return result
@@ -161,14 +162,23 @@ def set_aside_cut(jobs: list[Job], out: Path, ledger: Ledger) -> None:
         ledger.save()
 
 
+LATER_FIELDS = ("train_samples_per_s", "steps")  # what read_run records that the first entries lack
+
+
 def collect(jobs: list[Job], out: Path, ledger: Ledger) -> None:
-    """Put the finished run folders that the ledger does not hold yet into it (and re-read those it
-    holds without the fields of :func:`read_run` that came later, while their folders are there)."""
+    """Put the finished run folders that the ledger does not hold yet into it (and re-read the
+    entries, counted or set aside, that lack :data:`LATER_FIELDS`, while their folders are there)."""
     new = [j for j in jobs if (j.folder(out) / "report.md").is_file()
-           and (j.key not in ledger.runs or "train_samples_per_s" not in ledger.runs[j.key])]
+           and any(f not in ledger.runs.get(j.key, {}) for f in LATER_FIELDS)]
     for job in new:
         ledger.runs[job.key] = read_run(job, job.folder(out))
-    if new:
+    stale = [(job, entry, job.folder(out).with_name(f"{job.folder(out).name}-cut{n}")) for job in jobs
+             for n, entry in enumerate(ledger.data.get("cut", {}).get(job.key, []), start=1)
+             if any(f not in entry for f in LATER_FIELDS)]
+    stale = [(job, entry, folder) for job, entry, folder in stale if (folder / "report.md").is_file()]
+    for job, entry, folder in stale:
+        entry.update(read_run(job, folder))
+    if new or stale:
         ledger.save()
 
 
@@ -289,12 +299,13 @@ def cut_table(study: Study, jobs: list[Job], ledger: Ledger) -> list[str]:
         return []
     metric = study.tables[0][1][0]
     lines = ["", "**Set aside: the budget ended these runs before their schedule** (not in the tables above; "
-             "run again)", "", f"| set | recipe | seed | CPU | epochs | {metric[1]} | CPU min | train samples/s |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+             "run again)", "", f"| set | recipe | seed | CPU | epochs | steps | {metric[1]} | CPU min | train samples/s |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for job, r in rows:
-        speed = r.get("train_samples_per_s")
+        speed, steps = r.get("train_samples_per_s"), r.get("steps")
         lines.append(f"| {job.set} | `{job.recipe}` | {job.seed} | {r.get('cpu_model') or '–'} | {r.get('epochs', '–')} | "
-                     f"{mean_std([r.get(metric[0])])} | {r['cpu_s'] / 60:.1f} | {'–' if speed is None else f'{speed:.1f}'} |")
+                     f"{'–' if steps is None else f'{steps:,}'} | {mean_std([r.get(metric[0])])} | {r['cpu_s'] / 60:.1f} | "
+                     f"{'–' if speed is None else f'{speed:.1f}'} |")
     return lines
 
 

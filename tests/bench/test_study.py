@@ -145,7 +145,7 @@ def _budget_state(run_dir: Path, budget_stopped: bool) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     CheckpointDir(run_dir / "checkpoints").save(10, model, optimizer, scheduler, {
-        "best_step": 10, "train_samples": 640, "train_seconds": 8.0, "budget_stopped": budget_stopped})
+        "global_step": 10, "best_step": 10, "train_samples": 640, "train_seconds": 8.0, "budget_stopped": budget_stopped})
 
 
 def test_runs_the_budget_cut_short_are_set_aside_and_run_again(study, tmp_path, capsys):
@@ -174,8 +174,14 @@ def test_runs_the_budget_cut_short_are_set_aside_and_run_again(study, tmp_path, 
                                                          "rtdetr-fashion-s2"]
     text = page.read_text()
     assert _row(text, "fashion", "rtdetr-fashion")[3:5] == ["2", "0.300"]  # seed 2 alone in the means
-    assert "| fashion | `rtdetr-fashion` | 0 | Test CPU 9000 | 1 | 0.100 | 30.8 | – |" in text
-    assert "| fashion | `rtdetr-fashion` | 1 | Test CPU 9000 | 1 | 0.200 | 15.0 | 80.0 |" in text
+    assert "| fashion | `rtdetr-fashion` | 0 | Test CPU 9000 | 1 | – | 0.100 | 30.8 | – |" in text
+    assert "| fashion | `rtdetr-fashion` | 1 | Test CPU 9000 | 1 | 10 | 0.200 | 15.0 | 80.0 |" in text
+    # a set-aside entry recorded before the ledger kept the steps gets them from its renamed folder
+    del ledger["cut"]["fashion/rtdetr-fashion-s1"][0]["steps"]
+    (tmp_path / "detection.json").write_text(json.dumps(ledger))
+    study.main([*common, "--report-only"])
+    assert json.loads((tmp_path / "detection.json").read_text())["cut"]["fashion/rtdetr-fashion-s1"][0]["steps"] == 10
+    ledger = json.loads((tmp_path / "detection.json").read_text())
     # an entry recorded before the ledger kept the throughput gets it from its folder
     del ledger["runs"]["fashion/rtdetr-fashion-s2"]["train_samples_per_s"]
     (tmp_path / "detection.json").write_text(json.dumps(ledger))
