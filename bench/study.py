@@ -147,6 +147,11 @@ def budget_cut(result: dict) -> bool:
     return budget is not None and result.get("cpu_s", 0.0) >= 60 * float(budget.group(1))
 
 
+def cut_folder(folder: Path, n: int) -> Path:
+    """Where the ``n``-th (from 1) set-aside run of a job's ``folder`` lies."""
+    return folder.with_name(f"{folder.name}-cut{n}")
+
+
 def set_aside_cut(jobs: list[Job], out: Path, ledger: Ledger) -> None:
     """For a ``whole_schedules`` study: move the runs the budget cut short from the ledger's ``runs``
     to its ``cut`` (their folders to ``<folder>-cutN``), so that they are run again."""
@@ -156,7 +161,7 @@ def set_aside_cut(jobs: list[Job], out: Path, ledger: Ledger) -> None:
         cut.setdefault(job.key, []).append(ledger.runs.pop(job.key))
         folder = job.folder(out)
         if folder.exists():
-            folder.rename(folder.with_name(f"{folder.name}-cut{len(cut[job.key])}"))
+            folder.rename(cut_folder(folder, len(cut[job.key])))
         print(f"set aside (the budget ended it before its schedule): {job.key}", flush=True)
     if moved:
         ledger.save()
@@ -168,17 +173,20 @@ LATER_FIELDS = ("train_samples_per_s", "steps")  # what read_run records that th
 def collect(jobs: list[Job], out: Path, ledger: Ledger) -> None:
     """Put the finished run folders that the ledger does not hold yet into it (and re-read the
     entries, counted or set aside, that lack :data:`LATER_FIELDS`, while their folders are there)."""
-    new = [j for j in jobs if (j.folder(out) / "report.md").is_file()
-           and any(f not in ledger.runs.get(j.key, {}) for f in LATER_FIELDS)]
+    def lacking(entry: dict) -> bool:
+        return any(f not in entry for f in LATER_FIELDS)
+
+    new = [j for j in jobs if (j.folder(out) / "report.md").is_file() and lacking(ledger.runs.get(j.key, {}))]
     for job in new:
         ledger.runs[job.key] = read_run(job, job.folder(out))
-    stale = [(job, entry, job.folder(out).with_name(f"{job.folder(out).name}-cut{n}")) for job in jobs
-             for n, entry in enumerate(ledger.data.get("cut", {}).get(job.key, []), start=1)
-             if any(f not in entry for f in LATER_FIELDS)]
-    stale = [(job, entry, folder) for job, entry, folder in stale if (folder / "report.md").is_file()]
-    for job, entry, folder in stale:
-        entry.update(read_run(job, folder))
-    if new or stale:
+    refreshed = 0
+    for job in jobs:
+        for n, entry in enumerate(ledger.data.get("cut", {}).get(job.key, []), start=1):
+            folder = cut_folder(job.folder(out), n)
+            if lacking(entry) and (folder / "report.md").is_file():
+                entry.update(read_run(job, folder))
+                refreshed += 1
+    if new or refreshed:
         ledger.save()
 
 

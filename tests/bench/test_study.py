@@ -180,8 +180,8 @@ def test_runs_the_budget_cut_short_are_set_aside_and_run_again(study, tmp_path, 
     del ledger["cut"]["fashion/rtdetr-fashion-s1"][0]["steps"]
     (tmp_path / "detection.json").write_text(json.dumps(ledger))
     study.main([*common, "--report-only"])
-    assert json.loads((tmp_path / "detection.json").read_text())["cut"]["fashion/rtdetr-fashion-s1"][0]["steps"] == 10
     ledger = json.loads((tmp_path / "detection.json").read_text())
+    assert ledger["cut"]["fashion/rtdetr-fashion-s1"][0]["steps"] == 10
     # an entry recorded before the ledger kept the throughput gets it from its folder
     del ledger["runs"]["fashion/rtdetr-fashion-s2"]["train_samples_per_s"]
     (tmp_path / "detection.json").write_text(json.dumps(ledger))
